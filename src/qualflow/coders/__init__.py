@@ -1,0 +1,1 @@
+"""Coders: anything that assigns code sets to passages (see ``coders.base``)."""

