@@ -163,7 +163,11 @@ class ProposalSetRow(Base):
     __tablename__ = "proposal_sets"
     __table_args__ = (
         UniqueConstraint(
-            "passage_id", "coder", "model", "prompt_version", "codebook_version",
+            "passage_id",
+            "coder",
+            "model",
+            "prompt_version",
+            "codebook_version",
             name="uq_proposal_set_key",
         ),
     )
@@ -297,9 +301,7 @@ class GoldCodingRow(Base):
     """A human (gold) coder's code set for one passage; an empty list means 'no code'."""
 
     __tablename__ = "gold_codings"
-    __table_args__ = (
-        UniqueConstraint("gold_set", "coder", "passage_id", name="uq_gold_coding"),
-    )
+    __table_args__ = (UniqueConstraint("gold_set", "coder", "passage_id", name="uq_gold_coding"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     gold_set: Mapped[str] = mapped_column(String(200), index=True)
     coder: Mapped[str] = mapped_column(String(200))

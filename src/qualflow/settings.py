@@ -59,9 +59,7 @@ class Settings(BaseSettings):
         description="Speaker names (case-insensitive) treated as interviewer: their turns are "
         "context, not coded.",
     )
-    code_interviewer: bool = Field(
-        default=False, description="Also code the interviewer's turns."
-    )
+    code_interviewer: bool = Field(default=False, description="Also code the interviewer's turns.")
     participants_file: Path | None = Field(
         default=None,
         description="CSV/TSV of participant metadata (first column = participant id) "

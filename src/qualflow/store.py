@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
@@ -50,6 +50,9 @@ from qualflow.models import (
     Usage,
     utcnow,
 )
+
+if TYPE_CHECKING:
+    from qualflow.settings import Settings
 
 SaveOutcome = Literal["new", "new_version", "unchanged"]
 
@@ -117,9 +120,7 @@ class Store:
                     f"(from {existing[0].source_path})"
                 )
             previous = s.scalar(
-                select(func.max(TranscriptRow.version)).where(
-                    TranscriptRow.name == transcript.name
-                )
+                select(func.max(TranscriptRow.version)).where(TranscriptRow.name == transcript.name)
             )
             if previous:
                 s.execute(
@@ -448,8 +449,9 @@ class Store:
 
     def run_coding(self, run_id: int) -> Coding:
         """A run's valid codes per passage (the run as a coder, for agreement)."""
-        return {ps.passage_id: ps.codes for ps in self.proposal_sets(run_id=run_id)
-                if ps.status == "ok"}
+        return {
+            ps.passage_id: ps.codes for ps in self.proposal_sets(run_id=run_id) if ps.status == "ok"
+        }
 
     # ------------------------------------------------------------------ gold
 
@@ -518,7 +520,7 @@ class Store:
             return [(r.stage, r.subject, r.reason) for r in s.scalars(q)]
 
 
-def open_store(settings) -> Store:  # noqa: ANN001 - Settings, imported lazily by callers
+def open_store(settings: Settings) -> Store:
     """Open (and migrate) the store configured by a ``Settings``."""
     return Store.open(settings.db_url)
 

@@ -25,9 +25,7 @@ class Coder(Protocol):
     model: str
     prompt_version: str
 
-    def propose(
-        self, requests: Sequence[CodingRequest], codebook: Codebook
-    ) -> list[ProposalSet]:
+    def propose(self, requests: Sequence[CodingRequest], codebook: Codebook) -> list[ProposalSet]:
         """One ProposalSet per request, in order. Never raises for one bad passage:
         a passage whose answer cannot be validated comes back with status
         ``needs_human`` and the reason."""
