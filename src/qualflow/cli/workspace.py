@@ -1,9 +1,224 @@
-"""CLI commands of this area (registered by qualflow.cli)."""
+"""Workspace commands: init, ingest, passages, participants, codebook, status."""
 
 from __future__ import annotations
 
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from qualflow.cli.common import WorkspaceOption, console, fail
+
+codebook_app = typer.Typer(help="Inspect and load codebooks.", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to the main app."""
+    app.command("init")(init)
+    app.command("ingest")(ingest)
+    app.command("passages")(passages)
+    app.command("participants")(participants)
+    app.command("status")(status)
+    app.add_typer(codebook_app, name="codebook")
+
+
+def _open(workspace: Path):
+    from qualflow.settings import CONFIG_FILE, load_settings
+    from qualflow.store import open_store
+
+    if not (workspace / CONFIG_FILE).is_file():
+        raise fail(f"{workspace}: not a qualflow workspace (run `qualflow init {workspace}`)")
+    settings = load_settings(workspace)
+    return settings, open_store(settings)
+
+
+def init(
+    study_dir: Annotated[Path, typer.Argument(help="Folder to create the workspace in.")],
+    name: Annotated[str | None, typer.Option(help="Study name (default: folder name).")] = None,
+) -> None:
+    """Create a workspace: qualflow.toml plus data/ holding the SQLite store."""
+    from qualflow.settings import CONFIG_FILE, Settings, load_settings, render_toml
+    from qualflow.store import open_store
+
+    study_dir.mkdir(parents=True, exist_ok=True)
+    config = study_dir / CONFIG_FILE
+    if config.exists():
+        console.print(f"{config} exists; keeping it")
+    else:
+        config.write_text(render_toml(Settings(study_name=name or study_dir.resolve().name)))
+    settings = load_settings(study_dir)
+    store = open_store(settings)
+    store.close()
+    console.print(f"workspace ready: {study_dir.resolve()}")
+    console.print(f"  settings: {config}")
+    console.print(f"  store:    {settings.db_url}")
+
+
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Transcript files or folders.")],
+    workspace: WorkspaceOption = Path("."),
+    segmentation: Annotated[
+        str | None, typer.Option(help="sentence | turn | window:N (default from settings).")
+    ] = None,
+    participants_file: Annotated[
+        Path | None, typer.Option("--participants", help="CSV/TSV of participant metadata.")
+    ] = None,
+) -> None:
+    """Read transcripts into the workspace (unchanged files are skipped)."""
+    from qualflow.ingest import ingest_paths
+    from qualflow.participants import ParticipantsError, load_participants
+
+    settings, store = _open(workspace)
+    if participants_file:
+        try:
+            store.save_participants(load_participants(participants_file))
+        except ParticipantsError as exc:
+            raise fail(str(exc)) from exc
+    report = ingest_paths(store, paths, settings, segmentation=segmentation)
+    for f in report.files:
+        if f.status == "error":
+            console.print(f"[red]error[/]     {f.reason}")
+        elif f.status == "skipped":
+            console.print(f"[dim]skipped   {f.path} ({f.reason})[/]")
+        else:
+            console.print(f"{f.status:<10}{f.path} ({f.passages} passages)")
+    console.print(
+        f"{report.count('new')} new, {report.count('new_version')} new versions, "
+        f"{report.count('unchanged')} unchanged, {len(report.errors)} errors"
+    )
+    if report.errors and not report.transcript_ids:
+        raise typer.Exit(1)
+
+
+def passages(
+    workspace: WorkspaceOption = Path("."),
+    transcript: Annotated[str | None, typer.Option(help="Only this transcript id.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table | csv | jsonl")] = "table",
+    output: Annotated[Path | None, typer.Option("-o", help="Write to a file.")] = None,
+    all_speakers: Annotated[
+        bool, typer.Option("--all", help="Include passages that are not coded (interviewer).")
+    ] = False,
+    limit: Annotated[int, typer.Option(help="Rows in table view (0 = all).")] = 50,
+) -> None:
+    """List or export passages (id, transcript, speaker, offsets, text)."""
+    settings, store = _open(workspace)
+    rows = store.passages(
+        transcript_id=transcript,
+        segmentation=None if transcript else settings.segmentation,
+        codable_only=not all_speakers,
+    )
+    fields = [
+        "id",
+        "transcript_id",
+        "index",
+        "speaker",
+        "char_start",
+        "char_end",
+        "codable",
+        "text",
+    ]
+    out = output.open("w", encoding="utf-8", newline="") if output else sys.stdout
+    try:
+        if fmt == "jsonl":
+            for p in rows:
+                out.write(json.dumps(p.model_dump(include=set(fields)), ensure_ascii=False) + "\n")
+        elif fmt == "csv":
+            writer = csv.DictWriter(out, fieldnames=fields)
+            writer.writeheader()
+            for p in rows:
+                writer.writerow(p.model_dump(include=set(fields)))
+        elif fmt == "table":
+            from rich.table import Table
+
+            table = Table("id", "transcript", "speaker", "span", "text", show_lines=False)
+            for p in rows[: limit or None]:
+                table.add_row(
+                    p.id, p.transcript_id, p.speaker or "", f"{p.char_start}-{p.char_end}", p.text
+                )
+            console.print(table)
+            console.print(f"{len(rows)} passages")
+        else:
+            raise fail(f"--format {fmt}: choose table, csv or jsonl")
+    finally:
+        if output:
+            out.close()
+
+
+def participants(
+    file: Annotated[Path, typer.Argument(help="CSV/TSV: first column id, then any columns.")],
+    workspace: WorkspaceOption = Path("."),
+) -> None:
+    """Load participant metadata and attach it to matching transcripts."""
+    from qualflow.participants import ParticipantsError, load_participants, match_participant
+
+    _, store = _open(workspace)
+    try:
+        people = load_participants(file)
+    except ParticipantsError as exc:
+        raise fail(str(exc)) from exc
+    store.save_participants(people)
+    ids = [p.id for p in people]
+    matched = 0
+    for t in store.transcripts():
+        pid = t.participant_id or match_participant(t.name, ids)
+        if pid:
+            store.set_participant(t.id, pid)
+            matched += 1
+    console.print(f"{len(people)} participants loaded; {matched} transcripts matched")
+
+
+def status(workspace: WorkspaceOption = Path(".")) -> None:
+    """What the workspace holds."""
+    settings, store = _open(workspace)
+    transcripts = store.transcripts()
+    passages = store.passages(segmentation=settings.segmentation, codable_only=True)
+    console.print(f"workspace:   {settings.workspace}")
+    console.print(f"store:       {settings.db_url}")
+    console.print(f"transcripts: {len(transcripts)}")
+    console.print(f"passages:    {len(passages)} codable ({settings.segmentation})")
+    cb = store.codebook()
+    console.print(f"codebook:    {cb.name + ' ' + cb.version if cb else '-'}")
+    console.print(f"gold sets:   {', '.join(store.gold_sets()) or '-'}")
+
+
+@codebook_app.command("check")
+def codebook_check(
+    file: Annotated[str, typer.Argument(help="Codebook file (TSV/CSV/YAML) or shipped name.")],
+) -> None:
+    """Report a codebook's quirks (case variants, unused codes, parents applied, ...)."""
+    from qualflow.codebook import CodebookError, check_codebook, load_codebook, summarize
+
+    try:
+        codebook = load_codebook(file)
+    except CodebookError as exc:
+        raise fail(str(exc)) from exc
+    info = summarize(codebook)
+    console.print(
+        f"{info['name']}: {info['codes']} codes in {info['categories']} top-level categories, "
+        f"depth {info['max_depth']}, version {info['version']}"
+    )
+    quirks = check_codebook(codebook)
+    for q in quirks:
+        colour = "yellow" if q.severity == "warning" else "cyan"
+        console.print(f"[{colour}]{q.severity:<8}[/] {q.kind:<20} {q.message}")
+    warnings = sum(1 for q in quirks if q.severity == "warning")
+    console.print(f"{warnings} warnings, {len(quirks) - warnings} notes (nothing was changed)")
+
+
+@codebook_app.command("load")
+def codebook_load(
+    file: Annotated[str, typer.Argument(help="Codebook file or shipped name.")],
+    workspace: WorkspaceOption = Path("."),
+) -> None:
+    """Store a codebook version in the workspace."""
+    from qualflow.codebook import CodebookError, load_codebook
+
+    _, store = _open(workspace)
+    try:
+        codebook = load_codebook(file)
+    except CodebookError as exc:
+        raise fail(str(exc)) from exc
+    version = store.save_codebook(codebook)
+    console.print(f"{codebook.name}: {len(codebook.codes)} codes, version {version}")

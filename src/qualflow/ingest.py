@@ -1,0 +1,131 @@
+"""Ingest: transcript files -> Transcript + Passages in the store, one file at a time.
+
+A bad file is reported (file and reason) and recorded as a failure; the rest of the
+batch goes on. Re-ingesting an unchanged file is a no-op; changed content under the
+same name becomes a new version; identical content under another name is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from qualflow.participants import load_participants, match_participant
+from qualflow.settings import Settings
+from qualflow.store import DuplicateTranscriptError, Store
+
+log = logging.getLogger(__name__)
+
+TRANSCRIPT_EXTENSIONS = {".txt", ".text", ".vtt", ".srt", ".docx", ".odt", ".md", ".markdown"}
+_SKIPPED_NAMES = ("readme", "license", "licence", "changelog")
+
+FileStatus = Literal["new", "new_version", "unchanged", "error", "skipped"]
+
+
+class FileOutcome(BaseModel):
+    path: str
+    status: FileStatus
+    transcript_id: str | None = None
+    passages: int = 0
+    reason: str | None = None
+
+
+class IngestReport(BaseModel):
+    files: list[FileOutcome] = Field(default_factory=list)
+
+    def count(self, status: FileStatus) -> int:
+        return sum(1 for f in self.files if f.status == status)
+
+    @property
+    def errors(self) -> list[FileOutcome]:
+        return [f for f in self.files if f.status == "error"]
+
+    @property
+    def transcript_ids(self) -> list[str]:
+        return [f.transcript_id for f in self.files if f.transcript_id]
+
+
+def expand_paths(paths: Iterable[Path | str]) -> tuple[list[Path], list[FileOutcome]]:
+    """Files to ingest (folders walked recursively), and what was skipped in folders."""
+    files: list[Path] = []
+    skipped: list[FileOutcome] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for child in sorted(p for p in path.rglob("*") if p.is_file()):
+                if any(part.startswith(".") for part in child.relative_to(path).parts):
+                    continue
+                if (
+                    child.suffix.lower() not in TRANSCRIPT_EXTENSIONS
+                    or child.stem.lower().startswith(_SKIPPED_NAMES)
+                ):
+                    skipped.append(
+                        FileOutcome(
+                            path=str(child), status="skipped", reason="not a transcript file type"
+                        )
+                    )
+                    continue
+                files.append(child)
+        else:
+            files.append(path)
+    return files, skipped
+
+
+def ingest_paths(
+    store: Store,
+    paths: Iterable[Path | str],
+    settings: Settings,
+    *,
+    segmentation: str | None = None,
+) -> IngestReport:
+    """Read, segment and store every transcript under ``paths``."""
+    from qualflow.readers import ReadError, read_transcript
+    from qualflow.segment import segment
+
+    mode = segmentation or settings.segmentation
+    files, skipped = expand_paths(paths)
+    report = IngestReport(files=list(skipped))
+    participant_ids = _participant_ids(store, settings)
+    for path in files:
+        try:
+            if not path.exists():
+                raise ReadError(path, "no such file")
+            transcript = read_transcript(path)
+            if transcript.participant_id is None:
+                transcript.participant_id = match_participant(transcript.name, participant_ids)
+            passages = segment(
+                transcript,
+                mode,
+                interviewer_speakers=settings.interviewer_speakers,
+                code_interviewer=settings.code_interviewer,
+            )
+            status = store.save_transcript(transcript, passages)
+        except (ReadError, DuplicateTranscriptError, ValueError, OSError) as exc:
+            reason = str(exc) if isinstance(exc, ReadError) else f"{path}: {exc}"
+            log.warning("ingest failed: %s", reason)
+            store.record_failure("ingest", str(path), reason)
+            report.files.append(FileOutcome(path=str(path), status="error", reason=reason))
+            continue
+        log.info("ingested %s (%s, %d passages)", path.name, status, len(passages))
+        report.files.append(
+            FileOutcome(
+                path=str(path),
+                status=status,
+                transcript_id=transcript.id,
+                passages=len(passages),
+            )
+        )
+    return report
+
+
+def _participant_ids(store: Store, settings: Settings) -> list[str]:
+    if settings.participants_file:
+        path = Path(settings.participants_file)
+        if not path.is_absolute():
+            path = settings.workspace / path
+        store.save_participants(load_participants(path))
+    return [p.id for p in store.participants()]
