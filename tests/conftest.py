@@ -11,6 +11,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("QUALFLOW_SHARED_DIR", REPO.parent / "shared"))
 SERDIF = SHARED / "corpora" / "serdif-usability"
 EXAMPLES = REPO / "examples"
+# Read before the autouse fixture clears QUALFLOW_* variables.
+POSTGRES_URL = os.environ.get("QUALFLOW_TEST_POSTGRES_URL")
 
 
 @pytest.fixture(autouse=True)
