@@ -24,8 +24,12 @@ MODES = ("sentence", "turn", "window:N")
 _TERMINATOR = re.compile(r"(?:\.(?:[ \u00a0]?\.){2,}|…|[.?!])+[\"”’')\]]*")
 _ELLIPSIS = re.compile(r"\.[ \u00a0]?\.|…")
 # Never end a sentence: titles before a name and Latin abbreviations inside one.
-_ABBREVIATIONS = {"dr", "mr", "mrs", "ms", "prof", "st", "jr", "sr", "vs", "cf", "approx", "viz"}
-_INITIALISM = re.compile(r"^(?:[A-Za-z]\.)+[A-Za-z]$")  # e.g, i.e, U.S (final dot excluded)
+# ("etc." and "a.m." end a sentence when a capital follows, like any other period.)
+_ABBREVIATIONS = {
+    *("dr", "mr", "mrs", "ms", "prof", "st", "jr", "sr", "vs", "cf", "approx", "viz"),
+    *("e.g", "i.e", "eg", "ie"),
+}
+_INITIALISM = re.compile(r"^(?:[A-Z]\.)+[A-Z]$")  # U.S, U.K (the final dot is the terminator)
 _ENUMERATION = re.compile(r"^(?:\(?\d{1,3}|[a-zA-Z])[.)]$")  # "1." "a)" "(2)" opening a list item
 _FIRST_PERSON = {"I", "I'm", "I’m", "I'd", "I’d", "I've", "I’ve", "I'll", "I’ll"}
 _BRACKETS = {")": "(", "]": "[", "}": "{"}

@@ -2,6 +2,8 @@
 
 Both become paragraphs (blocks of lines: a manual line break starts a new line) that
 ``turns_from_blocks`` turns into turns, with 'Name:' labels where the file has them.
+Headings (DOCX 'Title'/'Heading N' styles, ODT ``text:h``) are document structure, not
+speech: they are left out and the first one is kept as ``metadata['title']``.
 """
 
 from __future__ import annotations
@@ -36,14 +38,27 @@ def read_docx(data: bytes) -> tuple[list[list[str]], dict[str, str]]:
 
     doc = docx.Document(io.BytesIO(data))
     blocks: list[list[str]] = []
+    headings: list[str] = []
     for item in doc.iter_inner_content():
         if isinstance(item, Table):
             blocks.extend(_table_rows(item))
+        elif _is_heading(item):
+            headings.append(item.text)
         else:
             blocks.append(item.text.split("\n"))
     props = doc.core_properties
     meta = {k: v for k, v in (("title", props.title), ("comments", props.comments)) if v}
+    if headings and "title" not in meta:
+        meta["title"] = " ".join(headings[0].split())
     return blocks, meta
+
+
+def _is_heading(paragraph: Any) -> bool:
+    try:
+        style = (paragraph.style.name or "") if paragraph.style is not None else ""
+    except (KeyError, ValueError):  # a style id the document does not define
+        return False
+    return style == "Title" or style.startswith("Heading")
 
 
 def _table_rows(table: Any) -> list[list[str]]:
@@ -68,20 +83,25 @@ def read_odt(data: bytes) -> tuple[list[list[str]], dict[str, str]]:
 
     doc = load(io.BytesIO(data))
     blocks: list[list[str]] = []
-    _collect(doc.text, blocks)
-    return blocks, {}
+    headings: list[str] = []
+    _collect(doc.text, blocks, headings)
+    meta = {"title": " ".join(headings[0].split())} if headings else {}
+    return blocks, meta
 
 
-def _collect(node: Any, blocks: list[list[str]]) -> None:
+def _collect(node: Any, blocks: list[list[str]], headings: list[str]) -> None:
     for child in node.childNodes:
         if child.nodeType != child.ELEMENT_NODE or child.qname in _ODT_SKIP:
             continue
         if child.qname in {(TEXT_NS, "p"), (TEXT_NS, "h")}:
             lines = [""]
             _inline(child, lines)
-            blocks.append(lines)
+            if child.qname == (TEXT_NS, "h"):
+                headings.append(" ".join(lines))
+            else:
+                blocks.append(lines)
         else:
-            _collect(child, blocks)
+            _collect(child, blocks, headings)
 
 
 def _inline(node: Any, lines: list[str]) -> None:
