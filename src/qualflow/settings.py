@@ -157,6 +157,18 @@ class Settings(BaseSettings):
     max_cost_per_run: float = Field(
         default=0.0, description="Stop a run cleanly at this estimated USD cost (0 = none)."
     )
+    prefect_concurrency_limit: str | None = Field(
+        default=None,
+        description="Name of a Prefect global concurrency limit that every coding batch "
+        "occupies across all workers (created with llm_concurrency slots if missing); "
+        "empty = a per-process limit.",
+    )
+    prefect_rate_limit: str | None = Field(
+        default=None,
+        description="Name of a Prefect global rate limit (slot decay) taken once per LLM "
+        "call across all workers (created from llm_requests_per_minute if missing); "
+        "empty = the coder's per-process rate limit.",
+    )
 
     # --- review app -------------------------------------------------------
     session_secret: SecretStr | None = Field(
