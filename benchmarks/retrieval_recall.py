@@ -1,0 +1,174 @@
+"""Retrieval recall@k against prompt tokens, on SERDIF (and prompt size on the study codebook).
+
+    .venv/bin/python benchmarks/retrieval_recall.py [--examples 5] [--seed 0]
+
+Recall@k: the share of gold (passage, code) pairs whose code is among the k
+candidates (micro), and the share of passages whose gold codes are all among
+them. Evaluated on the highlights of the held-out participants P9-P11; code
+vectors enriched with examples use coded sentences of P1-P8 only. Every variant
+goes through ``CodeIndex`` (a real Chroma collection in a temporary workspace)
+except "centroid", which averages the code-text vector with example vectors in
+numpy (not a ``CodeIndex`` mode). Prompt tokens are those of the candidate
+definitions ("- title: description" lines); cl100k is not available offline
+(tiktoken downloads it), so tokens = characters / 4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import serdif
+
+KS = (3, 5, 10, 20)
+
+
+def tokens(text: str) -> int:
+    return max(1, round(len(text) / 4))
+
+
+def definition(code) -> str:
+    return f"- {code.title}: {' '.join(code.description.split())}"
+
+
+def enriched(codebook, units, n: int, seed: int):
+    """The codebook with n coded example sentences per code from training units."""
+    rng = random.Random(seed)
+    by_code: dict[str, list[str]] = defaultdict(list)
+    for u in units:
+        for code in sorted(u.gold):
+            by_code[code].append(u.text)
+    codes = []
+    for code in codebook.codes:
+        pool = by_code.get(code.title, [])
+        examples = rng.sample(pool, min(n, len(pool)))
+        codes.append(code.model_copy(update={"examples": examples}))
+    return codebook.model_copy(update={"codes": codes, "name": codebook.name + "-enriched"})
+
+
+def recall_table(ranked: list[list[str]], gold: list[frozenset[str]], defs: dict[str, int]):
+    rows = {}
+    n_pairs = sum(len(g) for g in gold)
+    for k in (*KS, len(defs)):
+        found = sum(len(g & set(r[:k])) for r, g in zip(ranked, gold, strict=True))
+        complete = sum(g <= set(r[:k]) for r, g in zip(ranked, gold, strict=True))
+        prompt = np.mean([sum(defs[t] for t in r[:k]) for r in ranked])
+        rows[k] = (found / n_pairs, complete / len(gold), prompt)
+    return rows
+
+
+def ranked_by_index(index, units, with_previous: bool) -> list[list[str]]:
+    contexts = serdif.contexts(units)
+    results = index.retrieve_many(contexts, 0, with_previous=with_previous)
+    return [[c.code.title for c in cands] for cands in results]
+
+
+def ranked_by_centroid(index_plain, codebook, train, units, n, seed, with_previous):
+    """Code vector = normalized mean of the code-text vector and n example vectors."""
+    rng = random.Random(seed)
+    embedder = index_plain.embedder
+    by_code: dict[str, list[str]] = defaultdict(list)
+    for u in train:
+        for code in sorted(u.gold):
+            by_code[code].append(u.text)
+    base = index_plain.code_vectors()
+    matrix = []
+    for code in codebook.codes:
+        pool = by_code.get(code.title, [])
+        examples = rng.sample(pool, min(n, len(pool)))
+        vectors = [base[code.title], *embedder.embed(examples)] if examples else [base[code.title]]
+        mean = np.mean(vectors, axis=0)
+        matrix.append(mean / np.linalg.norm(mean))
+    queries = embedder.embed(
+        [f"{u.previous}\n{u.text}" if with_previous and u.previous else u.text for u in units]
+    )
+    scores = queries @ np.array(matrix).T
+    titles = codebook.titles()
+    return [[titles[j] for j in np.argsort(-row)] for row in scores]
+
+
+def print_table(title: str, rows, n_units: int) -> None:
+    print(f"\n{title} ({n_units} passages)")
+    print("| k | recall@k (codes) | passages fully covered | prompt tokens/passage |")
+    print("| --- | --- | --- | --- |")
+    for k, (recall, complete, prompt) in rows.items():
+        print(f"| {k} | {recall:.2f} | {complete:.2f} | {prompt:.0f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--examples", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    serdif.require_corpus()
+
+    from qualflow.index import CodeIndex
+    from qualflow.settings import load_settings
+
+    codebook = serdif.load_codebook(serdif.CODEBOOK)
+    units = serdif.highlight_units()
+    train = [u for u in units if u.participant in serdif.TRAIN]
+    test = [u for u in units if u.participant in serdif.TEST]
+    gold = [u.gold for u in test]
+    defs = {c.title: tokens(definition(c)) for c in codebook.codes}
+    print(
+        f"SERDIF codebook {serdif.CODEBOOK.name}: {len(codebook.codes)} codes, "
+        f"whole codebook = {sum(defs.values())} tokens of definitions"
+    )
+    print(f"highlight units: {len(units)} (train P1-P8 {len(train)}, test P9-P11 {len(test)})")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = load_settings(Path(tmp))
+        started = time.perf_counter()
+        plain = CodeIndex.ensure(codebook, settings)
+        print(f"index build: {time.perf_counter() - started:.2f}s")
+        rich_book = enriched(codebook, train, args.examples, args.seed)
+        rich = CodeIndex.ensure(rich_book, settings)
+
+        variants = {
+            "code text (title + description)": ranked_by_index(plain, test, False),
+            "code text, query = previous sentence + passage": ranked_by_index(plain, test, True),
+            f"code text + {args.examples} training examples in the embedded text": ranked_by_index(
+                rich, test, False
+            ),
+            f"centroid of code text and {args.examples} training example vectors": (
+                ranked_by_centroid(plain, codebook, train, test, args.examples, args.seed, False)
+            ),
+            f"centroid ({args.examples} examples), query with previous sentence": (
+                ranked_by_centroid(plain, codebook, train, test, args.examples, args.seed, True)
+            ),
+        }
+        for title, ranked in variants.items():
+            print_table(title, recall_table(ranked, gold, defs), len(test))
+        all_ranked = ranked_by_index(plain, units, False)
+        print_table(
+            "code text, all participants P1-P11",
+            recall_table(all_ranked, [u.gold for u in units], defs),
+            len(units),
+        )
+
+    if serdif.STUDY_CODEBOOK.is_file():
+        study = serdif.load_codebook(serdif.STUDY_CODEBOOK)
+        sizes = [tokens(definition(c)) for c in study.codes]
+        print(
+            f"\nstudy codebook ({len(study.codes)} codes): whole codebook = {sum(sizes)} "
+            f"tokens of definitions; mean {np.mean(sizes):.1f} tokens per code, so "
+            + ", ".join(f"k={k}: ~{np.mean(sizes) * k:.0f}" for k in KS)
+        )
+        print(
+            "(no gold-coded study passages exist here: recall on the study codebook is not "
+            "measured)"
+        )
+
+
+if __name__ == "__main__":
+    main()

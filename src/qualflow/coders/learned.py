@@ -1,0 +1,237 @@
+"""The learned baseline: one-vs-rest logistic regression on MiniLM embeddings.
+
+Features are the passage embedding concatenated with the embedding of the turn
+before it (zeros when there is none). Each code gets a balanced logistic
+regression; its decision threshold is tuned on out-of-fold predictions over the
+training data (folds grouped by participant when participants are known), or
+0.5 for codes with too few examples. A passage where no code passes gets "no
+code". Trained from gold codings or accepted review decisions; it is the cheap
+baseline every LLM run is compared against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from qualflow.coders.similarity import whole_passage_proposal
+from qualflow.embeddings import DIMENSIONS, MiniLMEmbedding
+from qualflow.models import Codebook, CodingRequest, PassageContext, ProposalSet, short_hash
+
+if TYPE_CHECKING:
+    from qualflow.settings import Settings
+
+FORMAT_VERSION = 1
+MIN_POSITIVES_TO_TUNE = 4
+
+
+def features(contexts: Sequence[PassageContext], embedder: MiniLMEmbedding) -> np.ndarray:
+    """Passage embedding ++ previous-turn embedding (zeros when there is none)."""
+    passages = embedder.embed([c.passage.text for c in contexts])
+    previous = np.zeros((len(contexts), DIMENSIONS), dtype=np.float32)
+    with_before = [i for i, c in enumerate(contexts) if c.before]
+    if with_before:
+        previous[with_before] = embedder.embed([contexts[i].before[-1].text for i in with_before])
+    return np.hstack([passages, previous])
+
+
+def training_hash(contexts: Sequence[PassageContext], code_sets: Sequence[frozenset[str]]) -> str:
+    rows = sorted(
+        (c.passage.text, c.before[-1].text if c.before else "", tuple(sorted(codes)))
+        for c, codes in zip(contexts, code_sets, strict=True)
+    )
+    return short_hash(*rows, length=12)
+
+
+def best_threshold(probabilities: np.ndarray, truth: np.ndarray) -> float:
+    """The probability cut-off maximizing F1 for one code on held-out predictions."""
+    best_f1, best_t = -1.0, 0.5
+    for t in np.round(np.arange(0.05, 0.96, 0.025), 3):
+        predicted = probabilities >= t
+        tp = float(np.sum(predicted & truth))
+        denominator = float(np.sum(predicted) + np.sum(truth))
+        f1 = 2 * tp / denominator if denominator else 0.0
+        if f1 > best_f1:
+            best_f1, best_t = f1, float(t)
+    return best_t
+
+
+class LearnedCoder:
+    """Logistic regression per code on MiniLM embeddings (fit, save, load, propose)."""
+
+    kind = "learned"
+    prompt_version = ""
+
+    def __init__(self, C: float = 1.0, folds: int = 5, tune_thresholds: bool = True) -> None:
+        self.C = C
+        self.folds = folds
+        self.tune_thresholds = tune_thresholds
+        self.codes: list[str] = []
+        self.models: list[Any] = []
+        self.thresholds: list[float] = []
+        self.model = "logreg-minilm:untrained"
+        self.trained_on = 0
+        self.embedder = MiniLMEmbedding()
+
+    # ------------------------------------------------------------------ training
+
+    def fit(
+        self, contexts: Sequence[PassageContext], code_sets: Sequence[frozenset[str]]
+    ) -> LearnedCoder:
+        """Train on coded passages; codes never (or always) applied are skipped."""
+        if len(contexts) != len(code_sets):
+            raise ValueError(f"fit: {len(contexts)} passages but {len(code_sets)} code sets")
+        if not contexts:
+            raise ValueError("fit: no coded passages to train on")
+        x = features(contexts, self.embedder)
+        all_codes = sorted(set().union(*code_sets))
+        y = np.array([[code in s for code in all_codes] for s in code_sets], dtype=bool)
+        keep = [j for j in range(len(all_codes)) if 0 < y[:, j].sum() < len(contexts)]
+        if not keep:
+            raise ValueError("fit: no code has both positive and negative examples")
+        self.codes = [all_codes[j] for j in keep]
+        y = y[:, keep]
+        groups = [c.participant_id or c.passage.transcript_id for c in contexts]
+        self.models = [self._classifier().fit(x, y[:, j]) for j in range(len(self.codes))]
+        self.thresholds = self._tuned_thresholds(x, y, groups)
+        self.model = f"logreg-minilm:{training_hash(contexts, code_sets)}"
+        self.trained_on = len(contexts)
+        return self
+
+    def _classifier(self) -> Any:
+        from sklearn.linear_model import LogisticRegression
+
+        return LogisticRegression(C=self.C, class_weight="balanced", max_iter=2000)
+
+    def _tuned_thresholds(self, x: np.ndarray, y: np.ndarray, groups: list[str]) -> list[float]:
+        """Per-code thresholds from out-of-fold probabilities (0.5 when not tunable)."""
+        default = [0.5] * y.shape[1]
+        n_groups = len(set(groups))
+        if not self.tune_thresholds or len(x) < 2 * self.folds:
+            return default
+        from sklearn.model_selection import GroupKFold, KFold
+
+        if n_groups >= self.folds:
+            splits = list(GroupKFold(n_splits=self.folds).split(x, groups=groups))
+        else:
+            splits = list(KFold(self.folds, shuffle=True, random_state=0).split(x))
+        out_of_fold = np.full(y.shape, np.nan)
+        for j in range(y.shape[1]):
+            if y[:, j].sum() < MIN_POSITIVES_TO_TUNE:
+                continue
+            for train, test in splits:
+                labels = y[train, j]
+                if labels.all() or not labels.any():
+                    continue
+                model = self._classifier().fit(x[train], labels)
+                out_of_fold[test, j] = model.predict_proba(x[test])[:, 1]
+        thresholds = []
+        for j in range(y.shape[1]):
+            seen = ~np.isnan(out_of_fold[:, j])
+            if y[seen, j].sum() < MIN_POSITIVES_TO_TUNE:
+                thresholds.append(0.5)
+            else:
+                thresholds.append(best_threshold(out_of_fold[seen, j], y[seen, j]))
+        return thresholds
+
+    # ------------------------------------------------------------------ prediction
+
+    def probabilities(self, contexts: Sequence[PassageContext]) -> np.ndarray:
+        """Shape (len(contexts), len(self.codes))."""
+        if not self.models:
+            raise RuntimeError("LearnedCoder is not trained: call fit() or load() first")
+        x = features(contexts, self.embedder)
+        return np.column_stack([m.predict_proba(x)[:, 1] for m in self.models])
+
+    def predict(self, contexts: Sequence[PassageContext]) -> list[frozenset[str]]:
+        p = self.probabilities(contexts)
+        limits = np.array(self.thresholds)
+        return [frozenset(self.codes[j] for j in np.flatnonzero(row >= limits)) for row in p]
+
+    def propose(self, requests: Sequence[CodingRequest], codebook: Codebook) -> list[ProposalSet]:
+        if not requests:
+            return []
+        known = set(codebook.titles())
+        p = self.probabilities([r.context for r in requests])
+        return [
+            self._proposal_set(r, row, known, codebook) for r, row in zip(requests, p, strict=True)
+        ]
+
+    def _proposal_set(
+        self, request: CodingRequest, row: np.ndarray, known: set[str], codebook: Codebook
+    ) -> ProposalSet:
+        text = request.passage.text
+        shortlist = {c.code.title for c in request.candidates}
+        valid, invalid = [], []
+        passing = [j for j in np.argsort(-row) if row[j] >= self.thresholds[j]]
+        for j in passing if text.strip() else []:
+            proposal = whole_passage_proposal(
+                self.codes[j],
+                text,
+                f"logistic regression probability {row[j]:.2f} "
+                f"(threshold {self.thresholds[j]:.2f}, trained on {self.trained_on} passages)",
+                row[j],
+            )
+            proposal.in_candidates = not shortlist or self.codes[j] in shortlist
+            if self.codes[j] in known:
+                valid.append(proposal)
+            else:
+                proposal.valid = False
+                proposal.invalid_reason = f"code not in codebook version {codebook.version}"
+                invalid.append(proposal)
+        return ProposalSet(
+            passage_id=request.passage.id,
+            coder=self.kind,
+            model=self.model,
+            prompt_version=self.prompt_version,
+            codebook_version=codebook.version,
+            proposals=valid,
+            invalid=invalid,
+        )
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, path: str | Path) -> Path:
+        import joblib
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "format": FORMAT_VERSION,
+            "embedding": MiniLMEmbedding.name(),
+            "model_sha256": self.embedder.model_sha256,
+            "C": self.C,
+            "codes": self.codes,
+            "models": self.models,
+            "thresholds": self.thresholds,
+            "model": self.model,
+            "trained_on": self.trained_on,
+        }
+        joblib.dump(state, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> LearnedCoder:
+        """A saved coder. Only load files you wrote: joblib files can run code."""
+        import joblib
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no saved learned coder")
+        state = joblib.load(path)
+        if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
+            raise ValueError(f"{path}: not a qualflow learned coder (format {FORMAT_VERSION})")
+        coder = cls(C=state["C"])
+        coder.codes, coder.models = state["codes"], state["models"]
+        coder.thresholds, coder.model = state["thresholds"], state["model"]
+        coder.trained_on = state["trained_on"]
+        coder.embedder = MiniLMEmbedding(model_sha256=state["model_sha256"])
+        return coder
+
+
+def default_path(settings: Settings, codebook: Codebook) -> Path:
+    """Where a workspace keeps its learned coder for a codebook version."""
+    return settings.data_dir / "models" / f"learned-{codebook.version}.joblib"

@@ -1,0 +1,130 @@
+"""The similarity baseline: no LLM, codes whose definition is close to the passage.
+
+Every code is scored by the cosine similarity between the passage embedding and
+the code's indexed vector (``CodeIndex``); the codes above a threshold (at most
+``max_codes``, best first) are proposed. ``calibrate`` picks the threshold that
+maximizes micro-F1 on coded training passages. When a request carries candidates,
+only those are eligible, as for any coder that sees a retrieved shortlist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from qualflow.index import CodeIndex, Query
+from qualflow.models import Codebook, CodeProposal, CodingRequest, ProposalSet
+
+DEFAULT_THRESHOLD = 0.45
+
+
+def micro_f1(predicted: Sequence[frozenset[str]], gold: Sequence[frozenset[str]]) -> float:
+    """Micro-averaged F1 over passages (true positives pooled across codes)."""
+    tp = sum(len(p & g) for p, g in zip(predicted, gold, strict=True))
+    n_pred = sum(len(p) for p in predicted)
+    n_gold = sum(len(g) for g in gold)
+    return 2 * tp / (n_pred + n_gold) if n_pred + n_gold else 0.0
+
+
+def whole_passage_proposal(code: str, text: str, rationale: str, confidence: float) -> CodeProposal:
+    """A proposal whose evidence is the whole passage (baseline coders quote no span)."""
+    return CodeProposal(
+        code=code,
+        rationale=rationale,
+        evidence=text,
+        evidence_start=0,
+        evidence_end=len(text),
+        confidence=min(1.0, max(0.0, float(confidence))),
+    )
+
+
+def check_codebook(index_version: str, codebook: Codebook, coder: str) -> None:
+    if index_version != codebook.version:
+        raise ValueError(
+            f"{coder} coder was built for codebook version {index_version}, "
+            f"asked to code against {codebook.name!r} version {codebook.version}"
+        )
+
+
+class SimilarityCoder:
+    """Applies the codes whose definition embedding is closest to the passage."""
+
+    kind = "similarity"
+    prompt_version = ""
+
+    def __init__(
+        self,
+        index: CodeIndex,
+        threshold: float = DEFAULT_THRESHOLD,
+        max_codes: int = 3,
+        with_previous: bool = False,
+    ) -> None:
+        self.index = index
+        self.threshold = threshold
+        self.max_codes = max_codes
+        self.with_previous = with_previous
+        self.model = index.model
+
+    def select(self, scores: np.ndarray, eligible: np.ndarray | None = None) -> list[int]:
+        """Indices of the codes to apply for one row of scores, best first."""
+        row = scores if eligible is None else np.where(eligible, scores, -1.0)
+        order = np.argsort(-row, kind="stable")[: self.max_codes]
+        return [int(i) for i in order if row[i] >= self.threshold]
+
+    def propose(self, requests: Sequence[CodingRequest], codebook: Codebook) -> list[ProposalSet]:
+        check_codebook(self.index.version, codebook, self.kind)
+        if not requests:
+            return []
+        titles = [c.title for c in self.index.codebook.codes]
+        scores = self.index.scores([r.context for r in requests], with_previous=self.with_previous)
+        out = []
+        for request, row in zip(requests, scores, strict=True):
+            eligible = None
+            if request.candidates:
+                shortlist = {c.code.title for c in request.candidates}
+                eligible = np.array([t in shortlist for t in titles])
+            text = request.passage.text
+            chosen = self.select(row, eligible) if text.strip() else []
+            proposals = [
+                whole_passage_proposal(
+                    titles[i],
+                    text,
+                    f"cosine similarity {row[i]:.2f} to the code definition",
+                    row[i],
+                )
+                for i in chosen
+            ]
+            out.append(
+                ProposalSet(
+                    passage_id=request.passage.id,
+                    coder=self.kind,
+                    model=self.model,
+                    prompt_version=self.prompt_version,
+                    codebook_version=codebook.version,
+                    proposals=proposals,
+                )
+            )
+        return out
+
+    def predict(self, queries: Sequence[Query]) -> list[frozenset[str]]:
+        """Code sets for plain texts or contexts (whole codebook eligible)."""
+        titles = [c.title for c in self.index.codebook.codes]
+        scores = self.index.scores(queries, with_previous=self.with_previous)
+        return [frozenset(titles[i] for i in self.select(row)) for row in scores]
+
+    def calibrate(self, texts: Sequence[Query], gold_code_sets: Sequence[frozenset[str]]) -> float:
+        """Set (and return) the threshold maximizing micro-F1 on these coded passages."""
+        if len(texts) != len(gold_code_sets) or not texts:
+            raise ValueError("calibrate needs as many gold code sets as texts (at least one)")
+        titles = [c.title for c in self.index.codebook.codes]
+        scores = self.index.scores(texts, with_previous=self.with_previous)
+        best = (-1.0, self.threshold)
+        for threshold in np.round(np.arange(0.05, 0.96, 0.01), 2):
+            self.threshold = float(threshold)
+            predicted = [frozenset(titles[i] for i in self.select(row)) for row in scores]
+            f1 = micro_f1(predicted, list(gold_code_sets))
+            if f1 > best[0]:
+                best = (f1, float(threshold))
+        self.threshold = best[1]
+        return self.threshold
