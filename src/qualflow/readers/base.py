@@ -139,9 +139,15 @@ def looks_like_speaker(label: str) -> bool:
     )
 
 
+_PARTICIPANT_ID = re.compile(r"^[A-Z]{1,3}-?\d{1,4}$")  # P1, I-5, R12
+
+
 def is_role(label: str) -> bool:
-    main = re.sub(r"\s*\([^()]*\)\s*$", "", label.strip()).lower()
-    return main in _ROLE_WORDS or main.split(" ")[0] in _ROLE_WORDS
+    """A role word ('Interviewer', 'Speaker 2', 'Q') or a participant id ('P1', 'I-5')."""
+    main = re.sub(r"\s*\([^()]*\)\s*$", "", label.strip())
+    if _PARTICIPANT_ID.match(main):
+        return True
+    return main.lower() in _ROLE_WORDS or main.lower().split(" ")[0] in _ROLE_WORDS
 
 
 def split_label(line: str) -> tuple[str, str] | None:
@@ -153,7 +159,7 @@ def split_label(line: str) -> tuple[str, str] | None:
 
 
 def accepted_labels(lines: Iterable[str]) -> set[str]:
-    """Labels that are speakers: seen at least twice, or a role word (Interviewer, Q).
+    """Labels that are speakers: seen at least twice, a role word or a participant id.
 
     One-off 'Title: text' lines in prose are not taken for speakers.
     """
