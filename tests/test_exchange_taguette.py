@@ -1,0 +1,274 @@
+"""Taguette import: the project database and the CSV exports, small fixture and real file."""
+
+from __future__ import annotations
+
+import csv
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from qualflow.exchange.taguette import (
+    ByteOffsets,
+    TaguetteError,
+    html_to_text,
+    import_taguette,
+    import_taguette_csv,
+    read_codebook_csv,
+    strip_tags,
+)
+from qualflow.highlights import load_highlights
+from tests.conftest import SERDIF, needs_shared
+
+FIXTURES = Path(__file__).parent / "fixtures" / "exchange"
+
+
+def make_project(tmp_path: Path, *extra_sql: str) -> Path:
+    """The small fixture project as a real SQLite file (optionally altered)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "tiny.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript((FIXTURES / "taguette-small.sql").read_text(encoding="utf-8"))
+    for sql in extra_sql:
+        db.execute(sql)
+    db.commit()
+    db.close()
+    return path
+
+
+def passage_with(store, text: str):
+    return next(p for p in store.passages() if text in p.text)
+
+
+# ---------------------------------------------------------------------- text and offsets
+
+
+def test_html_to_text_keeps_taguette_text_and_exact_turns():
+    html = "<h2>A &amp; B</h2>\n<p>  one.</p>\n<p></p>\n<p>   two &lt; three</p>"
+    text, spans = html_to_text(html)
+    assert text == "A & B\n  one.\n\n   two < three"
+    assert [text[s:e] for s, e in spans] == ["A & B", "one.", "two < three"]
+
+
+def test_byte_offsets_to_code_points():
+    text = "a’b😀c"
+    offsets = ByteOffsets(text)
+    assert offsets.to_char(0) == 0
+    assert offsets.to_char(1) == 1  # start of ’ (3 bytes)
+    assert offsets.to_char(4) == 2  # b
+    assert offsets.to_char(5) == 3  # 😀 (4 bytes)
+    assert offsets.to_char(9) == 4
+    assert offsets.to_char(10) == 5  # end of text
+    assert offsets.to_char(2) is None  # inside ’
+    assert offsets.to_char(11) is None  # past the end
+
+
+# ---------------------------------------------------------------------- small fixture
+
+
+def test_import_small_project(store, tmp_path):
+    result = import_taguette(store, make_project(tmp_path))
+    assert result.project == "Tiny study"
+    assert len(result.transcripts) == 2
+    assert result.codes == 4
+    assert result.highlights == 6
+    assert result.tag_links == 6
+    assert len(result.untagged) == 1 and "highlight 3" in result.untagged[0]
+    assert result.unmatched == [] and result.problems == []
+    assert result.gold_set == "taguette:Tiny study"
+    assert list(result.coders) == ["ana"]  # the Taguette login from the commands table
+
+    names = {t.name: t for t in store.transcripts()}
+    assert set(names) == {"Café_interview", "P2_session"}
+    cafe = names["Café_interview"]
+    assert cafe.format == "taguette"
+    for turn in cafe.turns:
+        assert cafe.text[turn.char_start : turn.char_end] == turn.text
+    assert "x < y" in cafe.text and "&lt;" not in cafe.text
+
+    codebook = store.codebook(result.codebook_version)
+    assert codebook.get("Simple export").description == "Export is easy."
+    assert codebook.get("Positive experience").count == 2
+
+    # every highlight's text equals its snippet with the tags stripped
+    db = sqlite3.connect(make_project(tmp_path / "again"))
+    snippets = {str(i): strip_tags(s) for i, s in db.execute("SELECT id, snippet FROM highlights")}
+    highlights = load_highlights(store, source="taguette:Tiny study")
+    assert {h.external_id for h in highlights} == set(snippets)
+    for h in highlights:
+        text = store.transcript(h.transcript_id).text
+        assert text[h.char_start : h.char_end] == snippets[h.external_id] == h.snippet
+    assert next(h for h in highlights if h.external_id == "3").code is None
+
+    gold = store.gold(result.gold_set)["ana"]
+    assert gold[passage_with(store, "Okay, I read this").id] == {"Positive experience"}
+    assert gold[passage_with(store, "x < y").id] == {"Wording not clear", "Additional explanation"}
+    assert gold[passage_with(store, "Naïve question").id] == {"Wording not clear"}
+    assert gold[passage_with(store, "The map is great").id] == frozenset()  # untagged
+    assert gold[passage_with(store, "The colours are nice").id] == {"Positive experience"}
+    assert gold[passage_with(store, "1.a Is the text clear").id] == frozenset()
+    assert len(gold) == len(store.passages())
+
+
+def test_reimport_is_idempotent(store, tmp_path):
+    path = make_project(tmp_path)
+    first = import_taguette(store, path, gold_set="g")
+    gold = store.gold("g")
+    second = import_taguette(store, path, gold_set="g")
+    assert second.transcripts == first.transcripts
+    assert len(load_highlights(store)) == 7  # 6 highlights, one with two tags
+    assert store.gold("g") == gold
+    assert len(store.gold("g")["ana"]) == len(store.passages())
+
+
+def test_turn_segmentation(store, tmp_path):
+    result = import_taguette(store, make_project(tmp_path), segmentation="turn")
+    gold = store.gold(result.gold_set)["ana"]
+    turn = passage_with(store, "x < y")
+    assert turn.segmentation == "turn"
+    assert gold[turn.id] == {"Wording not clear", "Additional explanation"}
+
+
+def test_offsets_out_of_range_and_mismatched_snippets_are_reported(store, tmp_path):
+    path = make_project(
+        tmp_path,
+        "INSERT INTO highlights VALUES (7, 1, 5000, 5010, '<p>nowhere to be found</p>')",
+        "INSERT INTO highlight_tags VALUES (7, 1)",
+        # wrong offsets, but the snippet occurs in the text: relocated
+        "INSERT INTO highlights VALUES (8, 2, 0, 5, '<p>Exporting was simple.</p>')",
+        "INSERT INTO highlight_tags VALUES (8, 4)",
+    )
+    result = import_taguette(store, path)
+    assert len(result.unmatched) == 1
+    assert "highlight 7" in result.unmatched[0] and "out of range" in result.unmatched[0]
+    relocated = next(h for h in load_highlights(store) if h.external_id == "8")
+    assert relocated.snippet == "Exporting was simple."
+
+
+def test_not_a_taguette_file(store, tmp_path):
+    junk = tmp_path / "junk.sqlite3"
+    junk.write_bytes(b"PK\x03\x04 not a database")
+    with pytest.raises(TaguetteError, match="not a SQLite database"):
+        import_taguette(store, junk)
+    other = tmp_path / "other.sqlite3"
+    sqlite3.connect(other).execute("CREATE TABLE x (a)").connection.commit()
+    with pytest.raises(TaguetteError, match="missing tables"):
+        import_taguette(store, other)
+    with pytest.raises(TaguetteError, match="no such file"):
+        import_taguette(store, tmp_path / "absent.sqlite3")
+
+
+def test_several_projects_need_a_choice(store, tmp_path):
+    path = make_project(
+        tmp_path, "INSERT INTO projects VALUES (2, 'Other', '', '2024-01-02 10:00:00')"
+    )
+    with pytest.raises(TaguetteError, match="several projects"):
+        import_taguette(store, path)
+    assert import_taguette(store, path, project_id=1).highlights == 6
+
+
+# ---------------------------------------------------------------------- CSV exports
+
+
+def test_codebook_csv():
+    cb = read_codebook_csv(FIXTURES / "taguette-codebook.csv")
+    assert cb.titles() == [
+        "Positive experience",
+        "Wording not clear",
+        "Additional explanation",
+        "Simple export",
+    ]
+    assert cb.get("Positive experience").count == 2
+
+
+def test_csv_import_matches_the_database_import(store, tmp_path):
+    db_result = import_taguette(store, make_project(tmp_path), gold_set="db")
+    result = import_taguette_csv(
+        store,
+        FIXTURES / "taguette-highlights.csv",
+        codebook_csv=FIXTURES / "taguette-codebook.csv",
+        gold_set="csv",
+    )
+    assert result.highlights == 5  # 6 ids, one not found in the transcript
+    assert len(result.unmatched) == 1 and "highlight 7" in result.unmatched[0]
+    assert result.codebook_version == db_result.codebook_version
+    db_gold = store.gold("db")["ana"]
+    csv_gold = store.gold("csv")["taguette"]
+    assert csv_gold == db_gold  # the untagged highlight is absent from the CSV: same codings
+
+
+def test_csv_errors(store, tmp_path):
+    with pytest.raises(TaguetteError, match="missing column"):
+        import_taguette_csv(store, FIXTURES / "taguette-highlights-bad.csv")
+    with pytest.raises(TaguetteError, match="no such file"):
+        import_taguette_csv(store, tmp_path / "absent.csv")
+    bad = tmp_path / "codebook.csv"
+    bad.write_text("tag,description,number of highlights\nA,x,many\n", encoding="utf-8")
+    with pytest.raises(TaguetteError, match="row 2"):
+        read_codebook_csv(bad)
+    result = import_taguette_csv(store, FIXTURES / "taguette-highlights.csv")
+    assert result.highlights == 0
+    assert len(result.unmatched) == 6  # no transcripts in the store: every one reported
+
+
+# ---------------------------------------------------------------------- the real project
+
+
+@pytest.mark.shared
+def test_real_serdif_project(store):
+    path = needs_shared("corpora", "serdif-usability", "taguette-project.sqlite3")
+    result = import_taguette(store, path)
+    assert len(result.transcripts) == 11
+    assert result.codes == 22
+    assert result.highlights == 1166
+    assert result.unmatched == [] and result.untagged == [] and result.problems == []
+
+    with open(SERDIF / "codebooks" / "codebook_20220303_8.csv", encoding="utf-8") as fh:
+        final = {row["tag"]: row for row in csv.DictReader(fh)}
+    codebook = store.codebook(result.codebook_version)
+    assert set(codebook.titles()) == set(final)
+    for code in codebook.codes:
+        assert code.description == final[code.title]["description"].strip()
+
+    # offsets line up: every highlight's text is its snippet with the tags stripped
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    snippets = {str(i): strip_tags(s) for i, s in db.execute("SELECT id, snippet FROM highlights")}
+    highlights = load_highlights(store)
+    assert len({h.external_id for h in highlights}) == 1166
+    texts = {t.id: t.text for t in store.transcripts()}
+    for h in highlights:
+        assert texts[h.transcript_id][h.char_start : h.char_end] == snippets[h.external_id]
+
+    # every highlight's code is on a passage it overlaps
+    gold = store.gold(result.gold_set)["admin"]
+    passages = store.passages()
+    by_transcript: dict[str, list] = {}
+    for p in passages:
+        by_transcript.setdefault(p.transcript_id, []).append(p)
+    for h in highlights:
+        assert any(
+            h.code in gold[p.id] and p.char_start < h.char_end and h.char_start < p.char_end
+            for p in by_transcript[h.transcript_id]
+        ), h.snippet
+    coded = sum(1 for codes in gold.values() if codes)
+    assert len(gold) == len(passages)
+    assert 0.6 < coded / len(passages) < 0.9  # the README: about 77% of sentences coded
+
+
+@pytest.mark.shared
+def test_real_serdif_highlights_csv(store):
+    path = needs_shared("corpora", "serdif-usability", "taguette-project.sqlite3")
+    import_taguette(store, path, gold_set="db")
+    result = import_taguette_csv(
+        store,
+        SERDIF / "highlights.csv",
+        codebook_csv=SERDIF / "codebooks" / "codebook_20220303_8.csv",
+        gold_set="csv",
+    )
+    assert result.unmatched == []
+    assert result.highlights == 1166
+    db_gold = store.gold("db")["admin"]
+    csv_gold = store.gold("csv")["taguette"]
+    differ = [pid for pid in db_gold if db_gold[pid] != csv_gold.get(pid)]
+    # content is located by text; a repeated sentence can land on its other occurrence
+    assert len(differ) <= 0.01 * len(db_gold)
