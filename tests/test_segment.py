@@ -218,3 +218,28 @@ def test_passage_invariants_on_serdif():
             check_passages(t, passages)
         moderator = [p for p in segment(t) if p.speaker == "MODERATOR"]
         assert moderator and not any(p.codable for p in moderator)
+
+
+def test_sentences_cover_every_character_once():
+    """Random speech-like text: spans are ordered, disjoint, trimmed, and cover all text."""
+    import random
+
+    pieces = ["Okay", "so", "...", ". . .", "…", "Dr.", "e.g.", "etc.", "3.5", "70 to 80%", "I",
+              "[inaudible]", "[crosstalk]", "(laughs.)", "?!", "!", ".", "?", '"yes."', "“No?”",
+              "We", "it", "U.S.", "a)", "1.", "  ", "\u00a0", "]", "(", "Then"]  # fmt: skip
+    rng = random.Random(7)
+    for _ in range(2000):
+        text = " ".join(rng.choice(pieces) for _ in range(rng.randint(1, 25))).strip()
+        if not text:
+            continue
+        spans = sentence_spans(text)
+        assert spans, text
+        covered = [False] * len(text)
+        last_end = 0
+        for s, e in spans:
+            assert last_end <= s < e, text
+            assert text[s:e] == text[s:e].strip(), text
+            for i in range(s, e):
+                covered[i] = True
+            last_end = e
+        assert all(covered[i] or text[i].isspace() for i in range(len(text))), text
