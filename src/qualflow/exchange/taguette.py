@@ -558,7 +558,9 @@ def import_taguette_csv(
         if transcript is None:
             result.unmatched.append(f"{highlights_csv}: row {line}: no transcript named '{doc}'")
             continue
-        finder = finders.setdefault(transcript.id, _Finder(transcript.text))
+        if transcript.id not in finders:
+            finders[transcript.id] = _Finder(transcript.text)
+        finder = finders[transcript.id]
         span = finder.find(first.get("content") or "")
         if span is None:
             result.unmatched.append(
