@@ -1,0 +1,494 @@
+"""The review web app (FastAPI, server-rendered Jinja2 pages, a little plain JS).
+
+Routes (every one has an access test in tests/test_review_access.py):
+
+| route | who |
+| --- | --- |
+| GET /healthz, GET/POST /login, static files | anyone |
+| POST /logout | any logged-in user |
+| GET / , GET /queue | logged in (reviewers: their assigned passages) |
+| GET /passages/{id}, POST /passages/{id}/decide | admin, or the reviewer assigned to it |
+| GET /codes | logged in (codebook search, JSON) |
+| GET /admin, POST /admin/assign, GET /admin/export/* | admin |
+
+Every state change is a POST carrying the session's CSRF token; decisions also carry the
+review-state version they were made against (a stale one gets HTTP 409).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import FastAPI, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import select
+
+from qualflow.db import DecisionRow, UserRow
+from qualflow.review import auth, decisions, queue
+from qualflow.review.codes import codebook_for, search
+from qualflow.review.view import passage_view
+from qualflow.settings import Settings
+from qualflow.store import Store
+
+HERE = Path(__file__).parent
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
+    "img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+class LoginRequired(Exception):
+    def __init__(self, next_url: str):
+        self.next_url = next_url
+
+
+class Forbidden(Exception):
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+class Auth:
+    def __init__(self, user: auth.User, csrf: str):
+        self.user = user
+        self.csrf = csrf
+
+
+def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
+    """The app for one workspace (opens and migrates its store unless one is given)."""
+    from qualflow.store import open_store
+
+    store = store or open_store(settings)
+    secret = auth.load_secret(
+        settings.session_secret.get_secret_value() if settings.session_secret else None,
+        settings.data_dir,
+    )
+    max_age = int(settings.session_hours * 3600)
+    sessions = auth.Sessions(secret, max_age)
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    templates.env.globals["study_name"] = settings.study_name
+    templates.env.filters["pct"] = lambda x: f"{round(100 * x)}%" if x is not None else "–"
+
+    app = FastAPI(title="qualflow review", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.store = store
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+
+    @app.middleware("http")
+    async def _headers(request: Request, call_next):
+        response = await call_next(request)
+        for k, v in SECURITY_HEADERS.items():
+            if k == "Cache-Control" and request.url.path.startswith("/static/"):
+                continue
+            response.headers.setdefault(k, v)
+        return response
+
+    @app.exception_handler(LoginRequired)
+    def _login_required(request: Request, exc: LoginRequired):
+        if request.method != "GET":
+            return HTMLResponse("login required", status_code=401)
+        return RedirectResponse("/login?" + urlencode({"next": exc.next_url}), status_code=303)
+
+    @app.exception_handler(Forbidden)
+    def _forbidden(request: Request, exc: Forbidden):
+        return page(request, "error.html", None, {"message": exc.reason}, status=403)
+
+    # ----------------------------------------------------------------- helpers
+
+    def who(request: Request) -> Auth:
+        found = sessions.read(store, request.cookies.get(auth.SESSION_COOKIE))
+        if found is None:
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            raise LoginRequired(target)
+        return Auth(*found)
+
+    def admin(request: Request) -> Auth:
+        a = who(request)
+        if not a.user.is_admin:
+            raise Forbidden("This page is for admins.")
+        return a
+
+    def check_csrf(a: Auth, token: str | None) -> None:
+        if not auth.same_token(a.csrf, token):
+            raise Forbidden("The form's security token is missing or stale. Reload the page.")
+
+    def page(
+        request: Request, name: str, a: Auth | None, ctx: dict[str, Any], status: int = 200
+    ) -> HTMLResponse:
+        ctx = {"me": a.user if a else None, "csrf": a.csrf if a else "", **ctx}
+        return templates.TemplateResponse(request, name, ctx, status_code=status)
+
+    def filters_from(params: Any) -> queue.Filters:
+        def text(key: str) -> str | None:
+            value = (params.get(key) or "").strip()
+            return value or None
+
+        try:
+            run = text("run")
+            limit = text("limit")
+            return queue.Filters(
+                transcript=text("transcript"),
+                participant=text("participant"),
+                code=text("code"),
+                run=int(run) if run else None,
+                coder=text("coder"),
+                order=text("order") or "confidence",
+                seed=int(text("seed") or 0),
+                show=text("show") or "pending",
+                limit=int(limit) if limit else None,
+            )
+        except ValueError as exc:
+            raise HTTPException(400, f"bad queue filter: {exc}") from None
+
+    def reachable(a: Auth, passage_id: str):
+        """The passage and the user's assignment, or 404/403."""
+        passage = store.passage(passage_id)
+        if passage is None or not queue.in_queue(store, passage_id):
+            raise HTTPException(404, "no such passage in the review queue")
+        assignment = queue.assignment_for(store, a.user.id, passage_id)
+        if assignment is None and not a.user.is_admin:
+            raise Forbidden("This passage is not assigned to you.")
+        return passage, assignment
+
+    def qs(filters: queue.Filters, **changes: object) -> str:
+        q = filters.query(**changes)
+        return ("?" + urlencode(q)) if q else ""
+
+    # ----------------------------------------------------------------- public
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.get("/login", response_class=HTMLResponse)
+    def login_form(request: Request, next: str = "/queue"):
+        return login_page(request, next, None, 200)
+
+    def login_page(request: Request, next_url: str, error: str | None, status: int):
+        token, cookie = sessions.login_token()
+        response = page(
+            request,
+            "login.html",
+            None,
+            {"login_csrf": token, "next": next_url, "error": error},
+            status,
+        )
+        response.set_cookie(
+            auth.LOGIN_CSRF_COOKIE,
+            cookie,
+            max_age=3600,
+            httponly=True,
+            samesite="lax",
+            secure=request.url.scheme == "https",
+        )
+        return response
+
+    @app.post("/login")
+    def login(
+        request: Request,
+        username: str = Form(""),
+        password: str = Form(""),
+        csrf: str = Form(""),
+        next: str = Form("/queue"),
+    ):
+        if not sessions.check_login_token(request.cookies.get(auth.LOGIN_CSRF_COOKIE), csrf):
+            return login_page(request, next, "Your login form expired. Please try again.", 403)
+        user = auth.authenticate(store, username.strip(), password)
+        if user is None:
+            return login_page(request, next, "Wrong user name or password.", 401)
+        value, _ = sessions.issue(store, user)
+        target = next if next.startswith("/") and not next.startswith("//") else "/queue"
+        response = RedirectResponse(target, status_code=303)
+        response.set_cookie(
+            auth.SESSION_COOKIE,
+            value,
+            max_age=max_age,
+            httponly=True,
+            samesite="lax",
+            secure=request.url.scheme == "https",
+        )
+        response.delete_cookie(auth.LOGIN_CSRF_COOKIE)
+        return response
+
+    @app.post("/logout")
+    def logout(request: Request, csrf: str = Form("")):
+        a = who(request)
+        check_csrf(a, csrf)
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(auth.SESSION_COOKIE)
+        return response
+
+    # ----------------------------------------------------------------- queue
+
+    @app.get("/")
+    def root(request: Request):
+        who(request)
+        return RedirectResponse("/queue", status_code=303)
+
+    @app.get("/queue", response_class=HTMLResponse)
+    def queue_page(request: Request):
+        a = who(request)
+        filters = filters_from(request.query_params)
+        found = queue.items(store, a.user, filters)
+        ctx = {
+            "filters": filters,
+            "rows": queue.visible(found, filters),
+            "mine": queue.progress(found),
+            "study": queue.study_progress(store) if a.user.is_admin else None,
+            "facets": queue.facets(store),
+            "orders": queue.ORDERS,
+            "shows": queue.SHOW,
+            "qs": lambda **c: qs(filters, **c),
+            "first": queue.next_pending(found, None),
+        }
+        return page(request, "queue.html", a, ctx)
+
+    # ----------------------------------------------------------------- passage
+
+    def render_passage(
+        request: Request,
+        a: Auth,
+        passage_id: str,
+        filters: queue.Filters,
+        *,
+        status: int = 200,
+        conflict: str | None = None,
+        error: str | None = None,
+    ) -> HTMLResponse:
+        passage, assignment = reachable(a, passage_id)
+        blind = bool(assignment and assignment.blind_to_machine)
+        codebook = codebook_for(store, passage_id)
+        pv = passage_view(
+            store,
+            passage,
+            codebook=codebook,
+            show_proposals=not blind,
+            run=filters.run,
+            coder=filters.coder,
+        )
+        st = decisions.state(store, a.user.id, passage_id)
+        history = decisions.log(store, a.user.id, passage_id)
+        found = queue.items(store, a.user, filters)
+        selected = next(
+            (p.number for p in pv.proposals if p.id not in st.proposal_status),
+            1 if pv.proposals else 0,
+        )
+        ctx = {
+            "pv": pv,
+            "st": st,
+            "blind": blind,
+            "double": bool(assignment and assignment.double_coded),
+            "history": list(reversed(history))[:8],
+            "codebook": codebook,
+            "code_info": {c.title: c for c in codebook.codes} if codebook else {},
+            "filters": filters,
+            "back": qs(filters),
+            "next_id": queue.neighbour(found, passage_id, 1),
+            "prev_id": queue.neighbour(found, passage_id, -1),
+            "mine": queue.progress(found),
+            "selected": selected,
+            "conflict": conflict,
+            "error": error,
+            "others": others(passage_id, a) if a.user.is_admin else [],
+        }
+        return page(request, "passage.html", a, ctx, status)
+
+    def others(passage_id: str, a: Auth) -> list[tuple[str, decisions.ReviewState]]:
+        with store.session() as s:
+            people = s.execute(select(UserRow.id, UserRow.username)).tuples().all()
+        out = []
+        for uid, name in people:
+            if uid == a.user.id:
+                continue
+            st = decisions.state(store, uid, passage_id)
+            if st.version:
+                out.append((name, st))
+        return out
+
+    @app.get("/passages/{passage_id}", response_class=HTMLResponse)
+    def passage_page(request: Request, passage_id: str):
+        a = who(request)
+        return render_passage(request, a, passage_id, filters_from(request.query_params))
+
+    @app.post("/passages/{passage_id}/decide")
+    def decide(
+        request: Request,
+        passage_id: str,
+        csrf: str = Form(""),
+        action: str = Form(""),
+        version: str = Form(""),
+        proposal_id: str = Form(""),
+        code: str = Form(""),
+        memo: str | None = Form(None),
+        go: str = Form(""),
+    ):
+        a = who(request)
+        check_csrf(a, csrf)
+        filters = filters_from(request.query_params)
+        _, assignment = reachable(a, passage_id)
+        if action in decisions.PROPOSAL_ACTIONS and assignment and assignment.blind_to_machine:
+            raise Forbidden("This passage is coded blind to the machine proposals.")
+        try:
+            seen = int(version)
+            pid = int(proposal_id) if proposal_id else None
+        except ValueError:
+            return render_passage(
+                request,
+                a,
+                passage_id,
+                filters,
+                status=400,
+                error="The form is missing its version number. Reload the page.",
+            )
+        try:
+            decisions.decide(
+                store,
+                a.user.id,
+                passage_id,
+                action,
+                version=seen,
+                proposal_id=pid,
+                code=code or None,
+                memo=memo,
+            )
+        except decisions.Conflict as exc:
+            return render_passage(request, a, passage_id, filters, status=409, conflict=str(exc))
+        except decisions.DecisionError as exc:
+            return render_passage(request, a, passage_id, filters, status=400, error=str(exc))
+        target = passage_id
+        if go == "next":
+            found = queue.items(store, a.user, filters)
+            target = queue.next_pending(found, passage_id) or ""
+        url = f"/passages/{target}" if target else "/queue"
+        return RedirectResponse(url + qs(filters), status_code=303)
+
+    @app.get("/codes")
+    def codes(request: Request, q: str = "", passage: str = "", limit: int = 12):
+        who(request)
+        codebook = codebook_for(store, passage) if passage else store.codebook()
+        if codebook is None:
+            return JSONResponse([])
+        hits = search(codebook, q, limit=max(1, min(limit, 50)))
+        return JSONResponse([{"title": c.title, "description": c.description} for c in hits])
+
+    # ----------------------------------------------------------------- admin
+
+    @app.get("/admin", response_class=HTMLResponse)
+    def admin_page(request: Request, message: str = ""):
+        a = admin(request)
+        ctx = {
+            "loads": queue.reviewer_loads(store),
+            "study": queue.study_progress(store),
+            "strategies": ["balanced", "round_robin"],
+            "message": message,
+        }
+        return page(request, "admin.html", a, ctx)
+
+    @app.post("/admin/assign")
+    def assign(
+        request: Request,
+        csrf: str = Form(""),
+        reviewers: list[str] = Form(default_factory=list),
+        strategy: str = Form("balanced"),
+        double: str = Form("0"),
+        seed: str = Form("0"),
+        blind_machine: str = Form(""),
+    ):
+        a = admin(request)
+        check_csrf(a, csrf)
+        try:
+            report = queue.assign(
+                store,
+                reviewers,
+                strategy=strategy,
+                double_share=float(double or 0),
+                seed=int(seed or 0),
+                blind_machine=blind_machine == "on",
+            )
+        except ValueError as exc:
+            message = f"Nothing assigned: {exc}"
+        else:
+            message = (
+                f"Assigned {report.passages} passages ({report.assignments} assignments, "
+                f"{report.double_coded} double-coded)."
+            )
+        return RedirectResponse("/admin?" + urlencode({"message": message}), status_code=303)
+
+    @app.get("/admin/export/codings.json")
+    def export_codings(request: Request):
+        admin(request)
+        data = {
+            name: {pid: sorted(codes) for pid, codes in coding.items()}
+            for name, coding in decisions.reviewer_codings(store).items()
+        }
+        return Response(
+            json.dumps(data, indent=1, sort_keys=True),
+            media_type="application/json",
+            headers={"Content-Disposition": 'attachment; filename="reviewer-codings.json"'},
+        )
+
+    @app.get("/admin/export/decisions.csv")
+    def export_log(request: Request):
+        admin(request)
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(
+            [
+                "id",
+                "time",
+                "reviewer",
+                "passage_id",
+                "action",
+                "proposal_id",
+                "code",
+                "before",
+                "after",
+                "memo",
+                "undoes_id",
+                "state_version",
+            ]
+        )
+        with store.session() as s:
+            names = dict(s.execute(select(UserRow.id, UserRow.username)).tuples().all())
+            for r in s.scalars(select(DecisionRow).order_by(DecisionRow.id)):
+                w.writerow(
+                    [
+                        r.id,
+                        r.created_at.isoformat(),
+                        names.get(r.user_id),
+                        r.passage_id,
+                        r.action,
+                        r.proposal_id or "",
+                        r.code or "",
+                        "|".join(r.before),
+                        "|".join(r.after),
+                        r.memo or "",
+                        r.undoes_id or "",
+                        r.state_version,
+                    ]
+                )
+        return Response(
+            buf.getvalue(),
+            media_type="text/csv",
+            headers={"Content-Disposition": 'attachment; filename="decisions.csv"'},
+        )
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` (the CLI with several workers): the workspace
+    comes from QUALFLOW_WORKSPACE."""
+    from qualflow.settings import load_settings
+
+    return create_app(load_settings())
