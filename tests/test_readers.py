@@ -383,3 +383,13 @@ def test_serdif_odt_corpus():
         assert len(t.turns) > 100
         assert {s for s in speakers(t) if s} <= {"MODERATOR"}
         assert "\t" not in t.text and "  " not in t.text
+
+
+def test_utf16_with_bom(tmp_path: Path):
+    path = tmp_path / "notepad.txt"
+    path.write_bytes("Interviewer: Grüß dich?\r\n\r\nP2: Ça va.\r\n".encode("utf-16"))
+    t = read_transcript(path)
+    assert [(turn.speaker, turn.text) for turn in t.turns] == [
+        ("Interviewer", "Grüß dich?"),
+        ("P2", "Ça va."),
+    ]

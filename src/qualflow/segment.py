@@ -33,7 +33,10 @@ _INITIALISM = re.compile(r"^(?:[A-Z]\.)+[A-Z]$")  # U.S, U.K (the final dot is t
 _ENUMERATION = re.compile(r"^(?:\(?\d{1,3}|[a-zA-Z])[.)]$")  # "1." "a)" "(2)" opening a list item
 _FIRST_PERSON = {"I", "I'm", "I’m", "I'd", "I’d", "I've", "I’ve", "I'll", "I’ll"}
 _BRACKETS = {")": "(", "]": "[", "}": "{"}
-_FILLER_ONLY = re.compile(r"^[\W_]*$|^(?:[\W_]*\[[^\]]*\][\W_]*)+$")
+_BRACKETED = re.compile(r"\[[^\]]*\]")
+_WORD = re.compile(r"[^\W_]")
+_NEXT_WORD = re.compile(r"\s*(\S+)")
+_LAST_TOKEN = re.compile(r"(\S*)$")
 
 
 def parse_mode(mode: str) -> tuple[str, int]:
@@ -142,21 +145,21 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
 
 
 def _is_boundary(text: str, start: int, m: re.Match[str]) -> bool:
-    rest = text[m.end() :].lstrip()
-    if not rest:
+    nxt = _NEXT_WORD.match(text, m.end())
+    if nxt is None:  # end of the turn
         return True
-    sentence = text[start : m.end()].strip()
-    if _ENUMERATION.match(sentence):
+    if m.end() - start <= 8 and _ENUMERATION.match(text[start : m.end()].strip()):
         return False
-    following = rest[0]
+    word = nxt.group(1)
+    following = word[0]
     if following.islower():
         return False
     term = m.group(0)
     if _ELLIPSIS.search(term) and "?" not in term and "!" not in term:
-        word = rest.split(maxsplit=1)[0].rstrip(",.;:!?")
-        return following.isupper() and word not in _FIRST_PERSON
+        return following.isupper() and word.rstrip(",.;:!?") not in _FIRST_PERSON
     if term[0] == "." and len(term.rstrip("\"”’')]")) == 1:
-        token = re.split(r"\s", text[: m.start()])[-1].lstrip("\"“‘'([")
+        before = _LAST_TOKEN.search(text, max(0, m.start() - 40), m.start())
+        token = (before.group(1) if before else "").lstrip("\"“‘'([")
         if token.lower() in _ABBREVIATIONS or _INITIALISM.match(token):
             return False
     return True
@@ -170,7 +173,7 @@ def _inside_brackets(text: str) -> set[int]:
         if c in "([{":
             stack.append((c, i))
         elif c in _BRACKETS:
-            for depth in range(len(stack) - 1, -1, -1):
+            for depth in range(len(stack) - 1, max(-1, len(stack) - 11), -1):
                 if stack[depth][0] == _BRACKETS[c]:
                     inside.update(range(stack[depth][1] + 1, i))
                     del stack[depth:]
@@ -190,7 +193,7 @@ def _merge_fillers(text: str, spans: list[tuple[int, int]]) -> list[tuple[int, i
     merged: list[tuple[int, int]] = []
     pending_start: int | None = None
     for s, e in spans:
-        if _FILLER_ONLY.match(text[s:e]):
+        if not _WORD.search(_BRACKETED.sub("", text[s:e])):
             if merged:
                 merged[-1] = (merged[-1][0], e)
             elif pending_start is None:
