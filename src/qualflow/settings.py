@@ -178,6 +178,14 @@ class Settings(BaseSettings):
     )
     session_hours: float = Field(default=12.0, description="Review login lifetime in hours.")
 
+    # --- exchange ---------------------------------------------------------
+    refi_schema_dir: Path | None = Field(
+        default=None,
+        description="Folder holding the REFI-QDA schemas Project.xsd and Codebook.xsd, used to "
+        "validate .qdpx/.qdc files read and written. Empty means ../shared/refi-qda beside the "
+        "checkout when present; otherwise validation is skipped with a notice.",
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
