@@ -33,7 +33,11 @@ def main(argv: list[str] | None = None) -> int:
             print("no folder given and ../shared is absent", file=sys.stderr)
             return 2
         folder = shared / "corpora" / "serdif-usability" / "raw"
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in SUPPORTED_SUFFIXES)
+    files = sorted(
+        p
+        for p in folder.iterdir()
+        if p.suffix.lower() in SUPPORTED_SUFFIXES and not p.stem.lower().startswith("readme")
+    )
 
     read_best = float("inf")
     for _ in range(args.repeat):
