@@ -393,3 +393,19 @@ def test_utf16_with_bom(tmp_path: Path):
         ("Interviewer", "Grüß dich?"),
         ("P2", "Ça va."),
     ]
+
+
+def test_docx_with_otter_style_headers_keeps_times(tmp_path: Path):
+    import docx
+
+    doc = docx.Document()
+    for line in ["Jane Doe  0:03", "We mostly use the leaderboard.", "Speaker 2  1:02:03", "Why?"]:
+        doc.add_paragraph(line)
+    path = tmp_path / "otter_export.docx"
+    doc.save(str(path))
+    t = read_transcript(path)
+    assert t.format == "docx"
+    assert [(x.speaker, x.start_time, x.text) for x in t.turns] == [
+        ("Jane Doe", 3.0, "We mostly use the leaderboard."),
+        ("Speaker 2", 3723.0, "Why?"),
+    ]

@@ -77,6 +77,7 @@ def _zip_format(path: Path, data: bytes) -> str:
 def _read_office(path: Path, data: bytes, fmt: str, name: str | None) -> Transcript:
     from qualflow.readers.base import turns_from_blocks
     from qualflow.readers.office import read_docx, read_odt
+    from qualflow.readers.text import is_otter, read_otter
 
     try:
         blocks, meta = read_docx(data) if fmt == "docx" else read_odt(data)
@@ -84,7 +85,10 @@ def _read_office(path: Path, data: bytes, fmt: str, name: str | None) -> Transcr
         raise
     except Exception as e:  # damaged XML inside a valid ZIP, missing parts, ...
         raise ReadError(path, f"cannot parse {fmt.upper()}: {type(e).__name__}: {e}") from e
-    return build_transcript(path, data, fmt, turns_from_blocks(blocks), name=name, metadata=meta)
+    # Otter and Teams also export DOCX with 'Name  0:03' header lines: keep the times.
+    flat = "\n\n".join("\n".join(b) for b in blocks)
+    turns = read_otter(flat) if is_otter(flat) else turns_from_blocks(blocks)
+    return build_transcript(path, data, fmt, turns, name=name, metadata=meta)
 
 
 def _decode(path: Path, data: bytes) -> str:
