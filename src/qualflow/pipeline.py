@@ -314,13 +314,13 @@ def process_batch(
 
 
 def record_batch_failure(
-    store: Store, requests: Sequence[CodingRequest], error: BaseException, *, run_id: int | None
+    store: Store, passage_ids: Sequence[str], error: BaseException, *, run_id: int | None
 ) -> BatchResult:
     """Record a batch whose coder call failed for good; its passages stay uncoded."""
     reason = f"{type(error).__name__}: {error}"
-    log.warning("batch of %d passages failed: %s", len(requests), reason)
-    failures = [_fail(store, "code", r.passage.id, reason, run_id) for r in requests]
-    return BatchResult(passages=len(requests), failures=failures)
+    log.warning("batch of %d passages failed: %s", len(passage_ids), reason)
+    failures = [_fail(store, "code", pid, reason, run_id) for pid in passage_ids]
+    return BatchResult(passages=len(passage_ids), failures=failures)
 
 
 def _fail(store: Store, stage: str, subject: str, reason: str | None, run_id: int | None):
@@ -357,6 +357,24 @@ def plan_run(
         in_scope=len(scope),
         already_coded=len(scope) - len(todo),
         todo=[p.id for p in todo],
+    )
+
+
+def nothing_to_do(
+    key: ProposalKey, plan: RunPlan, *, started: float, ingest_failures: Sequence[Failure] = ()
+) -> RunSummary:
+    """The summary of a run that found every passage in scope coded (no run row)."""
+    return RunSummary(
+        status="completed",
+        coder=key.coder,
+        model=key.model,
+        prompt_version=key.prompt_version,
+        codebook_version=key.codebook_version,
+        transcripts=plan.transcripts,
+        passages=plan.in_scope,
+        already_coded=plan.already_coded,
+        wall_seconds=round(time.monotonic() - started, 2),
+        failures=list(ingest_failures),
     )
 
 
@@ -431,18 +449,7 @@ def run_coding(
     if not plan.todo:  # nothing to do: no coder call, no run row
         if progress:
             progress(0, 0)
-        return RunSummary(
-            status="completed",
-            coder=key.coder,
-            model=key.model,
-            prompt_version=key.prompt_version,
-            codebook_version=key.codebook_version,
-            transcripts=plan.transcripts,
-            passages=plan.in_scope,
-            already_coded=plan.already_coded,
-            wall_seconds=round(time.monotonic() - started, 2),
-            failures=list(ingest_failures),
-        )
+        return nothing_to_do(key, plan, started=started, ingest_failures=ingest_failures)
     run_id = start_run(store, key, plan, params)
     budget = budget or Budget.from_settings(settings)
     total = BatchResult()
@@ -464,7 +471,8 @@ def run_coding(
                     store, coder, requests, codebook, run_id=run_id, budget=budget
                 )
             except Exception as exc:  # the coder failed for the whole batch
-                total = total + record_batch_failure(store, requests, exc, run_id=run_id)
+                ids = [p.id for p in chunk]
+                total = total + record_batch_failure(store, ids, exc, run_id=run_id)
             done += len(chunk)
             if progress:
                 progress(done, len(todo))
@@ -516,7 +524,7 @@ def render_markdown(summary: RunSummary) -> str:
         ("Estimated cost", f"${s.cost_usd:.4f}"),
         ("Wall time", f"{s.wall_seconds:.1f} s"),
     ]
-    lines = ["# qualflow coding run", "", "| | |", "| --- | --- |"]
+    lines = ["# qualflow coding run", "", "| figure | value |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in rows]
     lines += ["", f"## Failures ({len(s.failures)})", ""]
     if s.failures:
@@ -553,6 +561,15 @@ def ingest(
     return report.transcript_ids, failures
 
 
+def sources_of(settings: Settings, inbox: str | Path | None = None) -> list[Path]:
+    """The inbox folder (relative paths are under the workspace), or nothing."""
+    folder = inbox or settings.inbox
+    if not folder:
+        return []
+    path = Path(folder)
+    return [path if path.is_absolute() else settings.workspace / path]
+
+
 def run_codebook(settings: Settings, codebook: str | None = None) -> Codebook:
     from qualflow.codebook import load_codebook
 
@@ -581,14 +598,14 @@ def code_paths(
     from qualflow.coders.factory import needs_index, open_coder
 
     kind = coder or settings.coder
-    sources = list(paths or ([settings.inbox] if settings.inbox else []))
+    sources = list(paths or sources_of(settings))
     transcript_ids: list[str] | None = None
     failures: list[Failure] = []
     if sources:
         transcript_ids, failures = ingest(store, sources, settings)
     book = run_codebook(settings, codebook)
     index = open_index(book, settings) if needs_index(kind, settings) else None
-    with open_coder(kind, settings, store, index) as opened:
+    with open_coder(kind, settings, store, index, codebook=book) as opened:
         return run_coding(
             store,
             opened,

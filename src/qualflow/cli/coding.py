@@ -1,9 +1,77 @@
-"""CLI commands of this area (registered by qualflow.cli)."""
+"""``qualflow code``: propose codes for transcripts through the library, without Prefect.
+
+Same pipeline and guarantees as ``qualflow run`` (incremental, resumable, failures
+recorded, budgets), minus orchestration: no Prefect server, no artifacts, no retries
+beyond the coder's own. Use it for quick work and scripts; use ``qualflow run`` /
+``qualflow serve`` for scheduled, observable runs.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+from qualflow.cli.common import WorkspaceOption, fail, offline_defaults
+from qualflow.cli.runs import (
+    BatchOption,
+    CodebookOption,
+    CoderOption,
+    FilesArgument,
+    InboxOption,
+    MaxCostOption,
+    MaxTokensOption,
+    progress_bar,
+    show_summary,
+)
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the main app."""
+    app.command("code")(code)
+
+
+def code(
+    files: FilesArgument = None,
+    inbox: InboxOption = None,
+    coder: CoderOption = "llm",
+    codebook: CodebookOption = None,
+    batch_size: BatchOption = None,
+    max_tokens: MaxTokensOption = None,
+    max_cost: MaxCostOption = None,
+    workspace: WorkspaceOption = Path("."),
+) -> None:
+    """Ingest transcripts (files, --inbox, or the workspace inbox) and propose codes.
+
+    Without files or an inbox, codes every stored transcript's uncoded passages.
+    """
+    offline_defaults()
+    from qualflow import pipeline
+    from qualflow.coders.factory import CoderError
+    from qualflow.settings import load_settings
+    from qualflow.store import open_store
+
+    overrides: dict = {}
+    if max_tokens is not None:
+        overrides["max_tokens_per_run"] = max_tokens
+    if max_cost is not None:
+        overrides["max_cost_per_run"] = max_cost
+    settings = load_settings(workspace, **overrides)
+    sources = [f.resolve() for f in files or []] or pipeline.sources_of(settings, inbox)
+    store = open_store(settings)
+    try:
+        with progress_bar() as update:
+            summary = pipeline.code_paths(
+                settings,
+                store,
+                paths=sources,
+                coder=coder,
+                codebook=codebook,
+                progress=update,
+                batch_size=batch_size,
+            )
+    except (CoderError, FileNotFoundError, ValueError) as exc:
+        raise fail(str(exc)) from exc
+    finally:
+        store.close()
+    show_summary(summary.model_dump(mode="json"))

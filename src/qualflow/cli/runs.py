@@ -1,9 +1,290 @@
-"""CLI commands of this area (registered by qualflow.cli)."""
+"""``qualflow run`` (one coding flow run in the foreground) and ``qualflow serve``
+(the scheduled deployments of prefect.yaml, served from one process).
+
+Prefect is imported inside the commands, after ``offline_defaults()``, so the rest of
+the CLI starts fast and Prefect never phones home unless the user asks it to.
+"""
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+
+from qualflow.cli.common import WorkspaceOption, console, fail, offline_defaults
+
+CoderOption = Annotated[
+    str,
+    typer.Option(
+        "--coder",
+        "-c",
+        help="llm, similarity, learned, or an importable 'module:callable' returning a coder.",
+    ),
+]
+CodebookOption = Annotated[
+    str | None,
+    typer.Option("--codebook", help="Codebook name or file (default: the workspace setting)."),
+]
+InboxOption = Annotated[
+    Path | None,
+    typer.Option("--inbox", help="Folder of transcripts (default: the workspace's inbox)."),
+]
+FilesArgument = Annotated[
+    list[Path] | None, typer.Argument(help="Transcript files or folders (instead of --inbox).")
+]
+BatchOption = Annotated[
+    int | None, typer.Option("--batch-size", help="Passages per batch (default from settings).")
+]
+MaxTokensOption = Annotated[
+    int | None, typer.Option("--max-tokens", help="Token budget of this run (0 = none).")
+]
+MaxCostOption = Annotated[
+    float | None, typer.Option("--max-cost", help="USD budget of this run (0 = none).")
+]
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the main app."""
+    app.command("run")(run)
+    app.command("serve")(serve)
+
+
+# ---------------------------------------------------------------------- locating flows
+
+
+def repo_root() -> Path:
+    from qualflow.resources import project_dir
+
+    return project_dir("flows").parent
+
+
+def load_flow(entrypoint: str) -> Any:
+    """A flow from ``path/to/file.py:function`` (relative to the qualflow checkout)."""
+    from prefect.flows import load_flow_from_entrypoint
+
+    path, _, name = entrypoint.partition(":")
+    full = Path(path) if Path(path).is_absolute() else repo_root() / path
+    return load_flow_from_entrypoint(f"{full}:{name}")
+
+
+# ---------------------------------------------------------------------- run
+
+
+def run(
+    files: FilesArgument = None,
+    inbox: InboxOption = None,
+    coder: CoderOption = "llm",
+    codebook: CodebookOption = None,
+    batch_size: BatchOption = None,
+    max_tokens: MaxTokensOption = None,
+    max_cost: MaxCostOption = None,
+    workspace: WorkspaceOption = Path("."),
+) -> None:
+    """Run the coding flow once, in the foreground, through Prefect.
+
+    Same guarantees as the scheduled run: incremental, resumable, failures recorded,
+    budget respected. Without PREFECT_API_URL Prefect starts a temporary local server.
+    """
+    offline_defaults()
+    workspace = workspace.resolve()
+    flow = load_flow("flows/coding.py:code_transcripts")
+    with progress_bar() as update:
+        flow.fn.__globals__["progress_hook"] = update
+        try:
+            result = flow(
+                inbox=str(inbox.resolve()) if inbox else None,
+                files=[str(f.resolve()) for f in files] if files else None,
+                workspace=str(workspace),
+                codebook=codebook,
+                coder=coder,
+                batch_size=batch_size,
+                max_tokens=max_tokens,
+                max_cost=max_cost,
+            )
+        except Exception as exc:
+            raise fail(f"coding run failed: {exc}") from exc
+        finally:
+            flow.fn.__globals__["progress_hook"] = None
+    show_summary(result)
+
+
+@contextmanager
+def progress_bar() -> Iterator[Any]:
+    """A rich progress bar driven by ``update(done, total)`` (passages)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(
+        TextColumn("coding passages"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+    task_id = bar.add_task("coding", total=None)
+
+    def update(done: int, total: int) -> None:
+        bar.update(task_id, completed=done, total=total)
+
+    with bar:
+        yield update
+
+
+def show_summary(result: dict) -> None:
+    from rich.markdown import Markdown
+
+    from qualflow.pipeline import RunSummary, render_markdown
+
+    summary = RunSummary.model_validate(result)
+    console.print(Markdown(render_markdown(summary)))
+    if summary.status == "stopped_budget":
+        console.print("[yellow]Budget reached: run the same command again to resume.[/]")
+
+
+# ---------------------------------------------------------------------- serve
+
+
+def serve(
+    workspace: WorkspaceOption = Path("."),
+    coding_cron: Annotated[
+        str | None, typer.Option(help="Cron of the coding run (default: prefect.yaml).")
+    ] = None,
+    report_cron: Annotated[
+        str | None, typer.Option(help="Cron of the agreement report (default: prefect.yaml).")
+    ] = None,
+    port: Annotated[
+        int,
+        typer.Option(
+            help="Port of the local Prefect server started when PREFECT_API_URL is unset "
+            "(0 = a free port)."
+        ),
+    ] = 4200,
+    limit: Annotated[int | None, typer.Option(help="Flow runs at once (default: no limit).")] = 1,
+) -> None:
+    """Serve the coding and report deployments of prefect.yaml on their schedules.
+
+    One process: when PREFECT_API_URL is unset it also runs a local Prefect server
+    (UI and scheduler) on 127.0.0.1; otherwise it registers with that server. Stops
+    cleanly on SIGTERM or Ctrl-C.
+    """
+    offline_defaults()
+    workspace = workspace.resolve()
+    specs = deployment_specs(workspace, coding_cron=coding_cron, report_cron=report_cron)
+    with api_server(port) as url:
+        from prefect import serve as prefect_serve
+
+        deployments = [
+            load_flow(s["entrypoint"]).to_deployment(
+                name=s["name"],
+                cron=s["cron"],
+                parameters=s["parameters"],
+                description=s["description"],
+                tags=s["tags"],
+            )
+            for s in specs
+        ]
+        console.print(f"Serving {len(deployments)} deployments against {url}")
+        for s in specs:
+            console.print(f"  {s['flow']}/{s['name']}: cron '{s['cron']}'")
+        prefect_serve(*deployments, limit=limit, print_starting_message=False)
+    console.print("qualflow serve stopped.")
+
+
+def deployment_specs(
+    workspace: Path, *, coding_cron: str | None = None, report_cron: str | None = None
+) -> list[dict[str, Any]]:
+    """The deployments of prefect.yaml, with the workspace parameter set."""
+    import yaml
+
+    path = repo_root() / "prefect.yaml"
+    config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    overrides = {"code_transcripts": coding_cron, "agreement_report": report_cron}
+    specs = []
+    for d in config.get("deployments", []):
+        entrypoint = d["entrypoint"]
+        func = entrypoint.rpartition(":")[2]
+        crons = [s["cron"] for s in d.get("schedules") or [] if s.get("cron")]
+        cron = overrides.get(func) or (crons[0] if crons else None)
+        if not cron:
+            raise fail(f"{path}: deployment '{d.get('name')}' has no cron schedule")
+        specs.append(
+            {
+                "name": d["name"],
+                "flow": func,
+                "entrypoint": entrypoint,
+                "cron": cron,
+                "parameters": {**(d.get("parameters") or {}), "workspace": str(workspace)},
+                "description": d.get("description"),
+                "tags": d.get("tags") or [],
+            }
+        )
+    return specs
+
+
+@contextmanager
+def api_server(port: int) -> Iterator[str]:
+    """The Prefect API to use: PREFECT_API_URL if set, else a server in this process."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    configured = PREFECT_API_URL.value()
+    if configured:
+        yield configured
+        return
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    server = _start_server(port)
+    os.environ["PREFECT_API_URL"] = url  # flow-run subprocesses report here too
+    try:
+        with temporary_settings({PREFECT_API_URL: url}):
+            yield url
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        server.should_exit = True
+        server_thread = getattr(server, "_qualflow_thread", None)
+        if server_thread is not None:
+            server_thread.join(timeout=20)
+
+
+def _start_server(port: int) -> Any:
+    """Prefect's API, UI and services (scheduler included) on 127.0.0.1, in a thread."""
+    import uvicorn
+    from prefect.server.api.server import create_app
+
+    config = uvicorn.Config(
+        app=create_app(final=True),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="prefect-server", daemon=True)
+    thread.start()
+    server._qualflow_thread = thread  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise fail(f"the local Prefect server did not start on 127.0.0.1:{port}")
+        time.sleep(0.1)
+    return server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

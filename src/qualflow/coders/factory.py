@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from qualflow.coders.base import Coder
+    from qualflow.models import Codebook
     from qualflow.settings import Settings
     from qualflow.store import Store
 
@@ -36,8 +37,19 @@ def needs_index(kind: str, settings: Settings) -> bool:
 
 
 @contextmanager
-def open_coder(kind: str, settings: Settings, store: Store, index: Any = None) -> Iterator[Coder]:
-    """Yield a ready coder of ``kind``; resources it owns are released on exit."""
+def open_coder(
+    kind: str,
+    settings: Settings,
+    store: Store,
+    index: Any = None,
+    *,
+    codebook: Codebook | None = None,
+) -> Iterator[Coder]:
+    """Yield a ready coder of ``kind``; resources it owns are released on exit.
+
+    ``codebook`` is needed by the learned coder (which model file to load or train)
+    and defaults to the index's codebook or the workspace setting.
+    """
     if kind == "llm":
         from qualflow.local_llm import coder_from_settings
 
@@ -46,7 +58,7 @@ def open_coder(kind: str, settings: Settings, store: Store, index: Any = None) -
     elif kind == "similarity":
         yield _similarity(settings, index)
     elif kind == "learned":
-        yield _learned(settings, store)
+        yield _learned(settings, store, codebook or _codebook(settings, index))
     elif ":" in kind:
         made = _import_spec(kind)(settings, store, index)
         if isinstance(made, AbstractContextManager):
@@ -72,10 +84,52 @@ def _similarity(settings: Settings, index: Any) -> Coder:
     return SimilarityCoder(index, threshold=threshold)
 
 
-def _learned(settings: Settings, store: Store) -> Coder:
-    from qualflow.coders.learned import LearnedCoder
+def _codebook(settings: Settings, index: Any) -> Codebook:
+    if index is not None and getattr(index, "codebook", None) is not None:
+        return index.codebook
+    from qualflow.codebook import load_codebook
 
-    return LearnedCoder.from_workspace(settings, store)
+    return load_codebook(settings.codebook)
+
+
+def _learned(settings: Settings, store: Store, codebook: Codebook) -> Coder:
+    """The workspace's learned coder for this codebook version: loaded if saved,
+    otherwise trained on the gold codings in the store and saved."""
+    from qualflow.coders.learned import LearnedCoder, default_path
+
+    path = default_path(settings, codebook)
+    if path.is_file():
+        return LearnedCoder.load(path)
+    contexts, code_sets = training_data(store, codebook)
+    if not contexts:
+        raise CoderError(
+            "the learned coder has nothing to train on: no gold codings in the store "
+            f"and no saved model at {path}. Import a gold set first (e.g. qualflow "
+            "import-highlights) or choose --coder llm or similarity."
+        )
+    try:
+        coder = LearnedCoder().fit(contexts, code_sets)
+    except ValueError as exc:
+        raise CoderError(f"cannot train the learned coder on the gold codings: {exc}") from exc
+    coder.save(path)
+    return coder
+
+
+def training_data(store: Store, codebook: Codebook) -> tuple[list[Any], list[frozenset[str]]]:
+    """Gold-coded passages (codes outside this codebook dropped) with their code sets.
+
+    Where several gold coders coded a passage, the first gold set's first coder wins
+    (sorted by name): one label set per passage.
+    """
+    titles = set(codebook.titles())
+    labels: dict[str, frozenset[str]] = {}
+    for gold_set in sorted(store.gold_sets()):
+        for _coder, coding in sorted(store.gold(gold_set).items()):
+            for pid, codes in coding.items():
+                labels.setdefault(pid, frozenset(c for c in codes if c in titles))
+    passages = store.passages(ids=list(labels))
+    contexts = store.contexts(passages)
+    return contexts, [labels[c.passage.id] for c in contexts]
 
 
 def _import_spec(spec: str) -> Any:

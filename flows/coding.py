@@ -1,0 +1,322 @@
+"""Prefect flow ``code_transcripts``: inbox -> ingest -> index -> proposals -> artifact.
+
+Thin orchestration over ``qualflow.pipeline``: tasks wrap library functions and
+carry what Prefect adds (retries with backoff, the index cached by codebook
+version, batches mapped over a thread pool and limited per process or, when the
+settings name them, by Prefect global concurrency and rate limits shared by every
+worker). Every batch persists its proposal sets as soon as it returns, so a killed
+run resumes where it stopped and never duplicates.
+
+Deployed by ``prefect.yaml`` and ``qualflow serve``; run once by ``qualflow run``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext, suppress
+from datetime import timedelta
+from typing import Any
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline by default,
+os.environ.setdefault("DO_NOT_TRACK", "1")  # set before Prefect reads its settings
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.tasks import exponential_backoff
+
+from qualflow import pipeline
+from qualflow.models import Codebook, short_hash
+from qualflow.settings import Settings, load_settings
+from qualflow.store import Store, open_store
+
+ARTIFACT_KEY = "qualflow-coding-run"
+BATCH_THREADS = 8
+"""Upper bound of batch tasks running at once; the effective limit is the per-process
+semaphore (``llm_concurrency``) or the Prefect global concurrency limit."""
+
+progress_hook: Callable[[int, int], None] | None = None
+"""Set by ``qualflow run`` to drive its progress bar (same process only)."""
+
+
+class BatchJob:
+    """What every batch task of one run shares (kept opaque to Prefect's parameter
+    handling on purpose: a plain object, passed through the in-process thread pool)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        coder: Any,
+        codebook: Codebook,
+        index: Any,
+        run_id: int,
+        budget: pipeline.Budget,
+    ):
+        self.settings = settings
+        self.store = store
+        self.coder = coder
+        self.codebook = codebook
+        self.index = index
+        self.run_id = run_id
+        self.budget = budget
+        self.local = threading.BoundedSemaphore(max(1, settings.llm_concurrency))
+
+    @contextmanager
+    def slot(self, n_passages: int) -> Iterator[None]:
+        """Hold a coding slot: the per-process semaphore, plus the global limits if named."""
+        from prefect.concurrency.sync import concurrency, rate_limit
+
+        settings = self.settings
+        with self.local:
+            if settings.prefect_rate_limit and self.coder.kind == "llm":
+                calls = -(-n_passages // max(1, settings.llm_batch_size))
+                rate_limit(settings.prefect_rate_limit, occupy=calls, strict=True)
+            shared = (
+                concurrency(settings.prefect_concurrency_limit, occupy=1, strict=True)
+                if settings.prefect_concurrency_limit
+                else nullcontext()
+            )
+            with shared:
+                yield
+
+
+# ---------------------------------------------------------------------- tasks
+
+
+@task(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2), cache_policy=NO_CACHE)
+def ingest_sources(store: Store, settings: Settings, sources: list[str]) -> dict:
+    """Read and segment the files; bad files are recorded, never fatal."""
+    ids, failures = pipeline.ingest(store, sources, settings)
+    return {"transcript_ids": ids, "failures": [f.model_dump() for f in failures]}
+
+
+def _index_cache_key(_context: Any, parameters: dict[str, Any]) -> str:
+    settings: Settings = parameters["settings"]
+    where = settings.chroma_url or str(settings.chroma_path.resolve())
+    return "qualflow-index-" + short_hash(
+        parameters["codebook"].version, settings.embedding_model, where
+    )
+
+
+@task(
+    cache_key_fn=_index_cache_key,
+    cache_expiration=timedelta(days=30),
+    persist_result=True,
+    retries=1,
+    retry_delay_seconds=5,
+)
+def build_index(codebook: Codebook, settings: Settings) -> str:
+    """Build the codebook's vector index; cached by codebook version and index location."""
+    pipeline.open_index(codebook, settings)
+    return codebook.version
+
+
+@task(
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+    cache_policy=NO_CACHE,
+    tags=["qualflow-coding"],
+)
+def code_batch(job: BatchJob, passage_ids: list[str]) -> pipeline.BatchResult:
+    """Code one batch and persist its proposal sets (skipped once the budget is used)."""
+    with job.slot(len(passage_ids)):
+        if job.budget.exhausted:
+            return pipeline.BatchResult(skipped_budget=True)
+        order = {pid: i for i, pid in enumerate(passage_ids)}
+        passages = sorted(job.store.passages(ids=passage_ids), key=lambda p: order[p.id])
+        # A retry after a partial write must not re-send what is already stored.
+        key = pipeline.proposal_key(job.coder, job.codebook)
+        passages = pipeline.select_uncoded(job.store, key, passages)
+        requests = pipeline.build_requests(
+            job.store, passages, job.codebook, index=job.index, k=job.settings.retrieval_k
+        )
+        return pipeline.process_batch(
+            job.store, job.coder, requests, job.codebook, run_id=job.run_id, budget=job.budget
+        )
+
+
+# ---------------------------------------------------------------------- global limits
+
+
+def ensure_global_limits(settings: Settings) -> None:
+    """Create the named Prefect global limits if missing (their size from the settings)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    wanted: list[GlobalConcurrencyLimitCreate] = []
+    if settings.prefect_concurrency_limit:
+        wanted.append(
+            GlobalConcurrencyLimitCreate(
+                name=settings.prefect_concurrency_limit, limit=max(1, settings.llm_concurrency)
+            )
+        )
+    if settings.prefect_rate_limit:
+        rpm = settings.llm_requests_per_minute
+        if rpm <= 0:
+            raise ValueError(
+                "prefect_rate_limit is set but llm_requests_per_minute is 0: "
+                "give the request rate the limit should enforce"
+            )
+        wanted.append(
+            GlobalConcurrencyLimitCreate(
+                name=settings.prefect_rate_limit, limit=rpm, slot_decay_per_second=rpm / 60.0
+            )
+        )
+    if not wanted:
+        return
+    with get_client(sync_client=True) as client:
+        for limit in wanted:
+            try:
+                client.read_global_concurrency_limit_by_name(limit.name)
+            except ObjectNotFound:
+                with suppress(ObjectAlreadyExists):  # another worker created it first
+                    client.create_global_concurrency_limit(limit)
+
+
+# ---------------------------------------------------------------------- the flow
+
+
+@flow(
+    name="code-transcripts",
+    task_runner=ThreadPoolTaskRunner(max_workers=BATCH_THREADS),
+    log_prints=False,
+)
+def code_transcripts(
+    inbox: str | None = None,
+    files: list[str] | None = None,
+    workspace: str = ".",
+    codebook: str | None = None,
+    coder: str = "llm",
+    batch_size: int | None = None,
+    max_tokens: int | None = None,
+    max_cost: float | None = None,
+) -> dict:
+    """Code new transcripts and put the proposals in the review queue.
+
+    Args:
+        inbox: Folder of transcript files (default: the workspace's ``inbox`` setting;
+            relative to the workspace). Ignored when ``files`` is given.
+        files: Explicit transcript files instead of an inbox.
+        workspace: Workspace folder (qualflow.toml, data/).
+        codebook: Codebook name or file (default: the workspace setting).
+        coder: ``llm``, ``similarity``, ``learned`` or an importable ``module:callable``.
+        batch_size: Passages per batch task (default: llm_concurrency x llm_batch_size).
+        max_tokens: Token budget of this run (default: max_tokens_per_run; 0 = none).
+        max_cost: USD budget of this run (default: max_cost_per_run; 0 = none).
+
+    Returns the run summary (``qualflow.pipeline.RunSummary`` as a dict).
+    """
+    from qualflow.coders.factory import needs_index, open_coder
+
+    started = time.monotonic()
+    logger = get_run_logger()
+    overrides: dict[str, Any] = {}
+    if max_tokens is not None:
+        overrides["max_tokens_per_run"] = max_tokens
+    if max_cost is not None:
+        overrides["max_cost_per_run"] = max_cost
+    settings = load_settings(workspace, **overrides)
+    store = open_store(settings)
+    try:
+        sources = list(files or []) or [str(p) for p in pipeline.sources_of(settings, inbox)]
+        transcript_ids: list[str] | None = None
+        failures: list[pipeline.Failure] = []
+        if sources:
+            ingested = ingest_sources(store, settings, sources)
+            transcript_ids = ingested["transcript_ids"]
+            failures = [pipeline.Failure(**f) for f in ingested["failures"]]
+        book = pipeline.run_codebook(settings, codebook)
+        store.save_codebook(book)
+        index = None
+        if needs_index(coder, settings):
+            build_index(book, settings)
+            index = pipeline.open_index(book, settings)
+        ensure_global_limits(settings)
+        with open_coder(coder, settings, store, index, codebook=book) as opened:
+            summary = _code(
+                settings, store, opened, book, index, transcript_ids, failures, batch_size, started
+            )
+        logger.info(
+            "run %s %s: %d coded, %d remaining, %d failures",
+            summary.run_id,
+            summary.status,
+            summary.coded,
+            summary.remaining,
+            len(summary.failures),
+        )
+        create_markdown_artifact(
+            markdown=pipeline.render_markdown(summary),
+            key=ARTIFACT_KEY,
+            description=f"qualflow coding run {summary.run_id}: {summary.status}",
+        )
+        return summary.model_dump(mode="json")
+    finally:
+        store.close()
+
+
+def _code(
+    settings: Settings,
+    store: Store,
+    coder: Any,
+    book: Codebook,
+    index: Any,
+    transcript_ids: list[str] | None,
+    failures: list[pipeline.Failure],
+    batch_size: int | None,
+    started: float,
+) -> pipeline.RunSummary:
+    key = pipeline.proposal_key(coder, book)
+    plan = pipeline.plan_run(
+        store, key, transcript_ids=transcript_ids, segmentation=settings.segmentation
+    )
+    _progress(0, len(plan.todo))
+    if not plan.todo:
+        return pipeline.nothing_to_do(key, plan, started=started, ingest_failures=failures)
+    run_id = pipeline.start_run(store, key, plan, {"coder": coder.kind, "flow": True})
+    budget = pipeline.Budget.from_settings(settings)
+    job = BatchJob(settings, store, coder, book, index, run_id, budget)
+    chunks = pipeline.batches(plan.todo, batch_size or pipeline.default_batch_size(settings))
+    total = pipeline.BatchResult()
+    try:
+        futures = {code_batch.submit(job, ids): ids for ids in chunks}
+        done = 0
+        for future in as_completed(list(futures)):
+            ids = futures[future]
+            try:
+                total = total + future.result()
+            except Exception as exc:  # retries exhausted: record, leave uncoded, go on
+                total = total + pipeline.record_batch_failure(store, ids, exc, run_id=run_id)
+            done += len(ids)
+            _progress(done, len(plan.todo))
+    except BaseException:
+        store.finish_run(run_id, status="failed", usage=total.usage)
+        raise
+    return pipeline.finish_run(
+        store,
+        run_id,
+        key,
+        plan,
+        total,
+        started=started,
+        ingest_failures=failures,
+        stopped_budget=total.skipped_budget or budget.exhausted,
+    )
+
+
+def _progress(done: int, total: int) -> None:
+    if progress_hook is not None:
+        progress_hook(done, total)
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(code_transcripts(files=sys.argv[1:] or None, coder="similarity"))
