@@ -15,12 +15,12 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from qualflow.participants import load_participants, match_participant
+from qualflow.readers import SUPPORTED_SUFFIXES
 from qualflow.settings import Settings
 from qualflow.store import DuplicateTranscriptError, Store
 
 log = logging.getLogger(__name__)
 
-TRANSCRIPT_EXTENSIONS = {".txt", ".text", ".vtt", ".srt", ".docx", ".odt", ".md", ".markdown"}
 _SKIPPED_NAMES = ("readme", "license", "licence", "changelog")
 
 FileStatus = Literal["new", "new_version", "unchanged", "error", "skipped"]
@@ -59,9 +59,8 @@ def expand_paths(paths: Iterable[Path | str]) -> tuple[list[Path], list[FileOutc
             for child in sorted(p for p in path.rglob("*") if p.is_file()):
                 if any(part.startswith(".") for part in child.relative_to(path).parts):
                     continue
-                if (
-                    child.suffix.lower() not in TRANSCRIPT_EXTENSIONS
-                    or child.stem.lower().startswith(_SKIPPED_NAMES)
+                if child.suffix.lower() not in SUPPORTED_SUFFIXES or child.stem.lower().startswith(
+                    _SKIPPED_NAMES
                 ):
                     skipped.append(
                         FileOutcome(
