@@ -33,14 +33,26 @@ class Study:
 
 def make_study(settings, store, *, transcripts: int = 2, answers: int = 5) -> Study:
     """Sample study with users admin (admin), ann and bob (reviewers), carl (unassigned)."""
-    from qualflow.review import auth
+    from qualflow.db import UserRow
     from qualflow.review.sample import build_sample_study
 
     study = build_sample_study(store, transcripts=transcripts, answers_per_transcript=answers)
-    auth.add_user(store, "admin", PASSWORD, "admin")
-    for name in ("ann", "bob", "carl"):
-        auth.add_user(store, name, PASSWORD, "reviewer")
+    with store.session() as s:  # one real argon2 hash, reused: hashing is slow on purpose
+        for name, role in (("admin", "admin"), ("ann", "reviewer"), ("bob", "reviewer")):
+            s.add(UserRow(username=name, password_hash=password_hash(), role=role))
+        s.add(UserRow(username="carl", password_hash=password_hash(), role="reviewer"))
     return Study(settings, store, study.passage_ids, study.run_id)
+
+
+_hash: list[str] = []
+
+
+def password_hash() -> str:
+    from qualflow.review.auth import hash_password
+
+    if not _hash:
+        _hash.append(hash_password(PASSWORD))
+    return _hash[0]
 
 
 def csrf_of(html: str) -> str:
