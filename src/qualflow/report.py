@@ -76,17 +76,18 @@ def code_rows(results: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]
         h = hh.get(c["code"])
         flags = []
         if c["few"]:
-            flags.append("few passages")
+            flags.append("few")
         if c["positives_b"] == 0:
             flags.append("never proposed")
         if c["positives_a"] == 0:
             flags.append("not in reference")
-        if b and b["verdict"] == "worse":
-            flags.append("regression")
-        if b and b["verdict"] == "better":
-            flags.append("improved")
-        if h and h["reading"] == "inferior":
-            flags.append("below humans")
+        if not c["few"]:  # on a handful of passages a verdict is bootstrap noise
+            if b and b["verdict"] == "worse":
+                flags.append("regression")
+            if b and b["verdict"] == "better":
+                flags.append("improved")
+            if h and h["reading"] == "inferior":
+                flags.append("below humans")
         rows.append(
             {
                 **c,
@@ -148,7 +149,7 @@ def headline(results: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
                 f"Versus baseline {escape(bl['name'])}: pooled kappa "
                 f"{fmt(pooled['baseline'])} → {fmt(pooled['run'])}, difference "
                 f"{fmt_ci(pooled['diff'])} <b>{pooled['verdict']}</b>; "
-                f"<b>{len(worse)}</b> codes regress."
+                f"<b>{len(worse)}</b> code(s) regress."
             )
     return lines
 

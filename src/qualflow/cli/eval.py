@@ -1,9 +1,178 @@
-"""CLI commands of this area (registered by qualflow.cli)."""
+"""Agreement commands: ``qualflow eval`` runs experiments; ``qualflow gold`` manages gold sets."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from qualflow.cli.common import console, err_console, fail
+
+gold_app = typer.Typer(help="Gold sets: human codings to measure agreement against.")
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the main app."""
+    app.command("eval")(eval_command)
+    app.add_typer(gold_app, name="gold")
+
+
+def _settings(workspace: Path):
+    from qualflow.settings import load_settings
+
+    return load_settings(workspace)
+
+
+def eval_command(
+    experiments: Annotated[
+        list[str] | None, typer.Argument(help="Experiment names (default: all).")
+    ] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--experiments", "-f", help="Experiments YAML (default eval/experiments.yaml)."
+        ),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for <name>.json/.html/.md.")
+    ] = Path("eval-results"),
+    workspace: Annotated[
+        Path | None,
+        typer.Option(
+            "--workspace",
+            "-w",
+            help="Evaluate in this workspace's store; default: a scratch workspace per "
+            "experiment under OUT/workspaces/ (kept, so re-runs are incremental).",
+        ),
+    ] = None,
+    n_boot: Annotated[
+        int | None, typer.Option(help="Bootstrap resamples (overrides the experiment).")
+    ] = None,
+    no_prepare: Annotated[
+        bool, typer.Option("--no-prepare", help="Skip ingest, gold import and coder runs.")
+    ] = False,
+    list_only: Annotated[bool, typer.Option("--list", help="List the experiments.")] = False,
+) -> None:
+    """Run agreement experiments: results JSON, an HTML report and a Markdown summary."""
+    from qualflow.evaluate import EvalError, load_experiments, run_experiment
+    from qualflow.store import open_store
+
+    try:
+        defined = load_experiments(file)
+    except EvalError as exc:
+        raise fail(str(exc)) from exc
+    if list_only:
+        for name, e in defined.items():
+            console.print(f"[bold]{name}[/]: {e.coder} vs {e.reference} — {e.description}")
+        return
+    names = experiments or list(defined)
+    unknown = [n for n in names if n not in defined]
+    if unknown:
+        raise fail(f"unknown experiments {unknown}; defined: {sorted(defined)}")
+    failed = 0
+    for name in names:
+        exp = defined[name]
+        if n_boot is not None:
+            exp.n_boot = n_boot
+        ws = workspace or out / "workspaces" / name
+        settings = _settings(ws)
+        store = open_store(settings)
+        try:
+            result = run_experiment(exp, store, settings, out_dir=out, prepare_first=not no_prepare)
+        except (EvalError, ValueError, FileNotFoundError) as exc:
+            err_console.print(f"[bold red]{name} failed:[/] {exc}")
+            failed += 1
+            continue
+        finally:
+            store.close()
+        console.print(result.markdown)
+        console.print(f"wrote {result.json_path}, {result.html_path}, {result.markdown_path}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@gold_app.command("import")
+def gold_import(
+    file: Annotated[Path, typer.Argument(help="JSONL gold file.")],
+    gold_set: Annotated[str, typer.Option("--set", help="Gold set name.")],
+    workspace: Annotated[
+        Path, typer.Option("--workspace", "-w", envvar="QUALFLOW_WORKSPACE")
+    ] = Path("."),
+    coder: Annotated[
+        str | None, typer.Option(help="Coder for records without a 'coder' field.")
+    ] = None,
+    codebook: Annotated[
+        str | None, typer.Option(help="Codebook to check codes against (default: settings).")
+    ] = None,
+    segmentation: Annotated[
+        str | None, typer.Option(help="Which passages to match (default: settings).")
+    ] = None,
+    min_overlap: Annotated[
+        float, typer.Option(help="Share of a passage a span must cover to code it.")
+    ] = 0.5,
+) -> None:
+    """Import a JSONL gold set (bad lines are reported by number; the rest is imported)."""
+    from qualflow.codebook import load_codebook
+    from qualflow.gold import GoldError, import_gold
+    from qualflow.store import open_store
+
+    settings = _settings(workspace)
+    store = open_store(settings)
+    try:
+        book = load_codebook(codebook or settings.codebook)
+        report = import_gold(
+            store,
+            file,
+            gold_set,
+            coder=coder,
+            codebook=book,
+            segmentation=segmentation or settings.segmentation,
+            min_overlap=min_overlap,
+        )
+    except (GoldError, ValueError) as exc:
+        raise fail(str(exc)) from exc
+    finally:
+        store.close()
+    for p in report.problems:
+        err_console.print(f"[yellow]{p}[/]")
+    console.print(report.summary())
+
+
+@gold_app.command("list")
+def gold_list(
+    workspace: Annotated[
+        Path, typer.Option("--workspace", "-w", envvar="QUALFLOW_WORKSPACE")
+    ] = Path("."),
+) -> None:
+    """Gold sets in the store with their coders and passage counts."""
+    from qualflow.store import open_store
+
+    store = open_store(_settings(workspace))
+    try:
+        for name in sorted(store.gold_sets()):
+            coders = store.gold(name)
+            parts = ", ".join(f"{c} ({len(cd)})" for c, cd in sorted(coders.items()))
+            console.print(f"{name}: {parts}")
+    finally:
+        store.close()
+
+
+@gold_app.command("export")
+def gold_export(
+    gold_set: Annotated[str, typer.Argument(help="Gold set name.")],
+    file: Annotated[Path, typer.Argument(help="JSONL file to write.")],
+    workspace: Annotated[
+        Path, typer.Option("--workspace", "-w", envvar="QUALFLOW_WORKSPACE")
+    ] = Path("."),
+) -> None:
+    """Write a gold set as JSONL (transcript name, offsets, text, codes, coder)."""
+    from qualflow.gold import export_gold
+    from qualflow.store import open_store
+
+    store = open_store(_settings(workspace))
+    try:
+        n = export_gold(store, gold_set, file)
+    finally:
+        store.close()
+    console.print(f"wrote {n} records to {file}")
