@@ -44,8 +44,8 @@ class Conflict(Exception):
 
     def __init__(self, seen: int, current: int):
         super().__init__(
-            f"this passage changed since you loaded it (you saw version {seen}, "
-            f"it is now at version {current}); your action was not saved"
+            f"This passage changed since you loaded it (you saw version {seen}, "
+            f"it is now at version {current}), so your action was not saved."
         )
         self.seen = seen
         self.current = current
@@ -64,6 +64,7 @@ class ReviewState:
     memo: str | None = None
     proposal_status: dict[int, str] = field(default_factory=dict)
     last_effective_id: int | None = None
+    no_code: bool = False  # "no code applies" said explicitly and still in effect
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ def derive(passage_id: str, user_id: int, log: Iterable[LogEntry]) -> ReviewStat
             continue
         state.codes = sorted(e.after)
         state.last_effective_id = e.id
+        state.no_code = e.action == "no_code" or (state.no_code and not state.codes)
         if e.action in _STATUS and e.proposal_id is not None:
             state.proposal_status[e.proposal_id] = _STATUS[e.action]
         elif e.action in ("flag", "unflag"):
