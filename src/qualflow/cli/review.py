@@ -7,16 +7,16 @@ from pathlib import Path
 
 import typer
 
-WorkspaceOpt = typer.Option(None, "--workspace", help="Workspace folder (default: current).")
+from qualflow.cli.common import WorkspaceOption
 
 
-def _settings(workspace: Path | None):
+def _settings(workspace: Path):
     from qualflow.settings import load_settings
 
     return load_settings(workspace)
 
 
-def _store(workspace: Path | None):
+def _store(workspace: Path):
     from qualflow.store import open_store
 
     return open_store(_settings(workspace))
@@ -25,8 +25,8 @@ def _store(workspace: Path | None):
 def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
     port: int = typer.Option(8000, help="Port to listen on."),
-    workers: int = typer.Option(1, "--workers", "-w", help="Server processes."),
-    workspace: Path | None = WorkspaceOpt,
+    workers: int = typer.Option(1, "--workers", help="Server processes (uvicorn workers)."),
+    workspace: WorkspaceOption = Path("."),
 ) -> None:
     """Serve the review queue of a workspace in the browser."""
     import os
@@ -42,6 +42,8 @@ def serve(
         typer.echo("No accounts yet: create one with `qualflow users add NAME --role admin`.")
     typer.echo(f"qualflow review on http://{host}:{port} (store: {store.engine.url.drivername})")
     if workers > 1:
+        secret = settings.session_secret.get_secret_value() if settings.session_secret else None
+        auth.load_secret(secret, settings.data_dir)  # one key for every worker
         os.environ["QUALFLOW_WORKSPACE"] = str(settings.workspace)
         store.close()
         uvicorn.run(
@@ -62,7 +64,7 @@ def users_add(
     password_stdin: bool = typer.Option(
         False, "--password-stdin", help="Read the password from the first line of stdin."
     ),
-    workspace: Path | None = WorkspaceOpt,
+    workspace: WorkspaceOption = Path("."),
 ) -> None:
     """Create an account (the password is prompted unless --password-stdin)."""
     from qualflow.review import auth
@@ -79,7 +81,7 @@ def users_add(
     typer.echo(f"created {user.role} '{user.username}'")
 
 
-def users_list(workspace: Path | None = WorkspaceOpt) -> None:
+def users_list(workspace: WorkspaceOption = Path(".")) -> None:
     """List accounts with their role and state."""
     from qualflow.review import auth
 
@@ -87,7 +89,7 @@ def users_list(workspace: Path | None = WorkspaceOpt) -> None:
         typer.echo(f"{u.username}\t{u.role}\t{'active' if u.active else 'inactive'}")
 
 
-def _set_active(name: str, active: bool, workspace: Path | None) -> None:
+def _set_active(name: str, active: bool, workspace: Path) -> None:
     from qualflow.review import auth
 
     try:
@@ -99,13 +101,13 @@ def _set_active(name: str, active: bool, workspace: Path | None) -> None:
 
 
 def users_deactivate(
-    name: str = typer.Argument(...), workspace: Path | None = WorkspaceOpt
+    name: str = typer.Argument(...), workspace: WorkspaceOption = Path(".")
 ) -> None:
     """Deactivate an account (its sessions end at once; its decisions stay)."""
     _set_active(name, False, workspace)
 
 
-def users_activate(name: str = typer.Argument(...), workspace: Path | None = WorkspaceOpt) -> None:
+def users_activate(name: str = typer.Argument(...), workspace: WorkspaceOption = Path(".")) -> None:
     """Re-activate an account."""
     _set_active(name, True, workspace)
 
@@ -118,7 +120,7 @@ def assign(
     blind_machine: bool = typer.Option(
         False, "--blind-machine", help="Hide machine proposals on double-coded passages."
     ),
-    workspace: Path | None = WorkspaceOpt,
+    workspace: WorkspaceOption = Path("."),
 ) -> None:
     """Assign the queue passages nobody holds yet to reviewers."""
     from qualflow.review import queue

@@ -1,0 +1,113 @@
+"""`qualflow users ...`, `qualflow assign` and `qualflow review` (a real server process)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from qualflow.cli import app
+from qualflow.review import auth
+from qualflow.review.sample import build_sample_study
+from tests.review_support import free_port
+
+runner = CliRunner()
+
+
+def run(settings, *args: str, input: str | None = None):
+    return runner.invoke(app, [*args, "--workspace", str(settings.workspace)], input=input)
+
+
+def test_users_add_list_deactivate(settings, store):
+    r = run(
+        settings,
+        "users",
+        "add",
+        "root",
+        "--role",
+        "admin",
+        "--password-stdin",
+        input="s3cret-pass\n",
+    )
+    assert r.exit_code == 0 and "created admin 'root'" in r.output
+    r = run(settings, "users", "add", "ann", input="another-pass\nanother-pass\n")  # prompted
+    assert r.exit_code == 0, r.output
+    assert auth.authenticate(store, "root", "s3cret-pass") is not None
+    assert auth.authenticate(store, "ann", "another-pass") is not None
+    assert run(settings, "users", "list").output.splitlines() == [
+        "ann\treviewer\tactive",
+        "root\tadmin\tactive",
+    ]
+    r = run(settings, "users", "deactivate", "ann")
+    assert r.exit_code == 0 and auth.authenticate(store, "ann", "another-pass") is None
+    assert "ann\treviewer\tinactive" in run(settings, "users", "list").output
+    assert run(settings, "users", "activate", "ann").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "message"),
+    [
+        (["users", "add", "x", "--role", "owner", "--password-stdin"], "long enough\n", "role"),
+        (["users", "add", "x", "--password-stdin"], "short\n", "at least 8"),
+        (["users", "deactivate", "nobody"], None, "no user 'nobody'"),
+    ],
+)
+def test_user_commands_fail_clearly(settings, store, args, stdin, message):
+    r = run(settings, *args, input=stdin)
+    assert r.exit_code == 1 and message in r.output
+
+
+def test_duplicate_user_is_refused(settings, store):
+    assert (
+        run(settings, "users", "add", "ann", "--password-stdin", input="password-1\n").exit_code
+        == 0
+    )
+    r = run(settings, "users", "add", "ann", "--password-stdin", input="password-2\n")
+    assert r.exit_code == 1 and "already exists" in r.output
+
+
+def test_assign_command(settings, store):
+    build_sample_study(store)
+    for name in ("a", "b"):
+        run(settings, "users", "add", name, "--password-stdin", input="password-1\n")
+    r = run(settings, "assign", "--reviewers", "a,b", "--double", "0.2", "--blind-machine")
+    assert r.exit_code == 0, r.output
+    assert "assigned 10 passages: 12 assignments, 2 double-coded" in r.output
+    r = run(settings, "assign", "--reviewers", "a,zed")
+    assert r.exit_code == 1 and "unknown or inactive reviewers: zed" in r.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_review_command_serves_the_app(settings, store, workers):
+    port = free_port()
+    env = {**os.environ, "QUALFLOW_WORKSPACE": str(settings.workspace)}
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "qualflow"), "review", "--port", str(port),
+         "--workers", str(workers), "-w", str(settings.workspace)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stdout.read().decode()
+                assert time.monotonic() < deadline, "server did not come up"
+                time.sleep(0.3)
+        assert r.json() == {"ok": True}
+        login = httpx.get(f"http://127.0.0.1:{port}/queue", follow_redirects=False)
+        assert login.status_code == 303 and login.headers["location"].startswith("/login")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
