@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fake_openai import fake_openai  # noqa: F401  (fixture for every test)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("QUALFLOW_SHARED_DIR", REPO.parent / "shared"))
 SERDIF = SHARED / "corpora" / "serdif-usability"

@@ -1,0 +1,388 @@
+"""The LLM coder: any OpenAI-compatible chat model, with pydantic structured output.
+
+One code path for every model: LangChain's ``ChatOpenAI`` reaches OpenAI, vLLM,
+Ollama, LM Studio, llama.cpp or the embedded local model by ``base_url``. For each
+batch of passages (``settings.llm_batch_size`` per call) the coder renders the
+prompt from ``prompts/``, asks through ``LLMClient`` (limits, retries, cache,
+cost), validates every proposal against the codebook and the passage, and re-asks
+once with the validation errors when an answer fails. What still fails becomes a
+``needs_human`` ProposalSet with the raw response and the reason; nothing raises
+for one bad passage.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, Field
+
+from qualflow.llm_calls import CallResult, LLMCallError, LLMClient, ResponseCache, cache_key
+from qualflow.models import Code, Codebook, CodingRequest, ProposalSet, Usage
+from qualflow.prompts import fence, load_prompt, passage_view
+from qualflow.validate import RawProposal, check_all
+
+if TYPE_CHECKING:
+    from qualflow.privacy import Pseudonymizer
+    from qualflow.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Method = Literal["function_calling", "json_schema", "json_mode"]
+
+
+# --------------------------------------------------------------------------- answer schema
+
+
+class ProposedCode(BaseModel):
+    """One code that applies to the passage."""
+
+    code: str = Field(description="Exact code title from the codebook.")
+    rationale: str = Field(description="Why the code applies, in one or two sentences.")
+    evidence: str = Field(description="A quote copied word for word from the passage text.")
+    confidence: float = Field(description="Confidence between 0 and 1.")
+
+
+class CodingAnswer(BaseModel):
+    """The codes that apply to the passage; an empty list when no code applies."""
+
+    codes: list[ProposedCode] = Field(description="Codes that apply (may be empty).")
+
+
+class PassageAnswer(BaseModel):
+    """The codes that apply to one passage."""
+
+    passage_id: str = Field(description="The passage id as given, e.g. P1.")
+    codes: list[ProposedCode] = Field(description="Codes that apply (may be empty).")
+
+
+class BatchAnswer(BaseModel):
+    """The codes for every passage given; an empty codes list where no code applies."""
+
+    passages: list[PassageAnswer]
+
+
+# --------------------------------------------------------------------------- one batch
+
+
+@dataclass
+class _Item:
+    label: str
+    request: CodingRequest
+    raws: list[RawProposal] | None = None
+    error: str | None = None
+    outcome: tuple[list, list] | None = None  # (valid, invalid)
+    errors: list[str] = field(default_factory=list)
+    earlier: list = field(default_factory=list)  # invalid proposals of the first ask
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.errors)
+
+
+class LLMCoder:
+    """Coder protocol implementation over an OpenAI-compatible endpoint.
+
+    ``model_label`` is the model name recorded as provenance when it differs from
+    the name sent to the server. ``examples`` maps code titles to accepted example
+    passages (few-shot); up to ``settings.llm_few_shot`` are shown per candidate.
+    ``pseudonymizer`` replaces names, emails, phone numbers and URLs before a call
+    to a non-loopback endpoint when ``settings.pseudonymize`` is set.
+    """
+
+    kind = "llm"
+
+    def __init__(
+        self,
+        *,
+        base_url: str | None,
+        api_key: str | None,
+        model: str,
+        settings: Settings,
+        cache: ResponseCache | None,
+        prompt: str = "propose",
+        method: Method = "function_calling",
+        model_label: str | None = None,
+        examples: Mapping[str, list[str]] | None = None,
+        pseudonymizer: Pseudonymizer | None = None,
+    ):
+        self.settings = settings
+        self.client = LLMClient(
+            base_url=base_url,
+            api_key=api_key,
+            model=model,
+            settings=settings,
+            method=method,
+            cache=cache,
+        )
+        self.prompt = load_prompt(prompt)
+        self.prompt_version = self.prompt.version
+        self.model = model_label or model
+        self.method = method
+        self.examples = dict(examples or {})
+        self.pseudonymizer = None
+        if settings.pseudonymize and not self.client.loopback:
+            if pseudonymizer is None:
+                from qualflow.privacy import Pseudonymizer
+
+                pseudonymizer = Pseudonymizer.from_settings(settings, store=None)
+            self.pseudonymizer = pseudonymizer
+
+    # ------------------------------------------------------------------ protocol
+
+    def propose(self, requests: Sequence[CodingRequest], codebook: Codebook) -> list[ProposalSet]:
+        size = max(1, self.settings.llm_batch_size)
+        batches = [list(requests[i : i + size]) for i in range(0, len(requests), size)]
+        if self.pseudonymizer is not None:
+            self.pseudonymizer.learn(requests)
+        workers = max(1, min(self.settings.llm_concurrency, len(batches)))
+        if workers == 1:
+            results = [self._safe_batch(b, codebook) for b in batches]
+        else:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llm") as pool:
+                results = list(pool.map(lambda b: self._safe_batch(b, codebook), batches))
+        return [ps for batch in results for ps in batch]
+
+    # ------------------------------------------------------------------ internals
+
+    def _safe_batch(self, batch: list[CodingRequest], codebook: Codebook) -> list[ProposalSet]:
+        try:
+            return self._batch(batch, codebook)
+        except Exception as exc:  # a bug or an unexpected error must not stop the run
+            log.exception("LLM coder failed on a batch of %d passage(s)", len(batch))
+            return [
+                self._set(r, codebook, status="needs_human", reason=f"coder error: {exc!r}")
+                for r in batch
+            ]
+
+    def _batch(self, batch: list[CodingRequest], codebook: Codebook) -> list[ProposalSet]:
+        items = [_Item(label=f"P{i + 1}", request=r) for i, r in enumerate(batch)]
+        batched = len(items) > 1
+        schema: type[BaseModel] = BatchAnswer if batched else CodingAnswer
+        messages = self._messages(items, codebook, batched)
+        usage = Usage()
+        asks = 0
+        last_text: str | None = None
+        call_error: str | None = None
+        try:
+            asks = 1
+            first = self._ask(messages, schema)
+            usage, last_text = usage + first.usage, first.text
+            self._judge(items, first, codebook, batched)
+            failing = [it for it in items if it.failed]
+            if failing:
+                for it in failing:
+                    it.earlier = [_attempt(p, 1) for p in it.outcome[1]] if it.outcome else []
+                reask = self.prompt.reask(
+                    self._restore(first.text),
+                    [e for it in failing for e in _prefixed(it, batched)],
+                    [it.label for it in failing] if batched else [],
+                )
+                asks += 1
+                second = self._ask([*messages, ("human", reask)], schema)
+                usage, last_text = usage + second.usage, second.text
+                self._judge(failing, second, codebook, batched)
+        except LLMCallError as exc:
+            usage = usage + exc.usage
+            call_error = str(exc)
+            last_text = exc.last_response or last_text
+        return [
+            self._final(it, codebook, asks, call_error, last_text, _share(usage, i, len(items)))
+            for i, it in enumerate(items)
+        ]
+
+    def _final(
+        self,
+        it: _Item,
+        codebook: Codebook,
+        asks: int,
+        call_error: str | None,
+        last_text: str | None,
+        usage: Usage,
+    ) -> ProposalSet:
+        """The ProposalSet of one item once its asks are over."""
+        unanswered = it.outcome is None or (call_error is not None and it.failed)
+        if not unanswered and not it.failed:
+            valid, invalid = it.outcome or ([], [])
+            return self._set(
+                it.request,
+                codebook,
+                status="ok",
+                attempts=asks,
+                usage=usage,
+                outcome=(valid, [*it.earlier, *invalid]),
+            )
+        reasons = list(it.errors)
+        if call_error:
+            reasons.append(call_error)
+        valid, invalid = it.outcome or ([], [])
+        return self._set(
+            it.request,
+            codebook,
+            status="needs_human",
+            reason="; ".join(reasons) + f" (after {asks} attempt{'s' if asks != 1 else ''})",
+            raw=self._restore(last_text) if last_text is not None else None,
+            attempts=asks,
+            usage=usage,
+            outcome=(valid, [*it.earlier, *invalid]),
+        )
+
+    def _ask(self, messages: list[tuple[str, str]], schema: type[BaseModel]) -> CallResult:
+        key = cache_key(
+            params=self.client.params(),
+            prompt=self.prompt.name,
+            prompt_version=self.prompt_version,
+            schema=schema.__name__,
+            messages=messages,
+        )
+        response_format = None
+        if self.method == "json_mode" and self.client.loopback:
+            # llama.cpp constrains JSON mode to a schema given in response_format.
+            response_format = {"type": "json_object", "schema": schema.model_json_schema()}
+        return self.client.call(messages, schema, key=key, response_format=response_format)
+
+    def _messages(
+        self, items: list[_Item], codebook: Codebook, batched: bool
+    ) -> list[tuple[str, str]]:
+        codes = self._codes(items, codebook)
+        views = [passage_view(it.label, it.request) for it in items]
+        if self.pseudonymizer is not None:
+            views = [self.pseudonymizer.view(v) for v in views]
+            codes = [self.pseudonymizer.code(c) for c in codes]
+        system = self.prompt.system(batched=batched, json_mode=self.method == "json_mode")
+        return [("system", system), ("human", self.prompt.user(codes, views))]
+
+    def _codes(self, items: list[_Item], codebook: Codebook) -> list[Code]:
+        """Candidate codes of the batch (union, in order); the whole codebook if none."""
+        seen: dict[str, Code] = {}
+        for it in items:
+            for cand in it.request.candidates:
+                seen.setdefault(cand.code.title, cand.code)
+        codes = list(seen.values()) or list(codebook.codes)
+        k = self.settings.llm_few_shot
+        if k <= 0 or not self.examples:
+            return codes
+        texts = {it.request.passage.text for it in items}
+        out = []
+        for code in codes:
+            extra = [e for e in self.examples.get(code.title, []) if e not in texts][:k]
+            out.append(
+                code.model_copy(update={"examples": [*code.examples, *extra]}) if extra else code
+            )
+        return out
+
+    def _judge(
+        self, items: list[_Item], result: CallResult, codebook: Codebook, batched: bool
+    ) -> None:
+        """Parse and validate an answer for ``items``; sets each item's outcome and errors."""
+        per_label = _answers(result, [it.label for it in items], batched)
+        for it in items:
+            it.errors = []
+            answer = per_label.get(it.label)
+            if isinstance(answer, str):
+                it.errors = [answer]
+                it.outcome = ([], [])
+                continue
+            raws = [self._restore_raw(r) for r in answer]
+            candidates = {c.code.title for c in it.request.candidates} or set(codebook.titles())
+            valid, invalid = check_all(raws, it.request.passage.text, codebook, candidates)
+            it.outcome = (valid, invalid)
+            it.errors = [p.invalid_reason for p in invalid if p.invalid_reason]
+
+    def _restore(self, text: str | None) -> str:
+        if text is None:
+            return ""
+        return self.pseudonymizer.restore(text) if self.pseudonymizer else text
+
+    def _restore_raw(self, raw: RawProposal) -> RawProposal:
+        if self.pseudonymizer is None:
+            return raw
+        return RawProposal(
+            code=raw.code,
+            rationale=self.pseudonymizer.restore(raw.rationale),
+            evidence=self.pseudonymizer.restore(raw.evidence),
+            confidence=raw.confidence,
+        )
+
+    def _set(
+        self,
+        request: CodingRequest,
+        codebook: Codebook,
+        *,
+        status: str,
+        reason: str | None = None,
+        raw: str | None = None,
+        attempts: int = 1,
+        usage: Usage | None = None,
+        outcome: tuple[list, list] | None = None,
+    ) -> ProposalSet:
+        valid, invalid = outcome or ([], [])
+        return ProposalSet(
+            passage_id=request.passage.id,
+            coder=self.kind,
+            model=self.model,
+            prompt_version=self.prompt_version,
+            codebook_version=codebook.version,
+            status=status,  # type: ignore[arg-type]
+            proposals=valid,
+            invalid=invalid,
+            reason=reason,
+            raw_response=raw,
+            attempts=attempts,
+            usage=usage or Usage(),
+        )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _answers(result: CallResult, labels: list[str], batched: bool) -> dict[str, Any]:
+    """label -> list[RawProposal], or an error string for that passage."""
+    if result.parsed is None:
+        reason = result.parse_error or "the answer could not be parsed"
+        return dict.fromkeys(labels, reason)
+    if not batched:
+        return {labels[0]: [_raw(c) for c in result.parsed.codes]}
+    out: dict[str, Any] = {}
+    for pa in result.parsed.passages:
+        label = pa.passage_id.strip()
+        if label in labels and label not in out:
+            out[label] = [_raw(c) for c in pa.codes]
+    for label in labels:
+        out.setdefault(label, f"the answer has no entry for passage {label}")
+    return out
+
+
+def _raw(c: ProposedCode) -> RawProposal:
+    return RawProposal(
+        code=c.code, rationale=c.rationale, evidence=c.evidence, confidence=c.confidence
+    )
+
+
+def _attempt(p, n: int):
+    return p.model_copy(update={"invalid_reason": f"attempt {n}: {p.invalid_reason}"})
+
+
+def _prefixed(item: _Item, batched: bool) -> list[str]:
+    return [f"{item.label}: {e}" if batched else e for e in item.errors]
+
+
+def _share(usage: Usage, i: int, n: int) -> Usage:
+    """Item ``i``'s share of a batch's usage: tokens and cost split evenly (remainders to
+    the first items), the calls counted on the first passage, so sums over sets are exact."""
+
+    def part(total: int) -> int:
+        return total // n + (1 if i < total % n else 0)
+
+    return Usage(
+        prompt_tokens=part(usage.prompt_tokens),
+        completion_tokens=part(usage.completion_tokens),
+        calls=usage.calls if i == 0 else 0,
+        cost_usd=usage.cost_usd / n,
+    )
+
+
+__all__ = ["BatchAnswer", "CodingAnswer", "LLMCoder", "ProposedCode", "fence"]

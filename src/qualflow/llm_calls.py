@@ -1,0 +1,479 @@
+"""LLM calls run like a production system: limits, retries, timeouts, cache and cost.
+
+``LLMClient.call`` is one structured-output request through LangChain's
+``ChatOpenAI``: it waits for the per-process request and token rate limits,
+retries 429 (honouring ``Retry-After``), 5xx, timeouts and connection errors with
+exponential backoff and jitter, bounds every call in time (``llm_timeout``) and
+tokens (``max_completion_tokens`` and, for servers that ignore it such as
+llama.cpp, ``max_tokens`` in the body), and answers from the ``response_cache``
+table when the same request was answered before, so an unchanged re-run makes no
+call at all. Concurrency is the caller's (``LLMCoder`` runs a thread pool);
+everything here is thread-safe.
+
+Logging: request counts, status codes and timings only; never passage text at
+INFO, never the API key.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import json
+import logging
+import random
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from qualflow.models import Usage
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from qualflow.settings import Settings
+    from qualflow.store import Store
+
+log = logging.getLogger(__name__)
+
+_warned_models: set[str] = set()
+_warn_lock = threading.Lock()
+
+
+class LLMCallError(RuntimeError):
+    """A call that failed for good; carries what is known for the record."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        attempts: int,
+        usage: Usage | None = None,
+        last_response: str | None = None,
+        retryable: bool = False,
+    ):
+        super().__init__(message)
+        self.attempts = attempts
+        self.usage = usage or Usage()
+        self.last_response = last_response
+        self.retryable = retryable
+
+
+# --------------------------------------------------------------------------- cost
+
+
+def price_for(model: str, prices: dict[str, tuple[float, float]]) -> tuple[float, float] | None:
+    """(prompt, completion) USD per million tokens for ``model``.
+
+    Exact name first, then the longest configured name that ``model`` starts with
+    followed by ``-``, ``:``, ``/`` or ``@`` (``gpt-4o-mini-2024-07-18`` ->
+    ``gpt-4o-mini``, ``local:SmolLM2`` -> ``local``).
+    """
+    if model in prices:
+        return prices[model]
+    best = max(
+        (k for k in prices if model.startswith(k) and model[len(k) : len(k) + 1] in "-:/@"),
+        key=len,
+        default=None,
+    )
+    return prices[best] if best is not None else None
+
+
+def estimate_cost(
+    model: str, prompt_tokens: int, completion_tokens: int, prices: dict[str, tuple[float, float]]
+) -> float:
+    """Estimated USD; an unknown model costs 0 with one warning per model."""
+    price = price_for(model, prices)
+    if price is None:
+        with _warn_lock:
+            if model not in _warned_models:
+                _warned_models.add(model)
+                log.warning(
+                    "no price for model %r in prices_per_million: cost recorded as 0", model
+                )
+        return 0.0
+    return (prompt_tokens * price[0] + completion_tokens * price[1]) / 1_000_000
+
+
+# --------------------------------------------------------------------------- rate limits
+
+
+class RateLimiter:
+    """Per-process request and token limits over a sliding 60-second window.
+
+    ``acquire(tokens)`` blocks until one more request with ``tokens`` (an
+    estimate) fits; ``settle(slot, actual)`` replaces the estimate by the real
+    count once the answer is in. 0 means unlimited. A single request larger than
+    the token limit is let through alone rather than blocking forever.
+    """
+
+    WINDOW = 60.0
+
+    def __init__(
+        self,
+        requests_per_minute: int = 0,
+        tokens_per_minute: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.rpm = requests_per_minute
+        self.tpm = tokens_per_minute
+        self._clock = clock
+        self._events: list[list[float]] = []  # [time, tokens]
+        self._cond = threading.Condition()
+
+    def acquire(self, tokens: int) -> list[float]:
+        with self._cond:
+            while True:
+                now = self._clock()
+                self._events = [e for e in self._events if now - e[0] < self.WINDOW]
+                used = sum(e[1] for e in self._events)
+                fits_requests = self.rpm <= 0 or len(self._events) < self.rpm
+                fits_tokens = self.tpm <= 0 or not self._events or used + tokens <= self.tpm
+                if fits_requests and fits_tokens:
+                    slot = [now, float(tokens)]
+                    self._events.append(slot)
+                    return slot
+                wait = self._events[0][0] + self.WINDOW - now
+                self._cond.wait(timeout=max(wait, 0.01))
+
+    def settle(self, slot: list[float], actual_tokens: int) -> None:
+        with self._cond:
+            slot[1] = float(actual_tokens)
+            self._cond.notify_all()
+
+
+# --------------------------------------------------------------------------- retries
+
+
+def _status(exc: BaseException) -> int | None:
+    return getattr(exc, "status_code", None) or getattr(
+        getattr(exc, "response", None), "status_code", None
+    )
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """429, 5xx, timeouts and connection errors are worth another try."""
+    import httpx
+    import openai
+
+    if isinstance(exc, openai.APITimeoutError | openai.APIConnectionError):
+        return True
+    if isinstance(exc, httpx.TimeoutException | httpx.TransportError):
+        return True
+    status = _status(exc)
+    return status is not None and (status == 429 or status >= 500)
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """Seconds the server asked us to wait (``retry-after-ms`` or ``Retry-After``)."""
+    headers = getattr(getattr(exc, "response", None), "headers", None)
+    if not headers:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return float(ms) / 1000
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def backoff_delay(
+    attempt: int, exc: BaseException | None, base: float = 0.5, cap: float = 30.0
+) -> float:
+    """Exponential backoff with jitter; at least what ``Retry-After`` asks (capped at 300 s)."""
+    delay = min(cap, base * 2**attempt)
+    delay = delay / 2 + random.uniform(0, delay / 2)
+    asked = retry_after(exc) if exc is not None else None
+    if asked is not None:
+        delay = max(delay, min(asked, 300.0))
+    return delay
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def cache_key(**parts: Any) -> str:
+    """sha256 over the canonical JSON of everything that determines the answer."""
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class CachedResponse:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class ResponseCache:
+    """Answers by request key in the store's ``response_cache`` table."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.hits = 0
+        self.misses = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> CachedResponse | None:
+        from qualflow.db import ResponseCacheRow
+
+        with self.store.session() as s:
+            row = s.get(ResponseCacheRow, key)
+            hit = (
+                CachedResponse(row.response, row.prompt_tokens, row.completion_tokens)
+                if row
+                else None
+            )
+        with self._lock:
+            if hit:
+                self.hits += 1
+            else:
+                self.misses += 1
+        return hit
+
+    def put(self, key: str, text: str, prompt_tokens: int, completion_tokens: int) -> None:
+        from qualflow.db import ResponseCacheRow
+
+        with self.store.session() as s:
+            if s.get(ResponseCacheRow, key) is None:
+                s.add(
+                    ResponseCacheRow(
+                        key=key,
+                        response=text,
+                        prompt_tokens=prompt_tokens,
+                        completion_tokens=completion_tokens,
+                    )
+                )
+
+
+# --------------------------------------------------------------------------- the call
+
+
+@dataclass
+class CallResult:
+    """One answered request: the answer text and its parsed form (or the parse error)."""
+
+    text: str
+    parsed: Any | None
+    parse_error: str | None
+    usage: Usage
+    cached: bool = False
+    attempts: int = 1
+    elapsed: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def answer_text(message: Any) -> str:
+    """The model's answer from an AIMessage: tool-call arguments, else the content."""
+    calls = getattr(message, "tool_calls", None) or []
+    if calls:
+        return json.dumps(calls[0].get("args", {}), ensure_ascii=False)
+    bad = getattr(message, "invalid_tool_calls", None) or []
+    if bad:
+        return str(bad[0].get("args") or "")
+    content = getattr(message, "content", "")
+    if isinstance(content, list):
+        content = "".join(c.get("text", "") if isinstance(c, dict) else str(c) for c in content)
+    return str(content or "")
+
+
+_JSON_BLOCK = re.compile(r"\{.*\}", re.DOTALL)
+
+
+def parse_answer(text: str, schema: type[BaseModel]) -> tuple[Any | None, str | None]:
+    """Parse answer text into ``schema``; tolerates prose or code fences around JSON."""
+    from pydantic import ValidationError
+
+    if not text.strip():
+        return None, "empty answer (no tool call and no content)"
+    candidates = [text]
+    match = _JSON_BLOCK.search(text)
+    if match and match.group(0) != text:
+        candidates.append(match.group(0))
+    error = ""
+    for candidate in candidates:
+        try:
+            return schema.model_validate_json(candidate), None
+        except ValidationError as exc:
+            error = _short_validation_error(exc)
+    return None, error
+
+
+def _short_validation_error(exc: Exception) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        parts = []
+        for e in errors()[:5]:
+            loc = ".".join(str(x) for x in e.get("loc", ()))
+            parts.append(f"{loc or 'answer'}: {e.get('msg')}")
+        return "answer does not match the schema: " + "; ".join(parts)
+    return f"answer does not match the schema: {exc}"
+
+
+def _usage_of(message: Any) -> tuple[int, int]:
+    meta = getattr(message, "usage_metadata", None) or {}
+    if meta:
+        return int(meta.get("input_tokens", 0)), int(meta.get("output_tokens", 0))
+    tu = (getattr(message, "response_metadata", None) or {}).get("token_usage") or {}
+    return int(tu.get("prompt_tokens", 0) or 0), int(tu.get("completion_tokens", 0) or 0)
+
+
+class LLMClient:
+    """One endpoint and model; ``call()`` is thread-safe and never logs text or keys."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str | None,
+        api_key: str | None,
+        model: str,
+        settings: Settings,
+        method: str = "function_calling",
+        cache: ResponseCache | None = None,
+        limiter: RateLimiter | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        from langchain_openai import ChatOpenAI
+
+        from qualflow.privacy import ensure_local, is_loopback
+
+        ensure_local(base_url, "LLM endpoint", settings)
+        self.base_url = base_url
+        self.model = model
+        self.settings = settings
+        self.method = method
+        self.cache = cache
+        self.limiter = limiter or RateLimiter(
+            settings.llm_requests_per_minute, settings.llm_tokens_per_minute
+        )
+        self.sleep = sleep
+        self.loopback = base_url is not None and is_loopback(base_url)
+        extra_body: dict[str, Any] = {}
+        if base_url is not None and "api.openai.com" not in base_url:
+            # llama.cpp and some other servers ignore max_completion_tokens.
+            extra_body["max_tokens"] = settings.llm_max_tokens
+        self.chat = ChatOpenAI(
+            model=model,
+            base_url=base_url,
+            api_key=api_key or "no-key",
+            temperature=settings.llm_temperature,
+            max_tokens=settings.llm_max_tokens,
+            timeout=settings.llm_timeout,
+            max_retries=0,
+            extra_body=extra_body or None,
+        )
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def params(self) -> dict[str, Any]:
+        """The parameters that shape an answer (part of the cache key)."""
+        return {
+            "model": self.model,
+            "method": self.method,
+            "temperature": self.settings.llm_temperature,
+            "max_tokens": self.settings.llm_max_tokens,
+        }
+
+    def call(
+        self,
+        messages: list[tuple[str, str]],
+        schema: type[BaseModel],
+        *,
+        key: str | None = None,
+        response_format: dict | None = None,
+    ) -> CallResult:
+        """Ask once (with retries); the result is cached under ``key`` when given."""
+        if key and self.cache is not None:
+            hit = self.cache.get(key)
+            if hit is not None:
+                parsed, error = parse_answer(hit.text, schema)
+                return CallResult(hit.text, parsed, error, Usage(), cached=True, attempts=0)
+        structured = self._structured(schema, response_format)
+        estimate = sum(len(m[1]) for m in messages) // 4 + self.settings.llm_max_tokens
+        attempts = 0
+        last: BaseException | None = None
+        started = time.monotonic()
+        while attempts <= self.settings.llm_max_retries:
+            slot = self.limiter.acquire(estimate)
+            attempts += 1
+            try:
+                result = structured.invoke(messages)
+            except Exception as exc:
+                self.limiter.settle(slot, 0)
+                last = exc
+                if not is_retryable(exc):
+                    raise LLMCallError(
+                        f"LLM call failed ({type(exc).__name__}, status {_status(exc)}): "
+                        f"{_clip(str(exc))}",
+                        attempts=attempts,
+                    ) from exc
+                if attempts > self.settings.llm_max_retries:
+                    break
+                delay = backoff_delay(attempts - 1, exc)
+                log.info(
+                    "LLM call attempt %d failed (%s, status %s); retrying in %.2fs",
+                    attempts,
+                    type(exc).__name__,
+                    _status(exc),
+                    delay,
+                )
+                self.sleep(delay)
+                continue
+            return self._result(result, schema, slot, attempts, started, key)
+        raise LLMCallError(
+            f"LLM call failed after {attempts} attempts: {type(last).__name__} "
+            f"(status {_status(last) if last else None}): {_clip(str(last))}",
+            attempts=attempts,
+            retryable=True,
+        ) from last
+
+    def _structured(self, schema: type[BaseModel], response_format: dict | None):
+        kwargs: dict[str, Any] = {}
+        if self.method == "json_mode" and response_format is not None:
+            kwargs["response_format"] = response_format
+        return self.chat.with_structured_output(
+            schema, method=self.method, include_raw=True, **kwargs
+        )
+
+    def _result(
+        self, result: dict, schema: type[BaseModel], slot, attempts: int, started: float, key
+    ) -> CallResult:
+        raw = result.get("raw")
+        text = answer_text(raw)
+        pt, ct = _usage_of(raw)
+        self.limiter.settle(slot, pt + ct)
+        with self._lock:
+            self.calls += 1
+        parsed = result.get("parsed")
+        error = None
+        if parsed is None:
+            parsed, error = parse_answer(text, schema)
+        usage = Usage(
+            prompt_tokens=pt,
+            completion_tokens=ct,
+            calls=attempts,
+            cost_usd=estimate_cost(self.model, pt, ct, self.settings.prices_per_million),
+        )
+        if key and self.cache is not None:
+            self.cache.put(key, text, pt, ct)
+        elapsed = time.monotonic() - started
+        log.debug("LLM call done in %.2fs, %d+%d tokens", elapsed, pt, ct)
+        return CallResult(text, parsed, error, usage, attempts=attempts, elapsed=elapsed)
+
+
+def _clip(text: str, n: int = 300) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
