@@ -324,8 +324,17 @@ def test_export_subset_of_coders(store, tmp_path):
 
 
 def test_source_transcript_paragraphs_without_blank_lines():
-    t = source_transcript("x", "A: one.\nB: two.\r\nthree", "x.txt")
-    assert [(u.speaker, u.text) for u in t.turns] == [("A", "one."), ("B", "two."), (None, "three")]
+    text = "A: one.\nB: two.\r\nA: three.\nB: four.\nNote: once only"
+    t = source_transcript("x", text, "x.txt")
+    assert [(u.speaker, u.text) for u in t.turns] == [
+        ("A", "one."),
+        ("B", "two."),
+        ("A", "three."),
+        ("B", "four."),
+        (None, "Note: once only"),  # a label used once is prose, not a speaker
+    ]
+    for u in t.turns:
+        assert t.text[u.char_start : u.char_end] == u.text
 
 
 # ---------------------------------------------------------------------- real files

@@ -14,6 +14,7 @@ from qualflow.exchange.taguette import (
     html_to_text,
     import_taguette,
     import_taguette_csv,
+    label_speakers,
     read_codebook_csv,
     strip_tags,
 )
@@ -48,6 +49,23 @@ def test_html_to_text_keeps_taguette_text_and_exact_turns():
     text, spans = html_to_text(html)
     assert text == "A & B\n  one.\n\n   two < three"
     assert [text[s:e] for s, e in spans] == ["A & B", "one.", "two < three"]
+
+
+def test_recurring_labels_are_speakers():
+    html = (
+        "<p>MODERATOR: Please start.</p>\n<p>  Location: Dublin is fine.</p>\n"
+        "<p>MODERATOR: Next task.</p>\n<p> I like it.</p>"
+    )
+    text, spans = html_to_text(html)
+    turns = label_speakers(text, spans)
+    assert [(t.speaker, t.text) for t in turns] == [
+        ("MODERATOR", "Please start."),
+        (None, "Location: Dublin is fine."),
+        ("MODERATOR", "Next task."),
+        (None, "I like it."),
+    ]
+    for t in turns:
+        assert text[t.char_start : t.char_end] == t.text
 
 
 def test_byte_offsets_to_code_points():

@@ -46,8 +46,9 @@ from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Literal
 
+from qualflow.exchange.taguette import label_speakers
 from qualflow.highlights import Highlight, map_highlights, save_highlights
-from qualflow.models import Code, Codebook, Coding, Passage, Transcript, Turn, utcnow
+from qualflow.models import Code, Codebook, Coding, Passage, Transcript, utcnow
 from qualflow.store import DuplicateTranscriptError, Store
 
 if TYPE_CHECKING:
@@ -59,7 +60,6 @@ NS_PROJECT = "urn:QDA-XML:project:1.0"
 NS_CODEBOOK = "urn:QDA-XML:codebook:1.0"
 SCHEMA_FILES = {"project": "Project.xsd", "codebook": "Codebook.xsd"}
 _GUID_NS = uuid.UUID("5b0f0d5e-8d0e-4d55-9a52-6a1f0c3e7a11")
-_SPEAKER = re.compile(r"([^\s:][^:\n]{0,40}?):[ \t]+")
 _XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 Kind = Literal["project", "codebook"]
@@ -541,20 +541,15 @@ def source_transcript(name: str, text: str, source_path: str, fmt: str = "refi-q
             start = None
     if start is not None:
         blocks.append((start, len(text)))
-    turns: list[Turn] = []
+    spans: list[tuple[int, int]] = []
     for a, b in blocks:
         while a < b and text[a].isspace():
             a += 1
         while b > a and text[b - 1].isspace():
             b -= 1
-        speaker = None
-        m = _SPEAKER.match(text, a, b)
-        if m and m.end() < b:
-            speaker, a = m.group(1).strip(), m.end()
         if b > a:
-            turns.append(
-                Turn(index=len(turns), speaker=speaker, text=text[a:b], char_start=a, char_end=b)
-            )
+            spans.append((a, b))
+    turns = label_speakers(text, spans)
     return Transcript(
         id=Transcript.make_id(name, content_hash),
         name=name,
@@ -576,6 +571,7 @@ def import_qdpx(
     gold_set: str | None = None,
     min_overlap: float = 0.5,
     interviewer_speakers: tuple[str, ...] | list[str] = (),
+    code_interviewer: bool = False,
     strict: bool = True,
 ) -> RefiImport:
     """Import a ``.qdpx`` project: sources -> transcripts, codebook, codings -> gold.
@@ -609,7 +605,10 @@ def import_qdpx(
             f"{path}#{src.guid}",
         )
         made = segment(
-            transcript, mode=segmentation, interviewer_speakers=tuple(interviewer_speakers)
+            transcript,
+            mode=segmentation,
+            interviewer_speakers=tuple(interviewer_speakers),
+            code_interviewer=code_interviewer,
         )
         try:
             if transcript.text in by_text:

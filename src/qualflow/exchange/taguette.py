@@ -176,21 +176,43 @@ class ByteOffsets:
         return None
 
 
+_LABEL = re.compile(r"([^\s:][^:\n]{0,40}?):[ \t]+")
+
+
+def label_speakers(text: str, spans: list[tuple[int, int]]) -> list[Turn]:
+    """Turns for line spans, with ``Name:`` labels as speakers.
+
+    A label counts only when the same label opens at least two lines of the text and
+    has at most four words, so that "Location: Dublin" in running prose is not taken
+    for a speaker. The label is left out of the turn's span (as the other readers do).
+    """
+    found: list[tuple[int, int, re.Match[str] | None]] = []
+    counts: Counter[str] = Counter()
+    for a, b in spans:
+        m = _LABEL.match(text, a, b)
+        if m and m.end() < b and len(m.group(1).split()) <= 4:
+            counts[m.group(1).strip()] += 1
+            found.append((a, b, m))
+        else:
+            found.append((a, b, None))
+    turns: list[Turn] = []
+    for a, b, m in found:
+        speaker = None
+        if m is not None and counts[m.group(1).strip()] >= 2:
+            speaker, a = m.group(1).strip(), m.end()
+        turns.append(
+            Turn(index=len(turns), speaker=speaker, text=text[a:b], char_start=a, char_end=b)
+        )
+    return turns
+
+
 def document_transcript(
     *, name: str, contents: str, source_path: str, metadata: dict[str, str] | None = None
 ) -> Transcript:
     """A Taguette HTML document as a transcript with verbatim text and exact turns."""
     text, spans = html_to_text(contents)
     content_hash = hashlib.sha256(contents.encode("utf-8")).hexdigest()
-    turns = [
-        Turn(
-            index=i,
-            text=text[start:end],
-            char_start=start,
-            char_end=end,
-        )
-        for i, (start, end) in enumerate(spans)
-    ]
+    turns = label_speakers(text, spans)
     return Transcript(
         id=Transcript.make_id(name, content_hash),
         name=name,
@@ -214,6 +236,7 @@ def import_taguette(
     gold_set: str | None = None,
     min_overlap: float = 0.5,
     interviewer_speakers: tuple[str, ...] | list[str] = (),
+    code_interviewer: bool = False,
     project_id: int | None = None,
     segmenter: Segmenter | None = None,
 ) -> TaguetteImport:
@@ -289,6 +312,7 @@ def import_taguette(
             transcript,
             mode=segmentation,
             interviewer_speakers=tuple(interviewer_speakers),
+            code_interviewer=code_interviewer,
         )
         try:
             store.save_transcript(transcript, passages)
