@@ -29,8 +29,8 @@ Items (``script(*items)`` appends to the queue; first in, first out):
   ``batch({"P1": [proposal(...)], "P2": []})`` for a batched call.
 - ``proposal(code, evidence, rationale="...", confidence=0.8)``: one proposed code
   (any field may be wrong on purpose: unknown code, invented evidence, ...).
-- ``Raw(text)``: the tool-call arguments / content exactly as given (malformed JSON,
-  empty answer).
+- ``Raw(text)``: the tool-call arguments / content exactly as given (malformed JSON).
+- ``Empty()``: an empty message, no content and no tool call (an empty answer).
 - ``Fault(status, body=..., headers=...)``: an HTTP error (429 with Retry-After, 500).
 - ``Hang(seconds)``: sleep before answering (make the client time out); the
   answer after the sleep is the default one.
@@ -88,11 +88,18 @@ class Hang:
 
 
 @dataclass
+class Empty:
+    """An assistant message with empty content and no tool call."""
+
+    usage: tuple[int, int] | None = None
+
+
+@dataclass
 class BadBody:
     text: str = "this is not json"
 
 
-Item = Answer | Raw | Fault | Hang | BadBody
+Item = Answer | Raw | Empty | Fault | Hang | BadBody
 
 
 def proposal(
@@ -213,8 +220,8 @@ class FakeOpenAI:
         return self
 
     def when(self, text: str, item: Item) -> FakeOpenAI:
-        """Answer any chat request whose last user message contains ``text`` with ``item``
-        (checked after the queue is empty; the rule stays)."""
+        """Answer any chat request whose user messages contain ``text`` with ``item``
+        (checked after the queue is empty, first matching rule wins; rules stay)."""
         with self._lock:
             self._rules.append((text, item))
         return self
@@ -256,10 +263,9 @@ class FakeOpenAI:
         with self._lock:
             if self._queue:
                 return self._queue.popleft()
-            users = [_text(m) for m in body.get("messages", []) if m.get("role") == "user"]
-            last = users[-1] if users else ""
+            users = "\n".join(_text(m) for m in body.get("messages", []) if m.get("role") == "user")
             for text, item in self._rules:
-                if text in last:
+                if text in users:
                     return item
         return self.responder(body)
 
@@ -279,10 +285,13 @@ class FakeOpenAI:
         if isinstance(item, BadBody):
             handler._send(200, item.text.encode())
             return
-        text = item.text if isinstance(item, Raw) else json.dumps(item.payload)
+        if isinstance(item, Empty):
+            text = ""
+        else:
+            text = item.text if isinstance(item, Raw) else json.dumps(item.payload)
         prompt_chars = sum(len(_text(m)) for m in body.get("messages", []))
         usage = item.usage or (max(1, prompt_chars // 4), max(1, len(text) // 4))
-        handler._json(200, _completion(body, text, usage))
+        handler._json(200, _completion(body, text, usage, tool=not isinstance(item, Empty)))
 
 
 def _text(message: dict) -> str:
@@ -292,9 +301,9 @@ def _text(message: dict) -> str:
     return str(content)
 
 
-def _completion(body: dict, text: str, usage: tuple[int, int]) -> dict:
+def _completion(body: dict, text: str, usage: tuple[int, int], tool: bool = True) -> dict:
     tools = body.get("tools") or []
-    if tools:
+    if tools and tool:
         name = tools[0]["function"]["name"]
         message = {
             "role": "assistant",

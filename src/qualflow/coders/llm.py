@@ -89,8 +89,10 @@ class LLMCoder:
     ``model_label`` is the model name recorded as provenance when it differs from
     the name sent to the server. ``examples`` maps code titles to accepted example
     passages (few-shot); up to ``settings.llm_few_shot`` are shown per candidate.
-    ``pseudonymizer`` replaces names, emails, phone numbers and URLs before a call
-    to a non-loopback endpoint when ``settings.pseudonymize`` is set.
+    With ``settings.pseudonymize``, names, emails, phone numbers and URLs are replaced
+    before any call to a non-loopback endpoint (by ``pseudonymizer``, or an in-memory
+    one); a ``pseudonymizer`` given while ``settings.pseudonymize`` is off is applied
+    to every call, loopback included.
     """
 
     kind = "llm"
@@ -123,13 +125,14 @@ class LLMCoder:
         self.model = model_label or model
         self.method = method
         self.examples = dict(examples or {})
-        self.pseudonymizer = None
-        if settings.pseudonymize and not self.client.loopback:
-            if pseudonymizer is None:
-                from qualflow.privacy import Pseudonymizer
+        self.pseudonymizer = pseudonymizer if not self.client.loopback else None
+        if settings.pseudonymize and not self.client.loopback and pseudonymizer is None:
+            from qualflow.privacy import Pseudonymizer
 
-                pseudonymizer = Pseudonymizer.from_settings(settings, store=None)
-            self.pseudonymizer = pseudonymizer
+            log.warning("pseudonymizing without a store: the mapping is kept in memory only")
+            self.pseudonymizer = Pseudonymizer.from_settings(settings, store=None)
+        if pseudonymizer is not None and not settings.pseudonymize:
+            self.pseudonymizer = pseudonymizer  # given explicitly: always applied
 
     # ------------------------------------------------------------------ protocol
 
