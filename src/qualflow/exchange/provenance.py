@@ -1,0 +1,298 @@
+"""Proposals and review decisions with full provenance, as CSV or JSONL.
+
+One row per machine proposal (valid or not; a passage the coder answered with no code
+gets one row with an empty code), and one row per review decision (the append-only
+log, undo entries included), each carrying everything needed to analyse it in pandas
+or R: the passage and its transcript and participant, the coder, model, prompt
+version and codebook version, time, rationale, evidence and confidence, and for
+decisions the reviewer, the action, the codes before and after, and the provenance of
+the proposal acted on.
+
+JSONL keeps lists as lists; CSV joins them with ``"; "``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from qualflow.db import (
+    DecisionRow,
+    PassageRow,
+    ProposalRow,
+    ProposalSetRow,
+    TranscriptRow,
+    UserRow,
+)
+from qualflow.store import Store
+
+PROPOSAL_COLUMNS = [
+    "proposal_id",
+    "proposal_set_id",
+    "run_id",
+    "passage_id",
+    "transcript",
+    "participant",
+    "segmentation",
+    "passage_index",
+    "passage_start",
+    "passage_end",
+    "passage_text",
+    "coder",
+    "model",
+    "prompt_version",
+    "codebook_version",
+    "created_at",
+    "status",
+    "status_reason",
+    "attempts",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "code",
+    "confidence",
+    "rationale",
+    "evidence",
+    "evidence_start",
+    "evidence_end",
+    "in_candidates",
+    "valid",
+    "invalid_reason",
+]
+
+DECISION_COLUMNS = [
+    "decision_id",
+    "created_at",
+    "reviewer",
+    "action",
+    "code",
+    "codes_before",
+    "codes_after",
+    "memo",
+    "undoes_id",
+    "state_version",
+    "passage_id",
+    "transcript",
+    "participant",
+    "passage_index",
+    "passage_text",
+    "proposal_id",
+    "proposal_code",
+    "proposal_confidence",
+    "proposal_rationale",
+    "proposal_evidence",
+    "coder",
+    "model",
+    "prompt_version",
+    "codebook_version",
+    "run_id",
+]
+
+
+class ProvenanceError(ValueError):
+    """An export that cannot be written (unknown format)."""
+
+
+def _passage_info(s, passage_ids: set[str]) -> dict[str, dict[str, Any]]:
+    if not passage_ids:
+        return {}
+    rows = s.execute(
+        select(PassageRow, TranscriptRow.name, TranscriptRow.participant_id)
+        .join(TranscriptRow, TranscriptRow.id == PassageRow.transcript_id)
+        .where(PassageRow.id.in_(list(passage_ids)))
+    ).all()
+    return {
+        p.id: {
+            "transcript": name,
+            "participant": participant or "",
+            "segmentation": p.segmentation,
+            "passage_index": p.index,
+            "passage_start": p.char_start,
+            "passage_end": p.char_end,
+            "passage_text": p.text,
+        }
+        for p, name, participant in rows
+    }
+
+
+def proposal_records(
+    store: Store, *, run_ids: list[int] | None = None, with_text: bool = True
+) -> Iterator[dict[str, Any]]:
+    """One record per proposal (and per empty answer), oldest first."""
+    with store.session() as s:
+        q = select(ProposalSetRow).order_by(ProposalSetRow.id)
+        if run_ids is not None:
+            q = q.where(ProposalSetRow.run_id.in_(run_ids))
+        sets = s.scalars(q).all()
+        props: dict[int, list[ProposalRow]] = {}
+        if sets:
+            for p in s.scalars(
+                select(ProposalRow)
+                .where(ProposalRow.set_id.in_([r.id for r in sets]))
+                .order_by(ProposalRow.id)
+            ):
+                props.setdefault(p.set_id, []).append(p)
+        info = _passage_info(s, {r.passage_id for r in sets})
+    for ps in sets:
+        base = {
+            "proposal_set_id": ps.id,
+            "run_id": ps.run_id,
+            "passage_id": ps.passage_id,
+            **info.get(ps.passage_id, {}),
+            "coder": ps.coder,
+            "model": ps.model,
+            "prompt_version": ps.prompt_version,
+            "codebook_version": ps.codebook_version,
+            "created_at": ps.created_at,
+            "status": ps.status,
+            "status_reason": ps.reason,
+            "attempts": ps.attempts,
+            "prompt_tokens": ps.prompt_tokens,
+            "completion_tokens": ps.completion_tokens,
+            "cost_usd": ps.cost_usd,
+        }
+        if not with_text:
+            base.pop("passage_text", None)
+        items = props.get(ps.id) or [None]
+        for p in items:
+            row = dict(base)
+            row["proposal_id"] = p.id if p else None
+            if p is not None:
+                row.update(
+                    code=p.code,
+                    confidence=p.confidence,
+                    rationale=p.rationale,
+                    evidence=p.evidence,
+                    evidence_start=p.evidence_start,
+                    evidence_end=p.evidence_end,
+                    in_candidates=p.in_candidates,
+                    valid=p.valid,
+                    invalid_reason=p.invalid_reason,
+                )
+            yield row
+
+
+def decision_records(store: Store, *, with_text: bool = True) -> Iterator[dict[str, Any]]:
+    """One record per review decision, in log order, with the proposal's provenance."""
+    with store.session() as s:
+        rows = s.scalars(select(DecisionRow).order_by(DecisionRow.id)).all()
+        users = dict(s.execute(select(UserRow.id, UserRow.username)).tuples().all())
+        pids = {r.proposal_id for r in rows if r.proposal_id is not None}
+        proposals: dict[int, tuple[ProposalRow, ProposalSetRow]] = {}
+        if pids:
+            for p, ps in s.execute(
+                select(ProposalRow, ProposalSetRow)
+                .join(ProposalSetRow, ProposalSetRow.id == ProposalRow.set_id)
+                .where(ProposalRow.id.in_(list(pids)))
+            ).all():
+                proposals[p.id] = (p, ps)
+        info = _passage_info(s, {r.passage_id for r in rows})
+    for r in rows:
+        passage = info.get(r.passage_id, {})
+        row: dict[str, Any] = {
+            "decision_id": r.id,
+            "created_at": r.created_at,
+            "reviewer": users.get(r.user_id, str(r.user_id)),
+            "action": r.action,
+            "code": r.code,
+            "codes_before": list(r.before or []),
+            "codes_after": list(r.after or []),
+            "memo": r.memo,
+            "undoes_id": r.undoes_id,
+            "state_version": r.state_version,
+            "passage_id": r.passage_id,
+            "transcript": passage.get("transcript"),
+            "participant": passage.get("participant"),
+            "passage_index": passage.get("passage_index"),
+            "proposal_id": r.proposal_id,
+        }
+        if with_text:
+            row["passage_text"] = passage.get("passage_text")
+        if r.proposal_id in proposals:
+            p, ps = proposals[r.proposal_id]
+            row.update(
+                proposal_code=p.code,
+                proposal_confidence=p.confidence,
+                proposal_rationale=p.rationale,
+                proposal_evidence=p.evidence,
+                coder=ps.coder,
+                model=ps.model,
+                prompt_version=ps.prompt_version,
+                codebook_version=ps.codebook_version,
+                run_id=ps.run_id,
+            )
+        yield row
+
+
+# ---------------------------------------------------------------------- writers
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, list):
+        return "; ".join(str(v) for v in value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if value is None:
+        return ""
+    return value
+
+
+def write_records(
+    records: Iterator[dict[str, Any]] | list[dict[str, Any]],
+    path: Path | str,
+    columns: list[str],
+    fmt: str | None = None,
+) -> int:
+    """Write records as CSV or JSONL (by ``fmt`` or extension); returns the row count."""
+    path = Path(path)
+    fmt = (fmt or path.suffix.lstrip(".")).lower()
+    if fmt not in {"csv", "jsonl"}:
+        raise ProvenanceError(f"{path}: unknown format '{fmt}' (csv or jsonl)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        if fmt == "csv":
+            writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            for rec in records:
+                writer.writerow({c: _csv_value(rec.get(c)) for c in columns})
+                n += 1
+        else:
+            for rec in records:
+                ordered = {c: rec.get(c) for c in columns}
+                fh.write(json.dumps(ordered, ensure_ascii=False, default=_json_default) + "\n")
+                n += 1
+    return n
+
+
+def export_proposals(
+    store: Store,
+    path: Path | str,
+    *,
+    run_ids: list[int] | None = None,
+    with_text: bool = True,
+    fmt: str | None = None,
+) -> int:
+    columns = [c for c in PROPOSAL_COLUMNS if with_text or c != "passage_text"]
+    return write_records(
+        proposal_records(store, run_ids=run_ids, with_text=with_text), path, columns, fmt
+    )
+
+
+def export_decisions(
+    store: Store, path: Path | str, *, with_text: bool = True, fmt: str | None = None
+) -> int:
+    columns = [c for c in DECISION_COLUMNS if with_text or c != "passage_text"]
+    return write_records(decision_records(store, with_text=with_text), path, columns, fmt)
