@@ -305,7 +305,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
 
     def others(passage_id: str, a: Auth) -> list[tuple[str, decisions.ReviewState]]:
         with store.session() as s:
-            people = s.execute(select(UserRow.id, UserRow.username)).tuples().all()
+            people = s.execute(select(UserRow.id, UserRow.username)).all()
         out = []
         for uid, name in people:
             if uid == a.user.id:
@@ -459,7 +459,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             ]
         )
         with store.session() as s:
-            names = dict(s.execute(select(UserRow.id, UserRow.username)).tuples().all())
+            names = dict(s.execute(select(UserRow.id, UserRow.username)).all())
             for r in s.scalars(select(DecisionRow).order_by(DecisionRow.id)):
                 w.writerow(
                     [

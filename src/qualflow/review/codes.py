@@ -25,10 +25,21 @@ def codebook_version_for(store: Store, passage_id: str) -> str | None:
         )
 
 
+_cache: dict[tuple[int, str], Codebook] = {}
+
+
 def codebook_for(store: Store, passage_id: str) -> Codebook | None:
-    """That codebook, else the newest stored one (None when the store has none)."""
+    """That codebook, else the newest stored one (None when the store has none).
+
+    A codebook version is a hash of its content, so a version once read is cached.
+    """
     version = codebook_version_for(store, passage_id)
-    return (store.codebook(version) if version else None) or store.codebook()
+    if version and (id(store), version) in _cache:
+        return _cache[(id(store), version)]
+    codebook = (store.codebook(version) if version else None) or store.codebook()
+    if version and codebook is not None and codebook.version == version:
+        _cache[(id(store), version)] = codebook
+    return codebook
 
 
 def search(codebook: Codebook, query: str, limit: int = 12) -> list[Code]:

@@ -347,7 +347,7 @@ def reviewer_codings(store: Store, *, include_unfinished: bool = False) -> dict[
     reviewer decided that no code applies. Derived from the decision log, not the cache.
     """
     with store.session() as s:
-        names = dict(s.execute(select(UserRow.id, UserRow.username)).tuples().all())
+        names = dict(s.execute(select(UserRow.id, UserRow.username)).all())
         live = set(s.scalars(select(PassageRow.id)))
     out: dict[str, Coding] = {}
     for (uid, pid), st in sorted(_all_states(store).items()):

@@ -96,8 +96,9 @@ class Progress:
         return round(100 * self.done / self.total) if self.total else 0
 
 
-def _base_rows(store: Store, filters: Filters) -> dict[str, Item]:
-    """Every queue passage matching the set-level filters, with its proposals folded in."""
+def _base_rows(store: Store, filters: Filters, assigned_to: int | None = None) -> dict[str, Item]:
+    """Every queue passage matching the set-level filters, with its proposals folded in
+    (only the passages assigned to user ``assigned_to`` when given)."""
     with store.session() as s:
         q = (
             select(ProposalSetRow.id, ProposalSetRow.status, PassageRow, TranscriptRow)
@@ -105,6 +106,12 @@ def _base_rows(store: Store, filters: Filters) -> dict[str, Item]:
             .join(TranscriptRow, TranscriptRow.id == PassageRow.transcript_id)
             .where(ProposalSetRow.status.in_(REVIEWABLE), TranscriptRow.is_current.is_(True))
         )
+        if assigned_to is not None:
+            q = q.join(
+                AssignmentRow,
+                (AssignmentRow.passage_id == PassageRow.id)
+                & (AssignmentRow.user_id == assigned_to),
+            )
         if filters.run is not None:
             q = q.where(ProposalSetRow.run_id == filters.run)
         if filters.coder:
@@ -140,7 +147,7 @@ def _base_rows(store: Store, filters: Filters) -> dict[str, Item]:
 def items(store: Store, user: User, filters: Filters | None = None) -> list[Item]:
     """The user's queue in the chosen order (before the show/limit cut)."""
     filters = filters or Filters()
-    found = _base_rows(store, filters)
+    found = _base_rows(store, filters, assigned_to=None if user.is_admin else user.id)
     with store.session() as s:
         mine = {
             a.passage_id: a
@@ -247,36 +254,30 @@ def reviewer_loads(store: Store) -> list[ReviewerLoad]:
     """Per user: assigned passages, of which double-coded, done and flagged."""
     with store.session() as s:
         assigned = dict(
-            s.execute(select(AssignmentRow.user_id, func.count()).group_by(AssignmentRow.user_id))
-            .tuples()
-            .all()
+            s.execute(
+                select(AssignmentRow.user_id, func.count()).group_by(AssignmentRow.user_id)
+            ).all()
         )
         doubles = dict(
             s.execute(
                 select(AssignmentRow.user_id, func.count())
                 .where(AssignmentRow.double_coded.is_(True))
                 .group_by(AssignmentRow.user_id)
-            )
-            .tuples()
-            .all()
+            ).all()
         )
         done = dict(
             s.execute(
                 select(ReviewStateRow.user_id, func.count())
                 .where(ReviewStateRow.done.is_(True))
                 .group_by(ReviewStateRow.user_id)
-            )
-            .tuples()
-            .all()
+            ).all()
         )
         flagged = dict(
             s.execute(
                 select(ReviewStateRow.user_id, func.count())
                 .where(ReviewStateRow.flagged.is_(True))
                 .group_by(ReviewStateRow.user_id)
-            )
-            .tuples()
-            .all()
+            ).all()
         )
         users = s.scalars(select(UserRow).order_by(UserRow.username)).all()
         return [
@@ -378,9 +379,9 @@ def assign(
             raise ValueError(f"unknown or inactive reviewers: {', '.join(missing)}")
         taken = set(s.scalars(select(AssignmentRow.passage_id).distinct()))
         load = dict(
-            s.execute(select(AssignmentRow.user_id, func.count()).group_by(AssignmentRow.user_id))
-            .tuples()
-            .all()
+            s.execute(
+                select(AssignmentRow.user_id, func.count()).group_by(AssignmentRow.user_id)
+            ).all()
         )
     free = [
         it.passage_id
