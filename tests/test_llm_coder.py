@@ -82,7 +82,7 @@ def test_invented_evidence_twice_needs_human(fake_openai, fast):
     fake_openai.script(bad, bad)
     [ps] = make_coder(fake_openai, fast).propose([request(TEXT)], CODEBOOK)
     assert ps.status == "needs_human" and ps.attempts == 2
-    assert "not a verbatim quote" in ps.reason and "after 2 attempts" in ps.reason
+    assert "not a verbatim quote" in ps.reason and "[asked 2 times]" in ps.reason
     assert json.loads(ps.raw_response)["codes"][0]["evidence"] == "I run benchmarks hourly"
     assert ps.proposals == [] and len(ps.invalid) == 2
     assert all(not p.valid and p.evidence_start is None for p in ps.invalid)

@@ -420,6 +420,7 @@ class LLMClient:
                         f"LLM call failed ({type(exc).__name__}, status {_status(exc)}): "
                         f"{_clip(str(exc))}",
                         attempts=attempts,
+                        usage=Usage(calls=attempts),
                     ) from exc
                 if attempts > self.settings.llm_max_retries:
                     break
@@ -438,6 +439,7 @@ class LLMClient:
             f"LLM call failed after {attempts} attempts: {type(last).__name__} "
             f"(status {_status(last) if last else None}): {_clip(str(last))}",
             attempts=attempts,
+            usage=Usage(calls=attempts),
             retryable=True,
         ) from last
 

@@ -226,7 +226,7 @@ class LLMCoder:
             it.request,
             codebook,
             status="needs_human",
-            reason="; ".join(reasons) + f" (after {asks} attempt{'s' if asks != 1 else ''})",
+            reason="; ".join(reasons) + f" [asked {asks} time{'s' if asks != 1 else ''}]",
             raw=self._restore(last_text) if last_text is not None else None,
             attempts=asks,
             usage=usage,
