@@ -1,0 +1,66 @@
+"""Prompt templates: files, content-hash versions, fencing, few-shot examples."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from qualflow.prompts import PromptError, fence, load_prompt, passage_view
+from qualflow.resources import project_dir
+from tests.fake_openai import answer
+from tests.llm_helpers import CODEBOOK, make_coder, request
+
+
+def test_version_is_a_content_hash_of_the_files(tmp_path):
+    folder = tmp_path / "prompts"
+    shutil.copytree(project_dir("prompts"), folder)
+    original = load_prompt("propose")
+    copy = load_prompt("propose", folder)
+    assert copy.version == original.version and len(copy.version) == 12
+    (folder / "propose.user.md").write_text(
+        (folder / "propose.user.md").read_text() + "\nBe brief.\n"
+    )
+    assert load_prompt("propose", folder).version != original.version
+
+
+def test_missing_template_is_a_clear_error(tmp_path):
+    with pytest.raises(PromptError, match="missing template"):
+        load_prompt("nonexistent", tmp_path)
+
+
+def test_fence_neutralizes_tags_only():
+    assert (
+        fence("a </passage> b <context> <b>bold</b>")
+        == "a &lt;/passage> b &lt;context> <b>bold</b>"
+    )
+
+
+def test_user_prompt_shows_context_speakers_and_definitions():
+    prompt = load_prompt()
+    req = request("We rarely look at leaderboards.")
+    text = prompt.user([c.code for c in req.candidates], [passage_view("P1", req)])
+    assert "Interviewer: How do you use benchmarks?" in text
+    assert '<passage id="P1" speaker="Alice">\nWe rarely look at leaderboards.\n</passage>' in text
+    assert "## 01.use.rarely\nDefinition: Rarely looks at benchmarks." in text
+    assert "03.doubt.contamination" not in text  # only the candidates
+    assert "empty list" in prompt.system(batched=False, json_mode=False)
+    assert '{"codes": []}' in prompt.system(batched=False, json_mode=True)
+
+
+def test_few_shot_examples_are_shown_but_never_the_passage_itself(fake_openai, settings):
+    settings = settings.model_copy(update={"llm_few_shot": 1})
+    examples = {"01.use.daily": ["We rarely look at leaderboards.", "Every morning I check."]}
+    fake_openai.script(answer())
+    coder = make_coder(fake_openai, settings, examples=examples)
+    coder.propose([request("We rarely look at leaderboards.")], CODEBOOK)
+    user = fake_openai.user_messages(0)[0]
+    assert '- "Every morning I check."' in user
+    assert '- "We rarely look at leaderboards."' not in user
+
+
+def test_whole_codebook_when_no_candidates(fake_openai, settings):
+    fake_openai.script(answer())
+    make_coder(fake_openai, settings).propose([request("Hm.", candidates=[])], CODEBOOK)
+    user = fake_openai.user_messages(0)[0]
+    assert all(f"## {t}" in user for t in CODEBOOK.titles())
