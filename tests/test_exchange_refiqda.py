@@ -378,3 +378,36 @@ def test_real_nvivo_export(store):
     assert result.transcripts == []
     assert sum("plain text is empty" in n for n in result.notices) == 2
     assert result.codebook_version is not None
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_real_serdif_round_trip_through_qdpx(store, tmp_path):
+    """Taguette project -> qualflow -> .qdpx -> a fresh store: the same codings."""
+    from qualflow.exchange.taguette import import_taguette
+    from qualflow.store import Store
+
+    taguette = needs_shared("corpora", "serdif-usability", "taguette-project.sqlite3")
+    result = import_taguette(store, taguette)
+    out = tmp_path / "serdif.qdpx"
+    report = export_qdpx(store, out, schema_dir=find_schema_dir())
+    assert report.sources == 11 and report.codes == 22
+
+    def by_span(s: Store, coding) -> dict:
+        ps = {p.id: p for p in s.passages()}
+        names = {t.id: t.name for t in s.transcripts()}
+        return {
+            (names[ps[k].transcript_id], ps[k].char_start, ps[k].char_end): v
+            for k, v in coding.items()
+        }
+
+    fresh = Store.open(f"sqlite:///{tmp_path / 'fresh.sqlite3'}")
+    try:
+        back = import_qdpx(fresh, out, schema_dir=find_schema_dir(), gold_set="g")
+        assert back.problems == [] and len(back.transcripts) == 11
+        (coder,) = fresh.gold("g")
+        original = by_span(store, store.gold(result.gold_set)["admin"])
+        assert by_span(fresh, fresh.gold("g")[coder]) == original
+        assert len(original) == len(store.passages())
+    finally:
+        fresh.close()

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from qualflow.cli.common import WorkspaceOption, console, err_console, fail
 
@@ -60,16 +61,16 @@ def _schema_dir(settings, no_validate: bool):
     try:
         return find_schema_dir(settings.refi_schema_dir)
     except RefiError as exc:
-        raise fail(str(exc)) from exc
+        raise fail(escape(str(exc))) from exc
 
 
 def _notices(notices: list[str], problems: list[str] = (), limit: int = 20) -> None:
     for n in notices[:limit]:
-        err_console.print(f"[yellow]notice:[/] {n}")
+        err_console.print(f"[yellow]notice:[/] {escape(n)}")
     if len(notices) > limit:
         err_console.print(f"[yellow]notice:[/] ... and {len(notices) - limit} more")
     for p in problems[:limit]:
-        err_console.print(f"[red]problem:[/] {p}")
+        err_console.print(f"[red]problem:[/] {escape(p)}")
     if len(problems) > limit:
         err_console.print(f"[red]problem:[/] ... and {len(problems) - limit} more")
 
@@ -122,11 +123,11 @@ def import_taguette_cmd(
                 project_id=project_id,
             )
     except (TaguetteError, ValueError) as exc:
-        raise fail(str(exc)) from exc
+        raise fail(escape(str(exc))) from exc
     finally:
         store.close()
     _notices(result.untagged + result.unmatched, result.problems)
-    console.print(result.summary())
+    console.print(result.summary(), markup=False)
 
 
 @import_app.command("qdpx")
@@ -159,11 +160,11 @@ def import_qdpx_cmd(
             strict=not lenient,
         )
     except RefiError as exc:
-        raise fail(str(exc)) from exc
+        raise fail(escape(str(exc))) from exc
     finally:
         store.close()
     _notices(result.notices, result.problems)
-    console.print(result.summary())
+    console.print(result.summary(), markup=False)
 
 
 @import_app.command("qdc")
@@ -184,11 +185,14 @@ def import_qdc_cmd(
             check_schema=not no_validate,
         )
     except RefiError as exc:
-        raise fail(str(exc)) from exc
+        raise fail(escape(str(exc))) from exc
     finally:
         store.close()
     _notices(notices)
-    console.print(f"codebook '{codebook.name}': {len(codebook.codes)} codes, version {version}")
+    console.print(
+        f"codebook '{codebook.name}': {len(codebook.codes)} codes, version {version}",
+        markup=False,
+    )
 
 
 # ---------------------------------------------------------------------- export
@@ -230,11 +234,11 @@ def export_qdpx_cmd(
             check_schema=not no_validate,
         )
     except RefiError as exc:
-        raise fail(str(exc)) from exc
+        raise fail(escape(str(exc))) from exc
     finally:
         store.close()
     _notices(report.notices)
-    console.print(report.summary())
+    console.print(report.summary(), markup=False)
 
 
 @export_app.command("qdc")
@@ -259,11 +263,14 @@ def export_qdc_cmd(
             check_schema=not no_validate,
         )
     except RefiError as exc:
-        raise fail(str(exc)) from exc
+        raise fail(escape(str(exc))) from exc
     finally:
         store.close()
     _notices(notices)
-    console.print(f"{out}: {len(codebook.codes)} codes of '{codebook.name}' ({codebook.version})")
+    console.print(
+        f"{out}: {len(codebook.codes)} codes of '{codebook.name}' ({codebook.version})",
+        markup=False,
+    )
 
 
 @export_app.command("tables")
@@ -308,10 +315,10 @@ def export_tables_cmd(
             "quotes-by-code": quotes_by_code(store, coding, codebook, max_per_code=max_quotes),
         }
     except TableError as exc:
-        raise fail(str(exc)) from exc
+        raise fail(escape(str(exc))) from exc
     finally:
         store.close()
-    console.print(f"coding source: {coding.label} ({len(coding.coding)} passages)")
+    console.print(f"coding source: {coding.label} ({len(coding.coding)} passages)", markup=False)
     for stem, table in tables.items():
         for f in formats:
             path = write_table(table, out_dir / f"{stem}.{f}", f)
@@ -332,7 +339,7 @@ def export_proposals_cmd(
     try:
         n = export_proposals(store, out, run_ids=run or None, with_text=text)
     except ProvenanceError as exc:
-        raise fail(str(exc)) from exc
+        raise fail(escape(str(exc))) from exc
     finally:
         store.close()
     console.print(f"{out}: {n} proposal rows")
@@ -351,7 +358,7 @@ def export_decisions_cmd(
     try:
         n = export_decisions(store, out, with_text=text)
     except ProvenanceError as exc:
-        raise fail(str(exc)) from exc
+        raise fail(escape(str(exc))) from exc
     finally:
         store.close()
     console.print(f"{out}: {n} decision rows")

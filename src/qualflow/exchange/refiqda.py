@@ -35,6 +35,7 @@ Decisions made here (see docs/interop.md):
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import re
 import uuid
@@ -515,9 +516,11 @@ class RefiImport:
 def source_transcript(name: str, text: str, source_path: str, fmt: str = "refi-qda") -> Transcript:
     """A plain text kept verbatim as a transcript; turns are its paragraphs.
 
-    Paragraphs are separated by blank lines (or by single newlines when the text has no
-    blank line at all). A paragraph opening with ``Name:`` is that speaker's turn, the
-    label left out of the turn's span. ``text[t.char_start:t.char_end] == t.text``.
+    When the text is hard-wrapped or its lines are mostly separated by blank lines,
+    paragraphs are blank-line separated blocks; otherwise every line is a paragraph. A
+    paragraph opening with a ``Name:`` label used at least twice is that speaker's turn,
+    the label left out of the turn's span (``taguette.label_speakers``).
+    ``text[t.char_start:t.char_end] == t.text``.
     """
     content_hash = hashlib.sha256(text.encode("utf-8")).hexdigest()
     lines: list[tuple[int, str]] = []
@@ -525,7 +528,7 @@ def source_transcript(name: str, text: str, source_path: str, fmt: str = "refi-q
     for line in text.splitlines(keepends=True):
         lines.append((pos, line))
         pos += len(line)
-    blank_separated = any(not line.strip() for _, line in lines)
+    blank_separated = _paragraph_mode([line for _, line in lines])
     blocks: list[tuple[int, int]] = []
     start: int | None = None
     for at, line in lines:
@@ -559,6 +562,19 @@ def source_transcript(name: str, text: str, source_path: str, fmt: str = "refi-q
         text=text,
         turns=turns,
     )
+
+
+def _paragraph_mode(lines: list[str]) -> bool:
+    """Whether paragraphs are blank-line separated blocks (rather than single lines):
+    the lines are wrapped prose (most next lines start in lower case), or blank lines
+    separate non-blank lines at least as often as non-blank lines follow each other."""
+    pairs = list(itertools.pairwise(lines))
+    adjacent = [(a, b) for a, b in pairs if a.strip() and b.strip()]
+    gaps = sum(1 for a, b in pairs if a.strip() and not b.strip())
+    if not adjacent:
+        return True
+    continued = sum(1 for _, b in adjacent if b.lstrip()[:1].islower())
+    return continued >= 0.5 * len(adjacent) or gaps >= len(adjacent)
 
 
 def import_qdpx(
