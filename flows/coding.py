@@ -74,7 +74,9 @@ class BatchJob:
 
         settings = self.settings
         with self.local:
-            if settings.prefect_rate_limit and self.coder.kind == "llm":
+            if settings.prefect_rate_limit and getattr(
+                self.coder, "rate_limited", self.coder.kind == "llm"
+            ):
                 calls = -(-n_passages // max(1, settings.llm_batch_size))
                 rate_limit(settings.prefect_rate_limit, occupy=calls, strict=True)
             shared = (

@@ -94,6 +94,7 @@ def compare_all(
     """Evaluate every (latest coder key x human reference) pair that shares passages."""
     from qualflow.evaluate import EvalError, evaluate, write_outputs
 
+    logger = get_run_logger()
     outputs = []
     refs = references(store)
     for key in latest_keys(store, runs):
@@ -115,10 +116,14 @@ def compare_all(
                     description=f"{coder.name} against {ref.name}",
                     scope={"codebook_version": key.codebook_version},
                 )
+                written = write_outputs(results, out_dir)
             except EvalError as exc:
                 outputs.append({"name": name, "error": str(exc)})
                 continue
-            written = write_outputs(results, out_dir)
+            except Exception as exc:  # one broken comparison must not sink the report
+                logger.exception("agreement %s failed", name)
+                outputs.append({"name": name, "error": f"{type(exc).__name__}: {exc}"})
+                continue
             outputs.append(
                 {"name": name, "markdown": written.markdown, "json": str(written.json_path)}
             )

@@ -6,7 +6,8 @@ every candidate code whose last title segment occurs in the passage text (eviden
 to never validate some passages, or to report token usage. It is also reachable
 as an importable coder spec (``tests.coders_fixture:scripted_coder``) so a real
 flow process can be started with it; its behaviour then comes from environment
-variables (``QF_TEST_DELAY``, ``QF_TEST_CALL_LOG``, ``QF_TEST_NEVER_VALID``).
+variables (``QF_TEST_DELAY``, ``QF_TEST_CALL_LOG``, ``QF_TEST_NEVER_VALID``,
+``QF_TEST_NEVER_VALID_TEXT``, ``QF_TEST_TOKENS``).
 """
 
 from __future__ import annotations
@@ -36,12 +37,14 @@ class ScriptedCoder:
     kind = "scripted"
     model = "scripted-1"
     prompt_version = "p1"
+    rate_limited = True  # take the Prefect global rate limit like an LLM coder would
 
     def __init__(
         self,
         *,
         delay: float = 0.0,
         never_valid: Sequence[str] = (),
+        never_valid_text: str | None = None,
         raise_for: Sequence[str] = (),
         tokens_per_passage: int = 0,
         cost_per_passage: float = 0.0,
@@ -49,6 +52,7 @@ class ScriptedCoder:
     ):
         self.delay = delay
         self.never_valid = set(never_valid)
+        self.never_valid_text = never_valid_text
         self.raise_for = set(raise_for)
         self.tokens_per_passage = tokens_per_passage
         self.cost_per_passage = cost_per_passage
@@ -89,7 +93,8 @@ class ScriptedCoder:
             codebook_version=codebook.version,
             usage=usage,
         )
-        if passage.id in self.never_valid:
+        text_hit = self.never_valid_text and self.never_valid_text in passage.text
+        if passage.id in self.never_valid or text_hit:
             bad = CodeProposal(
                 code="not.in.codebook",
                 rationale="scripted",
@@ -133,6 +138,7 @@ def scripted_coder(settings, store, index) -> ScriptedCoder:
     return ScriptedCoder(
         delay=float(os.environ.get("QF_TEST_DELAY", "0")),
         never_valid=[p for p in never.split(",") if p],
+        never_valid_text=os.environ.get("QF_TEST_NEVER_VALID_TEXT") or None,
         call_log=Path(log) if log else None,
         tokens_per_passage=int(os.environ.get("QF_TEST_TOKENS", "0")),
     )

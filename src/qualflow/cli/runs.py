@@ -187,20 +187,22 @@ def serve(
     specs = deployment_specs(workspace, coding_cron=coding_cron, report_cron=report_cron)
     with api_server(port) as url:
         from prefect import serve as prefect_serve
+        from prefect.schedules import Cron
 
-        deployments = [
-            load_flow(s["entrypoint"]).to_deployment(
-                name=s["name"],
-                cron=s["cron"],
-                parameters=s["parameters"],
-                description=s["description"],
-                tags=s["tags"],
-            )
-            for s in specs
-        ]
-        console.print(f"Serving {len(deployments)} deployments against {url}")
+        deployments = []
         for s in specs:
-            console.print(f"  {s['flow']}/{s['name']}: cron '{s['cron']}'")
+            flow = load_flow(s["entrypoint"])
+            deployments.append(
+                flow.to_deployment(
+                    name=s["name"],
+                    schedules=[Cron(s["cron"], timezone=s["timezone"])],
+                    parameters=s["parameters"],
+                    description=s["description"],
+                    tags=s["tags"],
+                )
+            )
+            console.print(f"  {flow.name}/{s['name']}: cron '{s['cron']}' ({s['timezone']})")
+        console.print(f"Serving {len(deployments)} deployments against {url}")
         prefect_serve(*deployments, limit=limit, print_starting_message=False)
     console.print("qualflow serve stopped.")
 
@@ -218,8 +220,8 @@ def deployment_specs(
     for d in config.get("deployments", []):
         entrypoint = d["entrypoint"]
         func = entrypoint.rpartition(":")[2]
-        crons = [s["cron"] for s in d.get("schedules") or [] if s.get("cron")]
-        cron = overrides.get(func) or (crons[0] if crons else None)
+        crons = [s for s in d.get("schedules") or [] if s.get("cron")]
+        cron = overrides.get(func) or (crons[0]["cron"] if crons else None)
         if not cron:
             raise fail(f"{path}: deployment '{d.get('name')}' has no cron schedule")
         specs.append(
@@ -228,6 +230,7 @@ def deployment_specs(
                 "flow": func,
                 "entrypoint": entrypoint,
                 "cron": cron,
+                "timezone": (crons[0].get("timezone") if crons else None) or "UTC",
                 "parameters": {**(d.get("parameters") or {}), "workspace": str(workspace)},
                 "description": d.get("description"),
                 "tags": d.get("tags") or [],
