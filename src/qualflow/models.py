@@ -263,8 +263,9 @@ class ProposalSet(BaseModel):
 # --------------------------------------------------------------------------- decisions
 
 DecisionAction = Literal[
-    "accept", "reject", "replace", "add", "remove", "no_code", "flag", "unflag", "memo", "undo"
-]
+    "accept", "reject", "replace", "add", "remove", "no_code",
+    "flag", "unflag", "memo", "done", "undo",
+]  # fmt: skip
 
 
 class Decision(BaseModel):
