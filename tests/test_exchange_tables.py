@@ -103,6 +103,15 @@ def test_participant_matrix(store, study):
     assert rows["total"]["passages"] == len(study["gold"])
 
 
+def test_participant_matrix_by_category(store, study):
+    source = resolve_source(store, "gold:gold-a")
+    table = participant_matrix(store, source, source_codebook(store, source), by_category=True)
+    assert table.columns[4:] == ["01.use", "02", "zz_intro"]
+    rows = {r["participant"]: r for r in table.rows}
+    assert rows["I-1"]["01.use"] == 1 and rows["I-2"]["01.use"] == 1
+    assert rows["total"]["zz_intro"] == 2
+
+
 def test_quotes_by_code(store, study):
     source = resolve_source(store, "review")
     table = quotes_by_code(store, source, source_codebook(store, source))

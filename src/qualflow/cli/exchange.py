@@ -289,6 +289,9 @@ def export_tables_cmd(
     ] = None,
     codebook_version: Annotated[str | None, typer.Option(help="Codebook to label codes.")] = None,
     max_quotes: Annotated[int, typer.Option(help="Quotes per code (0 = all).")] = 0,
+    by_category: Annotated[
+        bool, typer.Option(help="Participant matrix columns are categories, not codes.")
+    ] = False,
 ) -> None:
     """Write the code frequency table, participant-by-code matrix and quotes by code."""
     from qualflow.exchange.tables import (
@@ -311,7 +314,9 @@ def export_tables_cmd(
         formats = [table_format(f"x.{f}") for f in (fmt or ["csv", "xlsx", "md"])]
         tables = {
             "code-frequency": code_frequency(store, coding, codebook),
-            "participant-matrix": participant_matrix(store, coding, codebook),
+            "participant-matrix": participant_matrix(
+                store, coding, codebook, by_category=by_category
+            ),
             "quotes-by-code": quotes_by_code(store, coding, codebook, max_per_code=max_quotes),
         }
     except TableError as exc:

@@ -259,25 +259,37 @@ def code_frequency(store: Store, source: CodingSource, codebook: Codebook) -> Ta
     return table
 
 
-def participant_matrix(store: Store, source: CodingSource, codebook: Codebook) -> Table:
-    """Participants with their attributes by codes (passages carrying each code)."""
+def participant_matrix(
+    store: Store, source: CodingSource, codebook: Codebook, *, by_category: bool = False
+) -> Table:
+    """Participants with their attributes by codes (passages carrying each code).
+
+    With ``by_category``, columns are categories (``category_of``) and a cell counts
+    the participant's passages carrying at least one code of that category.
+    """
     coded = _coded_passages(store, source.coding)
     people = {p.id: p for p in store.participants()}
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     passages: dict[str, int] = defaultdict(int)
     for c in coded:
         passages[c.participant] += 1
-        for code in c.codes:
-            counts[c.participant][code] += 1
+        keys = {category_of(code) for code in c.codes} if by_category else c.codes
+        for key in keys:
+            counts[c.participant][key] += 1
     used = {code for row in counts.values() for code in row}
-    titles, extra = _ordered_codes(codebook, used)
+    if by_category:
+        titles = list(dict.fromkeys(category_of(t) for t in codebook.titles()))
+        extra = sorted(used - set(titles))
+    else:
+        titles, extra = _ordered_codes(codebook, used)
     attrs: list[str] = []
     for p in people.values():
         for key in p.attributes:
             if key not in attrs:
                 attrs.append(key)
     columns = ["participant", *attrs, "passages", *titles, *extra]
-    table = Table(title=f"Participants by code: {source.label}", columns=columns)
+    unit = "category" if by_category else "code"
+    table = Table(title=f"Participants by {unit}: {source.label}", columns=columns)
     ids = sorted(passages, key=_natural)
     absent = sorted(set(people) - set(passages), key=_natural)
     if absent:
