@@ -1,0 +1,184 @@
+"""qualflow against real Prefect servers, in subprocesses: ``qualflow run`` against a
+``prefect server start`` on loopback (the scale-out set-up), and ``qualflow serve``
+with its own in-process server (the one-machine set-up), stopped by SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+os.environ["PREFECT_HOME"] = os.environ.get("PREFECT_HOME") or tempfile.mkdtemp(
+    prefix="qualflow-test-prefect-"
+)
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+from tests.coders_fixture import small_codebook, write_transcript_file
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+QUALFLOW = [sys.executable, "-c", "from qualflow.cli import main; main()"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"no Prefect API at {url}: {log.read_text()[-3000:]}")
+
+
+@contextmanager
+def started(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+    """A subprocess in its own group, stopped (SIGTERM, then SIGKILL) on exit."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=10)
+
+
+def base_env(tmp: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env.update(
+        PREFECT_HOME=str(tmp / "prefect-home"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+        PYTHONPATH=str(REPO),
+        QUALFLOW_RETRIEVAL_K="0",
+    )
+    return env
+
+
+@contextmanager
+def client_for(url: str):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
+        yield client
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    ws = tmp_path / "ws"
+    write_transcript_file(ws / "inbox", "alpha")
+    book = small_codebook()
+    codes = [{"title": c.title, "description": c.description} for c in book.codes]
+    (ws / "book.yaml").write_text(yaml.safe_dump({"name": book.name, "codes": codes}))
+    return ws
+
+
+def test_run_against_a_real_prefect_server(tmp_path: Path, workspace: Path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = base_env(tmp_path)
+    server_cmd = [
+        sys.executable, "-m", "prefect", "server", "start",
+        "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+    with started(server_cmd, env, tmp_path / "server.log") as server:
+        wait_healthy(url, server, tmp_path / "server.log")
+        run = subprocess.run(
+            [*QUALFLOW, "run", "--inbox", str(workspace / "inbox"), "-w", str(workspace),
+             "--coder", "tests.coders_fixture:scripted_coder",
+             "--codebook", str(workspace / "book.yaml")],
+            cwd=REPO, env={**env, "PREFECT_API_URL": url},
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        assert "Starting temporary server" not in run.stdout + run.stderr
+        with client_for(url) as client:
+            runs = client.read_flow_runs()
+            artifacts = client.read_artifacts()
+        coding = [r for r in runs if r.state and r.state.is_completed()]
+        assert len(coding) == 1
+        assert any(
+            a.key == "qualflow-coding-run" and "Coded by this run" in a.data for a in artifacts
+        )
+
+
+def test_serve_registers_both_deployments_with_schedules_and_stops_on_sigterm(
+    tmp_path: Path, workspace: Path
+):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = {**base_env(tmp_path), "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"}
+    log = tmp_path / "serve.log"
+    with started([*QUALFLOW, "serve", "-w", str(workspace), "--port", str(port)], env, log) as proc:
+        wait_healthy(url, proc, log)
+        deadline = time.monotonic() + 120
+        found: dict[str, int] = {}
+        while time.monotonic() < deadline:
+            found = scheduled_runs(url)
+            if len(found) == 2 and all(found.values()):
+                break
+            assert proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(1)
+        assert found == {"nightly-coding": found.get("nightly-coding"),
+                         "morning-report": found.get("morning-report")}  # fmt: skip
+        assert all(n > 0 for n in found.values()), found
+        with client_for(url) as client:
+            deployments = {d.name: d for d in client.read_deployments()}
+        assert deployments["nightly-coding"].parameters["workspace"] == str(workspace)
+        assert deployments["morning-report"].schedules[0].schedule.cron == "0 6 * * *"
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+    assert "qualflow serve stopped." in log.read_text()
+
+
+def scheduled_runs(url: str) -> dict[str, int]:
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    out = {}
+    with client_for(url) as client:
+        for d in client.read_deployments():
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[d.id])),
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(
+                        type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])
+                    )
+                ),
+            )
+            out[d.name] = len(runs)
+    return out
