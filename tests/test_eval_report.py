@@ -238,3 +238,26 @@ def test_gold_cli_import_and_list(tmp_path):
     assert "1/2 records imported" in res.output and "g.jsonl:2" in res.output
     listed = runner.invoke(app, ["gold", "list", "-w", str(ws)])
     assert "demo: ann (1)" in listed.output
+
+
+@pytest.mark.slow
+def test_experiment_imports_the_serdif_taguette_project(tmp_path, settings, store):
+    """The highlight path: a Taguette project becomes a gold set an experiment reads."""
+    from tests.conftest import SERDIF, needs_shared
+
+    needs_shared("corpora", "serdif-usability", "taguette-project.sqlite3")
+    exp = ev.Experiment(
+        name="serdif-self",
+        taguette=[{"file": str(SERDIF / "taguette-project.sqlite3"), "set": "serdif"}],
+        codebook=str(SERDIF / "codebooks" / "codebook_20220303_8.csv"),
+        reference="gold:serdif",
+        coder="gold:serdif",
+        n_boot=50,
+    )
+    out = ev.run_experiment(exp, store, settings, out_dir=tmp_path)
+    data = out.results
+    assert data["scope"]["passages"] > 3000  # every sentence of P1-P11, coded or not
+    used = [c for c in data["agreement"]["codes"] if c["support"]]
+    assert len(used) == 22
+    assert all(c["kappa"]["value"] == pytest.approx(1.0) for c in used)
+    assert data["agreement"]["overall"]["exact_match"]["value"] == 1.0

@@ -36,7 +36,7 @@ def eval_command(
     ] = None,
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Folder for <name>.json/.html/.md.")
-    ] = Path("eval-results"),
+    ] = Path("eval/results"),
     workspace: Annotated[
         Path | None,
         typer.Option(

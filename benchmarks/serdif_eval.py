@@ -1,0 +1,169 @@
+"""Agreement of the machine coders with the human coder of the SERDIF corpus (P1-P11).
+
+    .venv/bin/python benchmarks/serdif_eval.py [--out eval/results] [--n-boot 1000]
+
+1. Imports the Taguette project (``../shared/corpora/serdif-usability``) with
+   ``qualflow.exchange.taguette.import_taguette``: transcripts, the codebook and the
+   author's highlights mapped to sentence passages as gold set ``serdif``.
+2. Codes every passage with the learned coder (logistic regression on MiniLM) and the
+   similarity coder, each trained/calibrated *without the participant it codes*:
+   participant-grouped folds P1-P3, P4-P6, P7-P8, P9-P11 (the last is the held-out
+   test set of benchmarks/baseline_coders.py). Each coder's out-of-fold proposals are
+   stored as one run.
+3. Evaluates learned vs the human coder, with the similarity coder as the baseline
+   (``qualflow.evaluate``), writes serdif-learned.{json,html,md} and
+   serdif-similarity.{json,html,md}, and prints the figures.
+
+SERDIF has a single human coder, so there is no human-human baseline here: the
+figures say how far the machine is from that one person, not from human agreement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SERDIF = REPO.parent / "shared" / "corpora" / "serdif-usability"
+FOLDS = [["P1", "P2", "P3"], ["P4", "P5", "P6"], ["P7", "P8"], ["P9", "P10", "P11"]]
+GOLD_SET = "serdif"
+
+
+def participant(name: str) -> str:
+    found = re.match(r"(P\d+)", name)
+    return found.group(1) if found else name
+
+
+def import_corpus(store):
+    from qualflow.exchange.taguette import import_taguette
+
+    result = import_taguette(
+        store, SERDIF / "taguette-project.sqlite3", segmentation="sentence", gold_set=GOLD_SET
+    )
+    print(f"taguette import: {result.summary()}")
+    for problem in result.problems[:5]:
+        print(f"  problem: {problem}")
+    return store.codebook(result.codebook_version)
+
+
+def code_out_of_fold(store, settings, codebook, reference):
+    """Out-of-fold proposal sets of the learned and similarity coders, stored as runs."""
+    from qualflow.coders.learned import LearnedCoder
+    from qualflow.coders.similarity import SimilarityCoder
+    from qualflow.index import CodeIndex
+    from qualflow.pipeline import build_requests
+    from qualflow.store import ProposalKey
+
+    names = {t.id: t.name for t in store.transcripts()}
+    passages = store.passages(ids=list(reference))
+    requests = build_requests(store, passages, codebook)
+    part = {r.passage.id: participant(names[r.passage.transcript_id]) for r in requests}
+    index = CodeIndex.ensure(codebook, settings)
+    kinds = {
+        "learned": "logreg-minilm:4-fold-by-participant",
+        "similarity": f"{index.model}:threshold-per-fold",
+    }
+    runs = {
+        kind: store.start_run(
+            ProposalKey(kind, model, "", codebook.version), params={"folds": FOLDS}
+        )
+        for kind, model in kinds.items()
+    }
+    for fold in FOLDS:
+        test = [r for r in requests if part[r.passage.id] in fold]
+        train = [r for r in requests if part[r.passage.id] not in fold]
+        if not test:
+            continue
+        started = time.perf_counter()
+        x_train = [r.context for r in train]
+        y_train = [reference[r.passage.id] for r in train]
+        learned = LearnedCoder().fit(x_train, y_train)
+        sim = SimilarityCoder(index)
+        threshold = sim.calibrate(x_train, y_train)
+        sets = {
+            "learned": learned.propose(test, codebook),
+            "similarity": sim.propose(test, codebook),
+        }
+        for kind, produced in sets.items():
+            for ps in produced:
+                ps.model = kinds[kind]
+                store.save_proposal_set(ps, run_id=runs[kind])
+        print(
+            f"fold {'+'.join(fold)}: train {len(train)}, test {len(test)} passages; "
+            f"similarity threshold {threshold:.2f}; {time.perf_counter() - started:.0f}s"
+        )
+    for run_id in runs.values():
+        store.finish_run(run_id, status="completed")
+    return runs, part
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("eval/results"))
+    parser.add_argument("--n-boot", type=int, default=1000)
+    parser.add_argument("--workspace", type=Path, default=None)
+    args = parser.parse_args()
+    if not SERDIF.is_dir():
+        sys.exit(f"SERDIF corpus not found at {SERDIF}")
+    from qualflow import evaluate as ev
+    from qualflow.settings import load_settings
+    from qualflow.store import open_store
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = load_settings(args.workspace or Path(tmp))
+        store = open_store(settings)
+        started = time.perf_counter()
+        codebook = import_corpus(store)
+        (coder_name, reference), *more = store.gold(GOLD_SET).items()
+        if more:
+            print(f"note: gold set has {len(more) + 1} coders; using '{coder_name}'")
+        runs, part = code_out_of_fold(store, settings, codebook, reference)
+        ref = ev.Resolved(f"{GOLD_SET}:{coder_name}", reference)
+        learned = ev.resolve(store, f"run:{runs['learned']}")
+        similarity = ev.resolve(store, f"run:{runs['similarity']}")
+        common = dict(codebook=codebook, n_boot=args.n_boot, seed=0, min_support=10)
+        scope = {
+            "segmentation": "sentence",
+            "split": "4 folds by participant: " + " | ".join(",".join(f) for f in FOLDS),
+        }
+        outputs = []
+        for name, coder, baseline in (
+            ("serdif-learned", learned, similarity),
+            ("serdif-similarity", similarity, None),
+        ):
+            results = ev.evaluate(
+                ref,
+                coder,
+                baseline=baseline,
+                experiment=name,
+                scope=scope,
+                description="SERDIF P1-P11, out-of-fold machine codings vs the study's coder",
+                **common,
+            )
+            outputs.append(ev.write_outputs(results, args.out))
+        held_out = [pid for pid, p in part.items() if p in FOLDS[-1]]
+        test_only = ev.evaluate(
+            ref, learned, passages=held_out, experiment="serdif-learned-p9-p11", **common
+        )
+        ev.write_outputs(test_only, args.out)
+        for out in outputs:
+            print()
+            print(out.markdown)
+            print(f"wrote {out.json_path}, {out.html_path}")
+        o = test_only["agreement"]["overall"]
+        print(
+            f"\nheld-out P9-P11 only ({test_only['scope']['passages']} passages): "
+            f"learned micro-F1 {o['micro_f1']['value']:.3f} "
+            f"[{o['micro_f1']['low']:.3f}, {o['micro_f1']['high']:.3f}], "
+            f"pooled kappa {o['pooled_kappa']['value']:.3f}"
+        )
+        print(f"total {time.perf_counter() - started:.0f}s")
+        store.close()
+
+
+if __name__ == "__main__":
+    main()
