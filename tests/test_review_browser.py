@@ -69,7 +69,7 @@ def current_pid(page) -> str:
 
 
 def test_review_flow_in_chromium(browser, site):
-    url, study, store = site
+    url, _study, store = site
     OUTPUT.mkdir(exist_ok=True)
     ctx = browser.new_context(viewport={"width": 1366, "height": 900})
     page = ctx.new_page()
@@ -163,7 +163,7 @@ def test_review_flow_in_chromium(browser, site):
 
 
 def test_conflict_between_two_sessions_in_chromium(browser, site):
-    url, study, store = site
+    url, _study, store = site
     one = browser.new_context(viewport={"width": 1366, "height": 900})
     two = browser.new_context(viewport={"width": 1366, "height": 900})
     bob = browser.new_context()
@@ -171,7 +171,7 @@ def test_conflict_between_two_sessions_in_chromium(browser, site):
     log_in(a, url, "ann")
     log_in(b, url, "ann")
     log_in(c, url, "bob")
-    pid = [i.passage_id for i in queue.items(store, auth.user_by_name(store, "ann"))][0]
+    pid = next(i.passage_id for i in queue.items(store, auth.user_by_name(store, "ann")))
     a.goto(f"{url}/passages/{pid}")
     b.goto(f"{url}/passages/{pid}")
     key(a, "f")  # the first session flags the passage

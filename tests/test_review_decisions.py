@@ -198,3 +198,11 @@ def test_reviewer_codings_hold_done_passages_only(study):
     wip = decisions.reviewer_codings(store, include_unfinished=True)
     assert wip["ann"][c] == frozenset({"01.use.frequency.daily"})
     assert "bob" not in wip
+
+
+def test_the_log_actions_are_the_domain_models_actions():
+    from typing import get_args
+
+    from qualflow.models import DecisionAction
+
+    assert set(get_args(DecisionAction)) == set(decisions.ACTIONS)

@@ -50,7 +50,7 @@ def test_concurrent_decisions_on_postgres(pg_store, tmp_path):
         outcomes: list[str] = []
         barrier = threading.Barrier(8)
 
-        def act(i: int, start: int = start, outcomes: list[str] = outcomes) -> None:
+        def act(i: int, start=start, outcomes=outcomes, barrier=barrier) -> None:
             barrier.wait()
             try:
                 decisions.decide(store, uid, pid, "memo", version=start, memo=f"m{i}")
