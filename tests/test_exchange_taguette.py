@@ -163,6 +163,25 @@ def test_offsets_out_of_range_and_mismatched_snippets_are_reported(store, tmp_pa
     assert relocated.snippet == "Exporting was simple."
 
 
+def test_a_name_already_ingested_is_reported(store, tmp_path):
+    from qualflow.models import Transcript, Turn
+
+    text = "Exporting was simple, I said, in the original file."
+    t = Transcript(
+        id=Transcript.make_id("P2_session", "a" * 64),
+        name="P2_session",
+        source_path="P2_session.odt",
+        content_hash="a" * 64,
+        format="odt",
+        text=text,
+        turns=[Turn(index=0, text=text, char_start=0, char_end=len(text))],
+    )
+    store.save_transcript(t, [])
+    result = import_taguette(store, make_project(tmp_path))
+    assert len(result.problems) == 1
+    assert "new version of transcript 'P2_session'" in result.problems[0]
+
+
 def test_not_a_taguette_file(store, tmp_path):
     junk = tmp_path / "junk.sqlite3"
     junk.write_bytes(b"PK\x03\x04 not a database")
@@ -233,6 +252,7 @@ def test_csv_errors(store, tmp_path):
 
 
 @pytest.mark.shared
+@pytest.mark.slow
 def test_real_serdif_project(store):
     path = needs_shared("corpora", "serdif-usability", "taguette-project.sqlite3")
     result = import_taguette(store, path)
@@ -274,6 +294,7 @@ def test_real_serdif_project(store):
 
 
 @pytest.mark.shared
+@pytest.mark.slow
 def test_real_serdif_highlights_csv(store):
     path = needs_shared("corpora", "serdif-usability", "taguette-project.sqlite3")
     import_taguette(store, path, gold_set="db")

@@ -629,8 +629,11 @@ def import_qdpx(
         try:
             if transcript.text in by_text:
                 store.add_passages(made)
-            else:
-                store.save_transcript(transcript, made)
+            elif store.save_transcript(transcript, made) == "new_version":
+                result.notices.append(
+                    f"source '{src.name}': stored as a new version of transcript "
+                    f"'{transcript.name}' (the previous version is no longer current)"
+                )
         except DuplicateTranscriptError as exc:
             result.problems.append(f"source '{src.name}': not imported: {exc}")
             continue
@@ -777,7 +780,7 @@ def _codes_xml(
             parent,
             f"{{{ns}}}Code",
             guid=guid("code", title),
-            name=name,
+            name=_clean(name),
             isCodable="true" if codable else "false",
         )
         if code is not None and code.description:
@@ -906,14 +909,16 @@ def project_xml(
     root = etree.Element(
         q("Project"),
         nsmap={None: ns, "xsi": "http://www.w3.org/2001/XMLSchema-instance"},
-        name=name,
+        name=_clean(name),
         origin=origin,
         creationDateTime=now,
     )
     if users:
         users_el = etree.SubElement(root, q("Users"))
         for u in users.values():
-            etree.SubElement(users_el, q("User"), guid=u.guid, name=u.name, id=u.key)
+            etree.SubElement(
+                users_el, q("User"), guid=u.guid, name=_clean(u.name), id=_clean(u.key)
+            )
     titles = [*codebook.titles(), *sorted(extra)]
     if titles:
         book = etree.SubElement(root, q("CodeBook"))
@@ -934,7 +939,7 @@ def project_xml(
             sources_el,
             q("TextSource"),
             guid=sguid,
-            name=t.name,
+            name=_clean(t.name),
             plainTextPath=f"internal://{sguid}.txt",
         )
         mine = sorted(
@@ -976,7 +981,7 @@ def project_xml(
                 notes_el,
                 q("Note"),
                 guid=nguid,
-                name=f"rationale: {c.code}",
+                name=_clean(f"rationale: {c.code}"),
                 creatingUser=c.user.guid,
                 creationDateTime=_stamp(c.created_at),
             )
@@ -999,11 +1004,15 @@ def _cases(store: Store, root: etree._Element, transcripts: list[Transcript], q)
         variables = etree.SubElement(root, q("Variables"))
         for k in keys:
             etree.SubElement(
-                variables, q("Variable"), guid=guid("variable", k), name=k, typeOfVariable="Text"
+                variables,
+                q("Variable"),
+                guid=guid("variable", k),
+                name=_clean(k),
+                typeOfVariable="Text",
             )
     cases = etree.SubElement(root, q("Cases"))
     for pid in used:
-        case = etree.SubElement(cases, q("Case"), guid=guid("case", pid), name=pid)
+        case = etree.SubElement(cases, q("Case"), guid=guid("case", pid), name=_clean(pid))
         for k in keys:
             if k in people[pid].attributes:
                 vv = etree.SubElement(case, q("VariableValue"))

@@ -315,13 +315,19 @@ def import_taguette(
             code_interviewer=code_interviewer,
         )
         try:
-            store.save_transcript(transcript, passages)
+            outcome = store.save_transcript(transcript, passages)
         except DuplicateTranscriptError as exc:
             result.problems.append(f"document {did} '{dname}': not imported: {exc}")
             result.unmatched.extend(
                 f"highlight {hid}: its document {did} was not imported" for hid, *_ in rows_of[did]
             )
             continue
+        if outcome == "new_version":
+            result.problems.append(
+                f"document {did} '{dname}': stored as a new version of transcript '{name}' "
+                "(the previous version, e.g. ingested from the original file, is no longer "
+                "current)"
+            )
         if transcript.participant_id:
             store.set_participant(transcript.id, transcript.participant_id)
         result.transcripts.append(transcript.id)
