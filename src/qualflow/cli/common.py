@@ -27,6 +27,8 @@ def offline_defaults() -> None:
     """Keep Prefect and friends from phoning home unless the user said otherwise."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    # The temporary local server can take a while to start on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
