@@ -185,7 +185,7 @@ def test_global_concurrency_and_rate_limits_are_created_and_taken(flows, ws, mon
     monkeypatch.setenv("QUALFLOW_PREFECT_RATE_LIMIT", "qf-test-rate")
     monkeypatch.setenv("QUALFLOW_LLM_CONCURRENCY", "2")
     monkeypatch.setenv("QUALFLOW_LLM_REQUESTS_PER_MINUTE", "600")
-    summary = _run(flows, ws, batch_size=1)
+    summary = _run(flows, ws, batch_size=4)
     # strict=True: a missing limit would have failed every batch instead.
     assert summary["status"] == "completed" and summary["remaining"] == 0
     assert not summary["failures"]

@@ -235,3 +235,57 @@ def test_proposal_set_usage_survives_round_trip(store, settings):
     )
     sets: list[ProposalSet] = store.proposal_sets(run_id=summary.run_id)
     assert sum(ps.usage.prompt_tokens for ps in sets) == summary.prompt_tokens == 120
+
+
+# ---------------------------------------------------------------------- the real LLM coder
+
+
+def _llm_settings(settings, fake_openai):
+    settings.llm_base_url = fake_openai.base_url
+    settings.llm_model = "gpt-4o-mini"
+    settings.llm_max_retries = 0
+    settings.retrieval_k = 0
+    return settings
+
+
+def test_llm_coder_through_pipeline_is_incremental_and_budgeted(store, settings, fake_openai):
+    from qualflow.coders.factory import open_coder
+    from tests.fake_openai import answer, proposal
+
+    _seed(store)
+    settings = _llm_settings(settings, fake_openai)
+    fake_openai.when("turn 1 we look", answer(proposal("cat.baseline", "baseline")))
+    settings.max_tokens_per_run = 1  # the first batch uses it up
+    with open_coder("llm", settings, store) as coder:
+        first = pipeline.run_coding(store, coder, small_codebook(), settings, batch_size=2)
+    assert first.status == "stopped_budget" and first.coded == 2 and first.remaining == 4
+    assert first.prompt_tokens > 0 and fake_openai.chat_count == 2
+    settings.max_tokens_per_run = 0
+    with open_coder("llm", settings, store) as coder:
+        second = pipeline.run_coding(store, coder, small_codebook(), settings)
+    assert second.status == "completed" and second.coded == 4 and fake_openai.chat_count == 6
+    assert second.proposals + first.proposals == 2  # turn 1 of alpha and of beta
+    assert not first.failures and not second.failures
+    rows = _count(store, ProposalSetRow)
+    with open_coder("llm", settings, store) as coder:
+        third = pipeline.run_coding(store, coder, small_codebook(), settings)
+    assert (
+        fake_openai.chat_count == 6 and third.coded == 0 and _count(store, ProposalSetRow) == rows
+    )
+
+
+def test_llm_answer_that_never_validates_is_needs_human_in_summary(store, settings, fake_openai):
+    from qualflow.coders.factory import open_coder
+    from tests.fake_openai import answer, proposal
+
+    _seed(store, names=("alpha",))
+    settings = _llm_settings(settings, fake_openai)
+    invented = answer(proposal("cat.nonexistent", "words that are not in the passage"))
+    fake_openai.when("turn 3", invented)
+    with open_coder("llm", settings, store) as coder:
+        summary = pipeline.run_coding(store, coder, small_codebook(), settings)
+    assert summary.status == "completed" and summary.coded == 3 and summary.remaining == 0
+    assert summary.needs_human == 1 and summary.invalid_proposals >= 1
+    (failure,) = summary.failures
+    bad = store.passage(failure.subject)
+    assert failure.stage == "validate" and "turn 3" in bad.text and failure.reason
