@@ -129,22 +129,27 @@ def test_review_flow_in_chromium(browser, site):
     with page.expect_navigation():
         page.click("#done-next")
 
-    # passage 4: search by definition with the mouse, pick a result
-    page.click("#add-code")
+    # passage 4: replace the selected proposal (c), search by definition, pick with the mouse
+    p4 = current_pid(page)
+    assert page.locator(".proposal").count() >= 1  # the queue puts "no code" sets last
+    replaced = page.locator(".proposal.selected .code-title").inner_text()
+    page.keyboard.press("c")
+    assert page.evaluate("document.activeElement.name") == "code"
     page.keyboard.type("finetuning based")
-    page.wait_for_selector("#add-form .results li")
+    page.wait_for_selector(".proposal.selected .results li")
     with page.expect_navigation():
-        page.locator("#add-form .results li", has_text="01.use.decisionmaking.finetuning").click()
-    assert "01.use.decisionmaking.finetuning" in coding(page)
+        page.locator(".proposal.selected .results li", has_text="decisionmaking.finetuning").click()
+    assert "01.use.decisionmaking.finetuning" in coding(page) and replaced not in coding(page)
+    assert page.locator(".proposal .pill", has_text="replaced").count() == 1
     key(page, "n")
+    assert ann_state(store, p4).done
 
-    # passage 5: select with a number key, accept with the mouse, done
+    # passage 5: the machine proposed no code; confirm with the mouse, done with the mouse
     p5 = current_pid(page)
-    if page.locator(".proposal").count():
-        page.keyboard.press("1")
-        with page.expect_navigation():
-            page.locator(".proposal.selected [data-shortcut=accept]").click()
-        assert len(coding(page)) == 1
+    assert page.locator(".proposal").count() == 0
+    with page.expect_navigation():
+        page.click("#no-code")
+    assert page.locator("#no-codes").inner_text() == "No code applies."
     with page.expect_navigation():
         page.click("#done-next")
     assert page.url.endswith("/queue")

@@ -153,6 +153,10 @@ def test_bad_decisions_are_refused_with_the_reason(study):
         decide(store, uid, pid, "delete", version=0)
     with pytest.raises(DecisionError, match="proposal_id missing"):
         decide(store, uid, pid, "accept", version=0)
+    with pytest.raises(DecisionError, match="no passage 'nope'"):
+        decide(store, uid, "nope", "flag", version=0)
+    with pytest.raises(DecisionError, match="no user with id 999"):
+        decide(store, 999, pid, "flag", version=0)
     assert _rows(store) == []
 
 

@@ -154,6 +154,11 @@ def decide(
     """
     if action not in ACTIONS:
         raise DecisionError(f"action '{action}': must be one of {', '.join(ACTIONS)}")
+    with store.session() as s:
+        if s.get(PassageRow, passage_id) is None:
+            raise DecisionError(f"no passage '{passage_id}'")
+        if s.get(UserRow, user_id) is None:
+            raise DecisionError(f"no user with id {user_id}")
     entries = log(store, user_id, passage_id)
     current = derive(passage_id, user_id, entries)
     if version != current.version:

@@ -110,7 +110,7 @@
     else if (k === "r" && p) { click("[data-shortcut=reject]", p); }
     else if (k === "c" && p) {
       var d = p.querySelector("details.replace");
-      if (d) { d.open = true; d.querySelector("input").focus(); }
+      if (d) { d.open = true; d.querySelector("input.code-search").focus(); }
     }
     else if (k === "/") { document.getElementById("add-code").focus(); }
     else if (k === "x") { click("#no-code"); }
