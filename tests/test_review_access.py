@@ -153,3 +153,15 @@ def test_admin_sees_other_reviewers_codings_a_reviewer_never_does(world):
     assert bob_page.status_code == 403 and "only admins" not in bob_page.text
     bob_export = world["clients"]["bob"].get("/admin/export/decisions.csv")
     assert bob_export.status_code == 403 and "only admins" not in bob_export.text
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_login_and_logout_routes(world, role):
+    """Fresh sessions (the shared ones must survive): log in, then log out with the token."""
+    c = TestClient(world["clients"]["admin"].app)
+    if role != "anonymous":
+        assert login(c, role).status_code == 303
+    token = csrf_of(c.get("/queue").text) if role != "anonymous" else "x"
+    r = c.post("/logout", data={"csrf": token}, follow_redirects=False)
+    assert r.status_code == (401 if role == "anonymous" else 303)
+    assert c.get("/queue", follow_redirects=False).status_code == 303
