@@ -101,11 +101,38 @@ def code_out_of_fold(store, settings, codebook, reference):
     return runs, part
 
 
+def code_with_llm(store, settings, codebook, passage_ids: list[str], sample: int) -> int | None:
+    """The embedded local LLM (whole 22-code codebook in the prompt) on a passage sample."""
+    import random
+
+    from qualflow.coders.factory import open_coder
+    from qualflow.pipeline import build_requests, persist, proposal_key
+
+    chosen = sorted(random.Random(0).sample(sorted(passage_ids), min(sample, len(passage_ids))))
+    passages = store.passages(ids=chosen)
+    requests = build_requests(store, passages, codebook)  # k = 0: every code is a candidate
+    started = time.perf_counter()
+    with open_coder("llm", settings, store, codebook=codebook) as coder:
+        run_id = store.start_run(proposal_key(coder, codebook), params={"sample": sample})
+        for i in range(0, len(requests), 4):
+            persist(store, coder.propose(requests[i : i + 4], codebook), run_id=run_id)
+    store.finish_run(run_id, status="completed")
+    seconds = time.perf_counter() - started
+    print(f"llm: {len(requests)} passages in {seconds:.0f}s ({seconds / len(requests):.1f}s each)")
+    return run_id
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("eval/results"))
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--workspace", type=Path, default=None)
+    parser.add_argument(
+        "--llm-sample",
+        type=int,
+        default=0,
+        help="Also code N held-out passages with the local LLM.",
+    )
     args = parser.parse_args()
     if not SERDIF.is_dir():
         sys.exit(f"SERDIF corpus not found at {SERDIF}")
@@ -154,6 +181,15 @@ def main() -> None:
             print()
             print(out.markdown)
             print(f"wrote {out.json_path}, {out.html_path}")
+        if args.llm_sample:
+            llm_run = code_with_llm(store, settings, codebook, held_out, args.llm_sample)
+            llm = ev.resolve(store, f"run:{llm_run}")
+            llm_results = ev.evaluate(
+                ref, llm, baseline=learned, experiment="serdif-llm-sample", scope=scope, **common
+            )
+            out = ev.write_outputs(llm_results, args.out)
+            print()
+            print(out.markdown)
         o = test_only["agreement"]["overall"]
         print(
             f"\nheld-out P9-P11 only ({test_only['scope']['passages']} passages): "

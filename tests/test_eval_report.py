@@ -261,3 +261,16 @@ def test_experiment_imports_the_serdif_taguette_project(tmp_path, settings, stor
     assert len(used) == 22
     assert all(c["kappa"]["value"] == pytest.approx(1.0) for c in used)
     assert data["agreement"]["overall"]["exact_match"]["value"] == 1.0
+
+
+def test_reference_counts_as_one_of_the_humans():
+    a, b, machine, _ = _codings(3)
+    res = ev.evaluate(
+        ev.Resolved("gold:a", a),
+        ev.Resolved("m", machine),
+        humans=[ev.Resolved("gold:b", b)],
+        n_boot=50,
+    )
+    assert res["human_baseline"]["humans"] == ["gold:a", "gold:b"]
+    alone = ev.evaluate(ev.Resolved("gold:a", a), ev.Resolved("m", machine), n_boot=50)
+    assert alone["human_baseline"] is None

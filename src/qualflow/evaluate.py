@@ -260,7 +260,12 @@ def evaluate(
     description: str = "",
     scope: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Every figure of a report, as a JSON-ready dict (keys: ``RESULTS_KEYS``)."""
+    """Every figure of a report, as a JSON-ready dict (keys: ``RESULTS_KEYS``).
+
+    ``humans``: human coders for the human baseline (human-human next to
+    machine-human); the reference counts as one of them when not listed. With fewer
+    than two humans there is no baseline (and the report says so by omission).
+    """
     codes = codebook.titles() if codebook else None
     categories: Any = codebook if codebook else True
     pair = ag.compare(
@@ -298,6 +303,8 @@ def evaluate(
         agreement=pair.to_dict(),
         problems=problems,
     )
+    if humans and reference.name not in {h.name for h in humans}:
+        humans = [reference, *humans]  # the reference is one of the human coders
     human_codings = {h.name: {p: h.coding[p] for p in shared if p in h.coding} for h in humans}
     if len(humans) >= 2:
         covered = ag.shared_passages(*human_codings.values(), coder.coding)
