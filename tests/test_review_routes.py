@@ -327,8 +327,10 @@ def test_queue_show_and_progress(web, store):
     assert ids[0] not in _order(c, "") and _order(c, "?show=done") == [ids[0]]
     assert _order(c, "?show=flagged") == [ids[1]]
     assert "1 / 5" in c.get("/queue").text
-    admin_queue = client(app, "admin").get("/queue").text
-    assert 'id="study-progress">1 / 10' in admin_queue
+    admin = client(app, "admin")
+    assert 'id="study-progress">1 / 10' in admin.get("/queue").text
+    assert _order(admin, "?show=flagged") == [ids[1]]  # admins see every reviewer's flags
+    assert _order(client(app, "bob"), "?show=flagged") == []
 
 
 # ------------------------------------------------------------------ admin

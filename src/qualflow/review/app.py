@@ -38,6 +38,7 @@ from qualflow.settings import Settings
 from qualflow.store import Store
 
 HERE = Path(__file__).parent
+PAGE_ROWS = 500  # the queue page lists this many; "Done -> next" walks the whole queue
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
@@ -240,9 +241,11 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         a = who(request)
         filters = filters_from(request.query_params)
         found = queue.items(store, a.user, filters)
+        rows = queue.visible(found, filters)
         ctx = {
             "filters": filters,
-            "rows": queue.visible(found, filters),
+            "rows": rows[:PAGE_ROWS],
+            "hidden_rows": max(0, len(rows) - PAGE_ROWS),
             "mine": queue.progress(found),
             "study": queue.study_progress(store) if a.user.is_admin else None,
             "facets": queue.facets(store),

@@ -157,6 +157,14 @@ def items(store: Store, user: User, filters: Filters | None = None) -> list[Item
             r.passage_id: r
             for r in s.scalars(select(ReviewStateRow).where(ReviewStateRow.user_id == user.id))
         }
+        # admins see every flag (the discussion list); reviewers only their own
+        flagged_by_anyone = (
+            set(
+                s.scalars(select(ReviewStateRow.passage_id).where(ReviewStateRow.flagged.is_(True)))
+            )
+            if user.is_admin
+            else set()
+        )
     if not user.is_admin:
         found = {pid: it for pid, it in found.items() if pid in mine}
     out = []
@@ -168,7 +176,8 @@ def items(store: Store, user: User, filters: Filters | None = None) -> list[Item
         if filters.code and not any(_matches(c, filters.code) for c in it.codes):
             continue
         st = states.get(pid)
-        it.done, it.flagged = bool(st and st.done), bool(st and st.flagged)
+        it.done = bool(st and st.done)
+        it.flagged = bool(st and st.flagged) or pid in flagged_by_anyone
         out.append(it)
     return order_items(out, filters.order, filters.seed)
 
