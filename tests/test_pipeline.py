@@ -289,3 +289,58 @@ def test_llm_answer_that_never_validates_is_needs_human_in_summary(store, settin
     (failure,) = summary.failures
     bad = store.passage(failure.subject)
     assert failure.stage == "validate" and "turn 3" in bad.text and failure.reason
+
+
+# ---------------------------------------------------------------------- qualflow code
+
+
+def _cli(*args: str):
+    from typer.testing import CliRunner
+
+    from qualflow.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def test_qualflow_code_command_codes_inbox_and_reruns_incrementally(tmp_path, monkeypatch):
+    import yaml
+
+    from qualflow.settings import load_settings
+    from qualflow.store import open_store
+    from tests.coders_fixture import write_transcript_file
+
+    ws = tmp_path / "ws"
+    write_transcript_file(ws / "inbox", "alpha")
+    (ws / "inbox" / "broken.docx").write_bytes(b"not a zip")
+    book = small_codebook()
+    codes = [{"title": c.title, "description": c.description} for c in book.codes]
+    (ws / "book.yaml").write_text(yaml.safe_dump({"name": book.name, "codes": codes}))
+    calls = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("QF_TEST_CALL_LOG", str(calls))
+    monkeypatch.setenv("QUALFLOW_RETRIEVAL_K", "0")
+    args = ["code", "--inbox", str(ws / "inbox"), "-w", str(ws), "--codebook",
+            str(ws / "book.yaml"), "--coder", "tests.coders_fixture:scripted_coder"]  # fmt: skip
+    first = _cli(*args)
+    assert first.exit_code == 0, first.output
+    assert "not a DOCX file" in first.output and "Coded by this run" in first.output
+    n_calls = len(calls.read_text().splitlines())
+    store = open_store(load_settings(ws))
+    try:
+        coded = len(store.proposal_sets())
+        assert coded == len(store.passages(codable_only=True)) > 0
+    finally:
+        store.close()
+    second = _cli(*args)
+    assert second.exit_code == 0, second.output
+    assert len(calls.read_text().splitlines()) == n_calls
+
+
+def test_learned_coder_without_training_data_is_a_clear_error(tmp_path):
+    result = _cli("code", "-w", str(tmp_path / "ws"), "--coder", "learned")
+    assert result.exit_code == 1
+    assert "nothing to train on" in result.output
+
+
+def test_unknown_coder_is_a_clear_error(tmp_path):
+    result = _cli("code", "-w", str(tmp_path / "ws"), "--coder", "oracle")
+    assert result.exit_code == 1 and "unknown coder 'oracle'" in result.output
