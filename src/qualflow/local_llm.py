@@ -226,7 +226,7 @@ def coder_from_settings(settings: Settings, store: Store | None) -> Iterator[LLM
     # llama.cpp's server answers one request at a time: more would only queue and time out.
     local = settings.model_copy(update={"llm_concurrency": 1})
     with LocalLLMServer(settings.local_model_path) as server:
-        yield LLMCoder(
+        coder = LLMCoder(
             base_url=server.base_url,
             api_key=None,
             model=server.model,
@@ -234,3 +234,5 @@ def coder_from_settings(settings: Settings, store: Store | None) -> Iterator[LLM
             cache=cache,
             method="function_calling",
         )
+        coder.local_server = server  # type: ignore[attr-defined]  (for inspection)
+        yield coder
