@@ -309,3 +309,69 @@ def test_real_serdif_highlights_csv(store):
     db_gold = store.gold("db")["admin"]
     csv_gold = store.gold("csv")["taguette"]
     assert csv_gold == db_gold  # located by text alone, the same codings
+
+
+def test_csv_content_with_speaker_labels_matches_reader_text(store, tmp_path):
+    """Readers take 'MODERATOR:' labels out of the text; Taguette's export keeps them."""
+    from qualflow.models import Transcript, Turn
+    from qualflow.segment import segment
+
+    turns = [("MODERATOR", "Please try the box plot."), ("P1", "It works now. Nice.")]
+    text = "\n\n".join(body for _, body in turns)
+    spans, pos = [], 0
+    for speaker, body in turns:
+        spans.append(
+            Turn(
+                index=len(spans),
+                speaker=speaker,
+                text=body,
+                char_start=pos,
+                char_end=pos + len(body),
+            )
+        )
+        pos += len(body) + 2
+    t = Transcript(
+        id=Transcript.make_id("P1_x", "b" * 64),
+        name="P1_x",
+        source_path="P1_x.odt",
+        content_hash="b" * 64,
+        format="odt",
+        text=text,
+        turns=spans,
+    )
+    store.save_transcript(t, segment(t, "sentence"))
+    highlights = tmp_path / "h.csv"
+    highlights.write_text(
+        "id,document,tag,content\n"
+        '1,P1_x.odt,Moderator assist,"MODERATOR: Please try the box plot. It works now."\n',
+        encoding="utf-8",
+    )
+    result = import_taguette_csv(store, highlights, gold_set="g")
+    assert result.unmatched == []
+    gold = store.gold("g")["taguette"]
+    coded = {p.text: gold[p.id] for p in store.passages()}
+    assert coded == {
+        "Please try the box plot.": {"Moderator assist"},
+        "It works now.": {"Moderator assist"},
+        "Nice.": frozenset(),
+    }
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_real_serdif_csv_onto_ingested_odt_files(store, settings):
+    """The usual path without the database: ingest the original ODT files, then the CSV."""
+    from qualflow.ingest import ingest_paths
+
+    raw = needs_shared("corpora", "serdif-usability", "raw")
+    report = ingest_paths(store, [raw], settings)
+    assert report.count("new") == 11
+    result = import_taguette_csv(
+        store,
+        SERDIF / "highlights.csv",
+        codebook_csv=SERDIF / "codebooks" / "codebook_20220303_8.csv",
+    )
+    assert result.unmatched == [] and result.highlights == 1166
+    gold = store.gold(result.gold_set)["taguette"]
+    coded = sum(1 for codes in gold.values() if codes)
+    assert 0.6 < coded / len(gold) < 0.9

@@ -589,7 +589,8 @@ def import_taguette_csv(
             result.unmatched.append(f"{highlights_csv}: row {line}: no transcript named '{doc}'")
             continue
         if transcript.id not in finders:
-            finders[transcript.id] = _Finder(transcript.text)
+            speakers = {t.speaker for t in transcript.turns if t.speaker}
+            finders[transcript.id] = _Finder(transcript.text, speakers)
         finder = finders[transcript.id]
         span = finder.find(first.get("content") or "")
         if span is None:
@@ -659,9 +660,14 @@ def _read_csv(path: Path, *, required: tuple[str, ...]) -> list[tuple[int, dict[
 
 
 class _Finder:
-    """Finds whitespace-normalized content in a text, in reading order, with offsets."""
+    """Finds whitespace-normalized content in a text, in reading order, with offsets.
 
-    def __init__(self, text: str):
+    Content that still carries speaker labels the transcript's reader took out of the
+    text (``MODERATOR: ...`` in Taguette, a plain ``MODERATOR`` turn in qualflow) is
+    found with those labels removed.
+    """
+
+    def __init__(self, text: str, speakers: set[str] | None = None):
         chars: list[str] = []
         self.pos: list[int] = []
         prev_space = True
@@ -677,11 +683,25 @@ class _Finder:
                 prev_space = False
         self.norm = "".join(chars)
         self.cursor = 0
+        labels = sorted((s for s in speakers or () if s), key=len, reverse=True)
+        self.labels = (
+            re.compile(r"(?:(?<=\s)|^)(?:" + "|".join(map(re.escape, labels)) + r"):\s*")
+            if labels
+            else None
+        )
 
     def find(self, content: str) -> tuple[int, int] | None:
         needle = " ".join(content.split())
         if not needle:
             return None
+        span = self._find(needle)
+        if span is None and self.labels is not None:
+            stripped = " ".join(self.labels.sub(" ", needle).split())
+            if stripped and stripped != needle:
+                span = self._find(stripped)
+        return span
+
+    def _find(self, needle: str) -> tuple[int, int] | None:
         at = self.norm.find(needle, self.cursor)
         if at < 0:
             at = self.norm.find(needle)
