@@ -58,8 +58,11 @@ def _schema_dir(settings, no_validate: bool):
 
     if no_validate:
         return None
+    configured = settings.refi_schema_dir
+    if configured is not None and not configured.is_absolute():
+        configured = settings.workspace / configured  # relative to the workspace
     try:
-        return find_schema_dir(settings.refi_schema_dir)
+        return find_schema_dir(configured)
     except RefiError as exc:
         raise fail(escape(str(exc))) from exc
 
