@@ -106,3 +106,29 @@ def test_clear_errors(workspace, tmp_path):
     assert result.exit_code == 1 and "unknown format" in result.output
     result = run("import", "qdpx", junk, "-w", tmp_path / "not-a-workspace")
     assert result.exit_code == 1 and "not a qualflow workspace" in result.output
+
+
+def test_configured_schema_dir(workspace, tmp_path):
+    config = workspace / "qualflow.toml"
+    config.write_text(
+        config.read_text(encoding="utf-8") + '\nrefi_schema_dir = "schemas"\n', encoding="utf-8"
+    )
+    result = run("import", "qdc", FIXTURES / "codebook.qdc", "-w", workspace)
+    assert result.exit_code == 1 and "Project.xsd, Codebook.xsd not found" in result.output
+    # a copy of the fixture schemas is not available without ../shared: use --no-validate
+    result = run("import", "qdc", FIXTURES / "codebook.qdc", "-w", workspace, "--no-validate")
+    assert result.exit_code == 0, result.output
+
+
+def test_schema_dir_from_settings_validates(workspace):
+    from tests.conftest import needs_shared
+
+    schemas = needs_shared("refi-qda", "Codebook.xsd").parent
+    config = workspace / "qualflow.toml"
+    config.write_text(
+        config.read_text(encoding="utf-8") + f'\nrefi_schema_dir = "{schemas}"\n',
+        encoding="utf-8",
+    )
+    result = run("import", "qdc", FIXTURES / "codebook-invalid.qdc", "-w", workspace)
+    assert result.exit_code == 1
+    assert "does not validate against Codebook.xsd: line 6" in result.output
