@@ -101,33 +101,76 @@ def workspace(tmp_path: Path) -> Path:
     return ws
 
 
-def test_run_against_a_real_prefect_server(tmp_path: Path, workspace: Path):
+@pytest.fixture(scope="module")
+def real_server(tmp_path_factory) -> Iterator[tuple[str, dict[str, str]]]:
+    """``prefect server start`` on a free loopback port (its own PREFECT_HOME)."""
+    tmp = tmp_path_factory.mktemp("prefect-server")
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
-    env = base_env(tmp_path)
-    server_cmd = [
-        sys.executable, "-m", "prefect", "server", "start",
-        "--host", "127.0.0.1", "--port", str(port),
-    ]  # fmt: skip
-    with started(server_cmd, env, tmp_path / "server.log") as server:
-        wait_healthy(url, server, tmp_path / "server.log")
-        run = subprocess.run(
-            [*QUALFLOW, "run", "--inbox", str(workspace / "inbox"), "-w", str(workspace),
-             "--coder", "tests.coders_fixture:scripted_coder",
-             "--codebook", str(workspace / "book.yaml")],
-            cwd=REPO, env={**env, "PREFECT_API_URL": url},
-            capture_output=True, text=True, timeout=300,
+    env = base_env(tmp)
+    cmd = [sys.executable, "-m", "prefect", "server", "start",
+           "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    with started(cmd, env, tmp / "server.log") as server:
+        wait_healthy(url, server, tmp / "server.log")
+        yield url, {**env, "PREFECT_API_URL": url}
+
+
+def test_run_against_a_real_prefect_server(real_server, tmp_path: Path, workspace: Path):
+    url, env = real_server
+    run = subprocess.run(
+        [*QUALFLOW, "run", "--inbox", str(workspace / "inbox"), "-w", str(workspace),
+         "--coder", "tests.coders_fixture:scripted_coder",
+         "--codebook", str(workspace / "book.yaml")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "Starting temporary server" not in run.stdout + run.stderr
+    with client_for(url) as client:
+        runs = client.read_flow_runs()
+        artifacts = client.read_artifacts()
+    completed = [r for r in runs if r.state and r.state.is_completed()]
+    assert any(r.parameters.get("workspace") == str(workspace) for r in completed)
+    assert any(a.key == "qualflow-coding-run" and "Coded by this run" in a.data for a in artifacts)
+
+
+def test_prefect_yaml_deploys_to_a_work_pool_and_a_worker_runs_it(
+    real_server, tmp_path: Path, workspace: Path
+):
+    """The scale-out path: `prefect deploy --all` from prefect.yaml, a process worker."""
+    url, env = real_server
+    env = {**env, "QUALFLOW_CHECKOUT": str(REPO)}
+
+    def prefect(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+        done = subprocess.run(
+            [sys.executable, "-m", "prefect", "--no-prompt", *args],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
         )  # fmt: skip
-        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-        assert "Starting temporary server" not in run.stdout + run.stderr
-        with client_for(url) as client:
-            runs = client.read_flow_runs()
-            artifacts = client.read_artifacts()
-        coding = [r for r in runs if r.state and r.state.is_completed()]
-        assert len(coding) == 1
-        assert any(
-            a.key == "qualflow-coding-run" and "Coded by this run" in a.data for a in artifacts
-        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done
+
+    prefect("work-pool", "create", "qualflow", "--type", "process", "--overwrite")
+    prefect("deploy", "--all")
+    prefect(
+        "deployment", "run", "code-transcripts/nightly-coding",
+        "--param", f"workspace={workspace}", "--param", f"inbox={workspace / 'inbox'}",
+        "--param", "coder=tests.coders_fixture:scripted_coder",
+        "--param", f"codebook={workspace / 'book.yaml'}",
+    )  # fmt: skip
+    prefect("worker", "start", "--pool", "qualflow", "--run-once", timeout=300)
+    with client_for(url) as client:
+        deployments = {d.name for d in client.read_deployments()}
+        runs = [r for r in client.read_flow_runs() if r.deployment_id is not None]
+    assert {"nightly-coding", "morning-report"} <= deployments
+    (run,) = [r for r in runs if r.parameters.get("workspace") == str(workspace)]
+    assert run.state.is_completed(), run.state
+    from qualflow.settings import load_settings
+    from qualflow.store import open_store
+
+    store = open_store(load_settings(workspace))
+    try:
+        assert len(store.proposal_sets()) == len(store.passages(codable_only=True)) > 0
+    finally:
+        store.close()
 
 
 def test_serve_registers_both_deployments_with_schedules_and_stops_on_sigterm(
