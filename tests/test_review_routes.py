@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from fastapi.testclient import TestClient
@@ -392,3 +393,29 @@ def test_store_reopened_by_url_sees_the_same_decisions(web, settings, store):
         assert decisions.reviewer_codings(other) == {"ann": {pid: frozenset()}}
     finally:
         other.close()
+
+
+def test_an_audit_sample_ends_where_the_sample_ends(web, store):
+    _, app = web
+    c = client(app, "admin")
+    query = "?order=random&seed=9&limit=2"
+    first, second = _order(c, query)
+    page = c.get(f"/passages/{first}{query}").text
+    r = c.post(
+        f"/passages/{first}/decide{query}",
+        data={"csrf": csrf_of(page), "version": "0", "action": "done", "go": "next"},
+        follow_redirects=False,
+    )
+    assert same_url(r.headers["location"], f"/passages/{second}{query}")
+    page = c.get(r.headers["location"]).text
+    r = c.post(
+        f"/passages/{second}/decide{query}",
+        data={"csrf": csrf_of(page), "version": "0", "action": "done", "go": "next"},
+        follow_redirects=False,
+    )
+    assert same_url(r.headers["location"], f"/queue{query}")
+
+
+def same_url(a: str, b: str) -> bool:
+    ua, ub = urlsplit(a), urlsplit(b)
+    return ua.path == ub.path and parse_qs(ua.query) == parse_qs(ub.query)

@@ -281,7 +281,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         )
         st = decisions.state(store, a.user.id, passage_id)
         history = decisions.log(store, a.user.id, passage_id)
-        found = queue.items(store, a.user, filters)
+        found = queue.walk(queue.items(store, a.user, filters), filters)
         selected = next(
             (p.number for p in pv.proposals if p.id not in st.proposal_status),
             1 if pv.proposals else 0,
@@ -370,7 +370,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             return render_passage(request, a, passage_id, filters, status=400, error=str(exc))
         target = passage_id
         if go == "next":
-            found = queue.items(store, a.user, filters)
+            found = queue.walk(queue.items(store, a.user, filters), filters)
             target = queue.next_pending(found, passage_id) or ""
         url = f"/passages/{target}" if target else "/queue"
         return RedirectResponse(url + qs(filters), status_code=303)

@@ -215,6 +215,12 @@ def visible(found: Sequence[Item], filters: Filters) -> list[Item]:
     return rows[: filters.limit] if filters.limit else rows
 
 
+def walk(found: Sequence[Item], filters: Filters) -> list[Item]:
+    """What prev/next and "Done -> next" move through: the queue, cut to the sample
+    size when one is set (an audit sample ends where the sample ends)."""
+    return list(found[: filters.limit] if filters.limit else found)
+
+
 def next_pending(found: Sequence[Item], current: str | None) -> str | None:
     """The first passage after ``current`` (wrapping round) that is not done."""
     ids = [i.passage_id for i in found]
