@@ -78,6 +78,8 @@ class BatchJob:
                 self.coder, "rate_limited", self.coder.kind == "llm"
             ):
                 calls = -(-n_passages // max(1, settings.llm_batch_size))
+                if settings.llm_requests_per_minute > 0:  # never ask more than the limit holds
+                    calls = min(calls, settings.llm_requests_per_minute)
                 rate_limit(settings.prefect_rate_limit, occupy=calls, strict=True)
             shared = (
                 concurrency(settings.prefect_concurrency_limit, occupy=1, strict=True)
