@@ -6,9 +6,9 @@ Recall@k: the share of gold (passage, code) pairs whose code is among the k
 candidates (micro), and the share of passages whose gold codes are all among
 them. Evaluated on the highlights of the held-out participants P9-P11; code
 vectors enriched with examples use coded sentences of P1-P8 only. Every variant
-goes through ``CodeIndex`` (a real Chroma collection in a temporary workspace)
-except "centroid", which averages the code-text vector with example vectors in
-numpy (not a ``CodeIndex`` mode). Prompt tokens are those of the candidate
+goes through ``CodeIndex`` (a real Chroma collection in a temporary workspace);
+"centroid" is ``CodeIndex.ensure(..., examples=...)``: the code-text vector averaged
+with the example vectors. Prompt tokens are those of the candidate
 definitions ("- title: description" lines); cl100k is not available offline
 (tiktoken downloads it), so tokens = characters / 4.
 """
@@ -40,18 +40,23 @@ def definition(code) -> str:
     return f"- {code.title}: {' '.join(code.description.split())}"
 
 
-def enriched(codebook, units, n: int, seed: int):
-    """The codebook with n coded example sentences per code from training units."""
+def training_examples(codebook, units, n: int, seed: int) -> dict[str, list[str]]:
+    """n coded example sentences per code from training units (random, seeded)."""
     rng = random.Random(seed)
     by_code: dict[str, list[str]] = defaultdict(list)
     for u in units:
         for code in sorted(u.gold):
             by_code[code].append(u.text)
-    codes = []
+    out = {}
     for code in codebook.codes:
         pool = by_code.get(code.title, [])
-        examples = rng.sample(pool, min(n, len(pool)))
-        codes.append(code.model_copy(update={"examples": examples}))
+        out[code.title] = rng.sample(pool, min(n, len(pool)))
+    return out
+
+
+def enriched(codebook, examples: dict[str, list[str]]):
+    """The codebook with the examples in each code's embedded text."""
+    codes = [c.model_copy(update={"examples": examples.get(c.title, [])}) for c in codebook.codes]
     return codebook.model_copy(update={"codes": codes, "name": codebook.name + "-enriched"})
 
 
@@ -70,30 +75,6 @@ def ranked_by_index(index, units, with_previous: bool) -> list[list[str]]:
     contexts = serdif.contexts(units)
     results = index.retrieve_many(contexts, 0, with_previous=with_previous)
     return [[c.code.title for c in cands] for cands in results]
-
-
-def ranked_by_centroid(index_plain, codebook, train, units, n, seed, with_previous):
-    """Code vector = normalized mean of the code-text vector and n example vectors."""
-    rng = random.Random(seed)
-    embedder = index_plain.embedder
-    by_code: dict[str, list[str]] = defaultdict(list)
-    for u in train:
-        for code in sorted(u.gold):
-            by_code[code].append(u.text)
-    base = index_plain.code_vectors()
-    matrix = []
-    for code in codebook.codes:
-        pool = by_code.get(code.title, [])
-        examples = rng.sample(pool, min(n, len(pool)))
-        vectors = [base[code.title], *embedder.embed(examples)] if examples else [base[code.title]]
-        mean = np.mean(vectors, axis=0)
-        matrix.append(mean / np.linalg.norm(mean))
-    queries = embedder.embed(
-        [f"{u.previous}\n{u.text}" if with_previous and u.previous else u.text for u in units]
-    )
-    scores = queries @ np.array(matrix).T
-    titles = codebook.titles()
-    return [[titles[j] for j in np.argsort(-row)] for row in scores]
 
 
 def print_table(title: str, rows, n_units: int) -> None:
@@ -131,8 +112,9 @@ def main() -> None:
         started = time.perf_counter()
         plain = CodeIndex.ensure(codebook, settings)
         print(f"index build: {time.perf_counter() - started:.2f}s")
-        rich_book = enriched(codebook, train, args.examples, args.seed)
-        rich = CodeIndex.ensure(rich_book, settings)
+        examples = training_examples(codebook, train, args.examples, args.seed)
+        rich = CodeIndex.ensure(enriched(codebook, examples), settings)
+        centroid = CodeIndex.ensure(codebook, settings, examples=examples)
 
         variants = {
             "code text (title + description)": ranked_by_index(plain, test, False),
@@ -141,10 +123,10 @@ def main() -> None:
                 rich, test, False
             ),
             f"centroid of code text and {args.examples} training example vectors": (
-                ranked_by_centroid(plain, codebook, train, test, args.examples, args.seed, False)
+                ranked_by_index(centroid, test, False)
             ),
             f"centroid ({args.examples} examples), query with previous sentence": (
-                ranked_by_centroid(plain, codebook, train, test, args.examples, args.seed, True)
+                ranked_by_index(centroid, test, True)
             ),
         }
         for title, ranked in variants.items():

@@ -233,7 +233,27 @@ def test_index_is_reused_and_rebuilt_when_the_codebook_version_changes(settings)
         "title": "02.trust.scores",
         "category": "02",
         "parent": "02.trust",
+        "examples": 0,
     }
+
+
+def test_examples_enrich_code_vectors_in_their_own_collection(settings):
+    codebook = small_codebook()
+    plain = CodeIndex.ensure(codebook, settings)
+    query = "my manager asks for the leaderboard position"
+    assert plain.retrieve(query, 1)[0].code.title != "04.cost.compute"
+    examples = {
+        "04.cost.compute": ["my manager asks for the leaderboard position", "budget meeting"],
+        "not.a.code": ["ignored"],
+    }
+    rich = CodeIndex.ensure(codebook, settings, examples=examples)
+    assert rich.name != plain.name and rich.name.startswith(plain.name + "-x")
+    assert rich.retrieve(query, 1)[0].code.title == "04.cost.compute"
+    meta = rich.collection.get(ids=["04.cost.compute"], include=["metadatas"])["metadatas"][0]
+    assert meta["examples"] == 2
+    assert (
+        CodeIndex.ensure(codebook, settings, examples=examples).collection.id == rich.collection.id
+    )
 
 
 def test_persisted_index_reopens_and_answers_in_a_new_process(settings):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -65,12 +65,29 @@ def chroma_client(settings: Settings) -> ClientAPI:
     return chromadb.PersistentClient(path=str(settings.chroma_path), settings=chroma_settings)
 
 
-def collection_name(codebook: Codebook, embedder: Embedder) -> str:
-    """``qf-<codebook>-<version>-<embedder hash>`` within Chroma's naming rules."""
+def collection_name(
+    codebook: Codebook, embedder: Embedder, examples: Mapping[str, Sequence[str]] | None = None
+) -> str:
+    """``qf-<codebook>-<version>-<embedder hash>[-x<examples hash>]`` (Chroma's rules)."""
     slug = re.sub(r"[^a-zA-Z0-9_-]+", "-", codebook.name).strip("-_")[:40] or "codebook"
     config = sorted(embedder.get_config().items())
     embedder_hash = short_hash(embedder.name(), getattr(embedder, "model_name", ""), config)
-    return f"qf-{slug}-{codebook.version}-{embedder_hash[:8]}"
+    name = f"qf-{slug}-{codebook.version}-{embedder_hash[:8]}"
+    if examples:
+        name += "-x" + short_hash(*sorted((k, tuple(v)) for k, v in examples.items()))[:8]
+    return name
+
+
+def _used_examples(
+    codebook: Codebook, examples: Mapping[str, Sequence[str]] | None
+) -> dict[str, list[str]]:
+    """Non-empty example lists of codes that exist in the codebook."""
+    titles = set(codebook.titles())
+    return {
+        title: [t for t in texts if t.strip()]
+        for title, texts in (examples or {}).items()
+        if title in titles and any(t.strip() for t in texts)
+    }
 
 
 def code_metadata(code: Code, codebook: Codebook) -> dict[str, str]:
@@ -101,16 +118,24 @@ class CodeIndex:
         *,
         embedder: Embedder | None = None,
         client: ClientAPI | None = None,
+        examples: Mapping[str, Sequence[str]] | None = None,
     ) -> CodeIndex:
-        """The index of this codebook version: reused when present, built otherwise."""
+        """The index of this codebook version: reused when present, built otherwise.
+
+        ``examples`` (code title -> coded passage texts, e.g. a few per code from gold
+        codings) enriches each code vector: the normalized mean of the code-text
+        vector and its example vectors (+13 points recall@10 on SERDIF, see
+        docs/retrieval.md). Different examples make a different collection.
+        """
         if not codebook.codes:
             raise ValueError(f"codebook {codebook.name!r} has no codes to index")
         embedder = embedder or embedder_from_settings(settings)
         client = client or chroma_client(settings)
-        name = collection_name(codebook, embedder)
+        used = _used_examples(codebook, examples)
+        name = collection_name(codebook, embedder, used)
         collection = cls._existing(client, name, embedder, len(codebook.codes))
         if collection is None:
-            collection = cls._build(client, name, codebook, embedder)
+            collection = cls._build(client, name, codebook, embedder, used)
         return cls(codebook, collection, embedder)
 
     @staticmethod
@@ -129,7 +154,13 @@ class CodeIndex:
         return None
 
     @staticmethod
-    def _build(client: ClientAPI, name: str, codebook: Codebook, embedder: Embedder) -> Collection:
+    def _build(
+        client: ClientAPI,
+        name: str,
+        codebook: Codebook,
+        embedder: Embedder,
+        examples: dict[str, list[str]],
+    ) -> Collection:
         log.info("building code index %s (%d codes)", name, len(codebook.codes))
         collection = client.create_collection(
             name,
@@ -139,11 +170,20 @@ class CodeIndex:
         )
         texts = [code.embedding_text() for code in codebook.codes]
         vectors = embedder.embed(texts)
+        for i, code in enumerate(codebook.codes):
+            if examples.get(code.title):
+                rows = np.vstack([vectors[i : i + 1], embedder.embed(examples[code.title])])
+                mean = rows.mean(axis=0)
+                vectors[i] = mean / max(float(np.linalg.norm(mean)), 1e-12)
+        metadatas = [
+            {**code_metadata(code, codebook), "examples": len(examples.get(code.title, []))}
+            for code in codebook.codes
+        ]
         collection.add(
             ids=[code.title for code in codebook.codes],
             documents=texts,
             embeddings=vectors,  # type: ignore[arg-type]
-            metadatas=[code_metadata(code, codebook) for code in codebook.codes],  # type: ignore[arg-type]
+            metadatas=metadatas,  # type: ignore[arg-type]
         )
         return collection
 
