@@ -132,3 +132,12 @@ def test_schema_dir_from_settings_validates(workspace):
     result = run("import", "qdc", FIXTURES / "codebook-invalid.qdc", "-w", workspace)
     assert result.exit_code == 1
     assert "does not validate against Codebook.xsd: line 6" in result.output
+
+
+def test_bad_segmentation_is_a_clear_error(workspace, tmp_path):
+    result = run("import", "qdpx", zip_project(tmp_path), "-w", workspace, "--segmentation", "x")
+    assert result.exit_code == 1 and "unknown segmentation mode" in result.output
+    result = run(
+        "import", "taguette", make_project(tmp_path), "-w", workspace, "--segmentation", "x"
+    )
+    assert result.exit_code == 1 and "unknown segmentation mode" in result.output

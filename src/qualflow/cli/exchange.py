@@ -162,7 +162,7 @@ def import_qdpx_cmd(
             code_interviewer=settings.code_interviewer,
             strict=not lenient,
         )
-    except RefiError as exc:
+    except (RefiError, ValueError) as exc:
         raise fail(escape(str(exc))) from exc
     finally:
         store.close()

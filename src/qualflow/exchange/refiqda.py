@@ -597,6 +597,7 @@ def import_qdpx(
     """
     from qualflow.segment import mode_name, segment
 
+    segmentation = mode_name(segmentation)  # a bad mode fails before anything is stored
     project = read_qdpx(path, schema_dir=schema_dir, check_schema=check_schema, strict=strict)
     codebook = project.codebook()
     result = RefiImport(

@@ -247,7 +247,10 @@ def import_taguette(
     table and gold codings in ``gold_set`` (default ``taguette:<project name>``), one
     gold coder per Taguette user who made highlights.
     """
+    from qualflow.segment import mode_name
+
     path = Path(path)
+    segmentation = mode_name(segmentation)
     db = _open_taguette(path)
     try:
         project = _project(db, path, project_id)
@@ -550,7 +553,10 @@ def import_taguette_csv(
     (file name without extension) and ``content`` located in its text, ignoring
     differences in whitespace (Taguette's export joins paragraphs with a space).
     """
+    from qualflow.segment import mode_name
+
     highlights_csv = Path(highlights_csv)
+    segmentation = mode_name(segmentation)
     rows = _read_csv(highlights_csv, required=("id", "document", "tag", "content"))
     codebook = (
         read_codebook_csv(codebook_csv)
