@@ -230,3 +230,21 @@ def test_decision_on_a_proposal_carries_its_provenance(store, study, tmp_path):
     assert accept["proposal_confidence"] == 0.7
     assert accept["model"] == "gpt-4o-mini" and accept["prompt_version"] == "prompt-abc123"
     assert accept["run_id"] == study["run_id"]
+
+
+def test_write_paper_tables(store, study, tmp_path):
+    from qualflow.exchange.tables import write_paper_tables
+
+    source, written = write_paper_tables(store, tmp_path / "out", formats=["md", "csv"])
+    assert source.spec == "review"  # the default: reviewed passages exist
+    names = sorted(p.name for p, _ in written)
+    assert names == [
+        "code-frequency.csv",
+        "code-frequency.md",
+        "participant-matrix.csv",
+        "participant-matrix.md",
+        "quotes-by-code.csv",
+        "quotes-by-code.md",
+    ]
+    rows = dict((p.name, n) for p, n in written)
+    assert rows["quotes-by-code.csv"] == 3 and rows["code-frequency.md"] == 4

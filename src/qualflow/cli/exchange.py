@@ -297,40 +297,26 @@ def export_tables_cmd(
     ] = False,
 ) -> None:
     """Write the code frequency table, participant-by-code matrix and quotes by code."""
-    from qualflow.exchange.tables import (
-        TableError,
-        code_frequency,
-        default_source,
-        participant_matrix,
-        quotes_by_code,
-        resolve_source,
-        source_codebook,
-        table_format,
-        write_table,
-    )
+    from qualflow.exchange.tables import TableError, write_paper_tables
 
     _, store = _open(workspace)
     try:
-        spec = source or default_source(store)
-        coding = resolve_source(store, spec)
-        codebook = source_codebook(store, coding, codebook_version)
-        formats = [table_format(f"x.{f}") for f in (fmt or ["csv", "xlsx", "md"])]
-        tables = {
-            "code-frequency": code_frequency(store, coding, codebook),
-            "participant-matrix": participant_matrix(
-                store, coding, codebook, by_category=by_category
-            ),
-            "quotes-by-code": quotes_by_code(store, coding, codebook, max_per_code=max_quotes),
-        }
+        coding, written = write_paper_tables(
+            store,
+            out_dir,
+            source=source,
+            formats=fmt or None,
+            codebook_version=codebook_version,
+            max_quotes=max_quotes,
+            by_category=by_category,
+        )
     except TableError as exc:
         raise fail(escape(str(exc))) from exc
     finally:
         store.close()
     console.print(f"coding source: {coding.label} ({len(coding.coding)} passages)", markup=False)
-    for stem, table in tables.items():
-        for f in formats:
-            path = write_table(table, out_dir / f"{stem}.{f}", f)
-            console.print(f"  {path} ({len(table.rows)} rows)")
+    for path, rows in written:
+        console.print(f"  {path} ({rows} rows)", markup=False)
 
 
 @export_app.command("proposals")

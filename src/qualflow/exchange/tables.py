@@ -351,6 +351,33 @@ def _natural(value: str) -> tuple:
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", value))
 
 
+def write_paper_tables(
+    store: Store,
+    out_dir: Path | str,
+    *,
+    source: str | None = None,
+    formats: list[str] | tuple[str, ...] | None = None,
+    codebook_version: str | None = None,
+    max_quotes: int = 0,
+    by_category: bool = False,
+) -> tuple[CodingSource, list[tuple[Path, int]]]:
+    """All three tables for one coding source (default: ``default_source``), in every
+    format asked for (default csv, xlsx, md); returns the source and (path, rows)."""
+    coding = resolve_source(store, source or default_source(store))
+    codebook = source_codebook(store, coding, codebook_version)
+    fmts = [table_format(f"x.{f}") for f in (formats or FORMATS)]
+    tables = {
+        "code-frequency": code_frequency(store, coding, codebook),
+        "participant-matrix": participant_matrix(store, coding, codebook, by_category=by_category),
+        "quotes-by-code": quotes_by_code(store, coding, codebook, max_per_code=max_quotes),
+    }
+    written = []
+    for stem, table in tables.items():
+        for f in fmts:
+            written.append((write_table(table, Path(out_dir) / f"{stem}.{f}", f), len(table.rows)))
+    return coding, written
+
+
 # ---------------------------------------------------------------------- writers
 
 FORMATS = ("csv", "xlsx", "md")
