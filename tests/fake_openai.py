@@ -358,3 +358,39 @@ def fake_openai():
     """A started ``FakeOpenAI`` on 127.0.0.1 (closed after the test)."""
     with FakeOpenAI() as server:
         yield server
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve in its own process (benchmarks): prints the base URL, then serves until killed.
+
+    ``python -m tests.fake_openai --latency 0.5 --code 01.use.daily --evidence "every day"``
+    answers every request with that one proposal (``--batch N``: for P1..PN).
+    """
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--latency", type=float, default=0.0)
+    ap.add_argument("--code", default=None)
+    ap.add_argument("--evidence", default="")
+    ap.add_argument("--batch", type=int, default=1)
+    args = ap.parse_args(argv)
+    props = [proposal(args.code, args.evidence)] if args.code else []
+    if args.batch > 1:
+        reply = batch({f"P{i + 1}": props for i in range(args.batch)})
+    else:
+        reply = answer(*props)
+    server = FakeOpenAI(latency=args.latency).start()
+    server.responder = lambda _body: reply
+    print(server.base_url, flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

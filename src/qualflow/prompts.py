@@ -46,11 +46,8 @@ class Prompt:
     templates: dict[str, str]
 
     def _render(self, part: str, **values: Any) -> str:
-        from jinja2 import Environment, StrictUndefined
-
-        env = Environment(autoescape=False, keep_trailing_newline=True, undefined=StrictUndefined)
         try:
-            return env.from_string(self.templates[part]).render(**values).strip() + "\n"
+            return _compiled(self.templates[part]).render(**values).strip() + "\n"
         except Exception as exc:  # jinja2 raises several error types
             raise PromptError(f"prompt '{self.name}' part '{part}': {exc}") from exc
 
@@ -62,6 +59,15 @@ class Prompt:
 
     def reask(self, previous: str, errors: list[str], labels: list[str]) -> str:
         return self._render("reask", previous=fence(previous), errors=errors, labels=labels)
+
+
+@lru_cache(maxsize=64)
+def _compiled(source: str) -> Any:
+    """Compile a template once (compiling costs far more than rendering)."""
+    from jinja2 import Environment, StrictUndefined
+
+    env = Environment(autoescape=False, keep_trailing_newline=True, undefined=StrictUndefined)
+    return env.from_string(source)
 
 
 def fence(text: str) -> str:
