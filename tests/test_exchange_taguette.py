@@ -375,3 +375,21 @@ def test_real_serdif_csv_onto_ingested_odt_files(store, settings):
     gold = store.gold(result.gold_set)["taguette"]
     coded = sum(1 for codes in gold.values() if codes)
     assert 0.6 < coded / len(gold) < 0.9
+
+
+def test_each_taguette_user_is_a_gold_coder(store, tmp_path):
+    path = make_project(
+        tmp_path,
+        "INSERT INTO users VALUES ('ben', '2024-01-01 10:00:00', NULL, NULL, 'en_US', NULL, NULL)",
+        "INSERT INTO project_members VALUES (1, 'ben', 'MEMBER')",
+        "UPDATE commands SET user_login = 'ben' WHERE id IN (4, 5)",
+    )
+    result = import_taguette(store, path)
+    assert result.coders == {"ana": 3, "ben": 3}  # passages coded
+    gold = store.gold(result.gold_set)
+    assert gold["ben"][passage_with(store, "The colours are nice").id] == {"Positive experience"}
+    assert gold["ana"][passage_with(store, "The colours are nice").id] == frozenset()
+    # ana highlighted nothing in P2_session: it is not part of her coding
+    p2 = passage_with(store, "Exporting was simple")
+    assert p2.id not in gold["ana"] and gold["ben"][p2.id] == {"Simple export"}
+    assert gold["ana"][passage_with(store, "Okay, I read this").id] == {"Positive experience"}

@@ -267,6 +267,7 @@ def import_taguette(
         result.codebook_version = store.save_codebook(codebook)
         result.codes = len(codebook.codes)
         default_coder = _default_coder(db, pid)
+        coder_of = _highlight_authors(db, pid)
         docs = db.execute(
             "SELECT id, name, filename, description, contents FROM documents "
             "WHERE project_id = ? ORDER BY id",
@@ -362,7 +363,7 @@ def import_taguette(
                         char_start=cs,
                         char_end=ce,
                         code=title,
-                        coder=default_coder,
+                        coder=coder_of.get(hid, default_coder),
                         snippet=transcript.text[cs:ce],
                         external_id=str(hid),
                     )
@@ -379,10 +380,22 @@ def _save_gold(
     highlights: list[Highlight],
     min_overlap: float,
 ) -> None:
+    """One gold coder per Taguette user. With one user, every passage counts (not
+    highlighted = no code); with several, each user's coding covers the documents that
+    user highlighted in (colleagues often split the documents between them)."""
     result.passages = len(passages)
     codings = coding_by_coder(passages, highlights, min_overlap=min_overlap)
     if not codings and passages:
         codings = {"taguette": {p.id: frozenset() for p in passages}}
+    if len(codings) > 1:
+        seen: dict[str, set[str]] = defaultdict(set)
+        for h in highlights:
+            seen[h.coder].add(h.transcript_id)
+        where = {p.id: p.transcript_id for p in passages}
+        codings = {
+            coder: {pid: c for pid, c in coding.items() if where[pid] in seen[coder]}
+            for coder, coding in codings.items()
+        }
     for coder, coding in codings.items():
         store.save_gold(result.gold_set, coder, coding, result.codebook_version)
         coded = sum(1 for codes in coding.values() if codes)
@@ -489,6 +502,33 @@ def _default_coder(db: sqlite3.Connection, pid: int) -> str:
     except sqlite3.Error:
         return "taguette"
     return next(iter(logins)) if len(logins) == 1 else "taguette"
+
+
+def _highlight_authors(db: sqlite3.Connection, pid: int) -> dict[int, str]:
+    """Highlight id -> login of the user whose last ``highlight_add`` made it.
+
+    A live Taguette database keeps these ids; an exported project renumbers its
+    highlights (the commands then hold other ids), and ``_default_coder`` applies.
+    """
+    import json
+
+    authors: dict[int, str] = {}
+    try:
+        rows = db.execute(
+            "SELECT user_login, payload FROM commands WHERE project_id = ? "
+            "AND payload LIKE '%highlight_add%' ORDER BY id",
+            (pid,),
+        ).fetchall()
+    except sqlite3.Error:
+        return authors
+    for login, payload in rows:
+        try:
+            data = json.loads(payload)
+        except (TypeError, ValueError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("highlight_id"), int):
+            authors[data["highlight_id"]] = login
+    return authors
 
 
 def _match_participant(name: str, ids: list[str]) -> str | None:
