@@ -125,3 +125,20 @@ def test_highlights_round_trip_through_the_store(store):
         (21, 57, None, "c2"),
     ]
     assert load_highlights(store, source="nope") == []
+
+
+def test_passages_by_ids_in_chunks(store):
+    from qualflow.highlights import passages_by_ids
+
+    t = Transcript(
+        id="t",
+        name="t",
+        source_path="t.txt",
+        content_hash="h" * 64,
+        format="txt",
+        text=TEXT,
+        turns=[Turn(index=0, text=TEXT, char_start=0, char_end=len(TEXT))],
+    )
+    store.save_transcript(t, _passages())
+    got = passages_by_ids(store, ["p2", "p0", "p1", "p0", "nope"], chunk=2)
+    assert sorted(p.id for p in got) == ["p0", "p1", "p2"]

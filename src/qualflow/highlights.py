@@ -174,3 +174,12 @@ def load_highlights(
             )
             for r in s.scalars(q)
         ]
+
+
+def passages_by_ids(store: Store, ids: Iterable[str], *, chunk: int = 5000) -> list[Passage]:
+    """Stored passages by id, queried in chunks (SQL engines cap bound parameters)."""
+    wanted = list(dict.fromkeys(ids))
+    out: list[Passage] = []
+    for i in range(0, len(wanted), chunk):
+        out.extend(store.passages(ids=wanted[i : i + chunk]))
+    return out

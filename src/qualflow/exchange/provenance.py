@@ -100,13 +100,14 @@ class ProvenanceError(ValueError):
 
 
 def _passage_info(s, passage_ids: set[str]) -> dict[str, dict[str, Any]]:
-    if not passage_ids:
-        return {}
-    rows = s.execute(
-        select(PassageRow, TranscriptRow.name, TranscriptRow.participant_id)
-        .join(TranscriptRow, TranscriptRow.id == PassageRow.transcript_id)
-        .where(PassageRow.id.in_(list(passage_ids)))
-    ).all()
+    ids = sorted(passage_ids)
+    rows = []
+    for i in range(0, len(ids), 5000):  # SQL engines cap bound parameters
+        rows += s.execute(
+            select(PassageRow, TranscriptRow.name, TranscriptRow.participant_id)
+            .join(TranscriptRow, TranscriptRow.id == PassageRow.transcript_id)
+            .where(PassageRow.id.in_(ids[i : i + 5000]))
+        ).all()
     return {
         p.id: {
             "transcript": name,

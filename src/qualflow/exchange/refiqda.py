@@ -48,7 +48,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Literal
 
 from qualflow.exchange.taguette import label_speakers
-from qualflow.highlights import Highlight, map_highlights, save_highlights
+from qualflow.highlights import Highlight, map_highlights, passages_by_ids, save_highlights
 from qualflow.models import Code, Codebook, Coding, Passage, Transcript, utcnow
 from qualflow.store import DuplicateTranscriptError, Store
 
@@ -895,7 +895,7 @@ def project_xml(
     wanted = {t.id for t in transcripts}
     passages = {
         p.id: p
-        for p in store.passages(ids={c.passage_id for c in codings})
+        for p in passages_by_ids(store, (c.passage_id for c in codings))
         if p.transcript_id in wanted
     }
     codings = [c for c in codings if c.passage_id in passages]

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qualflow.highlights import passages_by_ids
 from qualflow.models import Codebook, Coding, Passage
 from qualflow.store import Store
 
@@ -179,7 +180,7 @@ class _Coded:
 
 
 def _coded_passages(store: Store, coding: Coding) -> list[_Coded]:
-    passages = store.passages(ids=list(coding))
+    passages = passages_by_ids(store, coding)
     transcripts = {}
     for tid in {p.transcript_id for p in passages}:
         t = store.transcript(tid)
