@@ -14,7 +14,7 @@ from tests.llm_helpers import CODEBOOK, request
 @pytest.mark.llm
 def test_embedded_model_codes_three_passages(settings, store):
     settings = settings.model_copy(
-        update={"llm_max_tokens": 160, "llm_timeout": 240.0, "llm_max_retries": 0}
+        update={"llm_max_tokens": 96, "llm_timeout": 240.0, "llm_max_retries": 0}
     )
     reqs = [
         request("I check MMLU every day before I pick a model.", "a", candidates=["01.use.daily"]),

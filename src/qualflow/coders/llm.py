@@ -149,6 +149,13 @@ class LLMCoder:
                 results = list(pool.map(lambda b: self._safe_batch(b, codebook), batches))
         return [ps for batch in results for ps in batch]
 
+    def messages(
+        self, requests: Sequence[CodingRequest], codebook: Codebook
+    ) -> list[tuple[str, str]]:
+        """The (role, text) messages one call for these requests would send (no call)."""
+        items = [_Item(label=f"P{i + 1}", request=r) for i, r in enumerate(requests)]
+        return self._messages(items, codebook, len(items) > 1)
+
     # ------------------------------------------------------------------ internals
 
     def _safe_batch(self, batch: list[CodingRequest], codebook: Codebook) -> list[ProposalSet]:
