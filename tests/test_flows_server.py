@@ -52,11 +52,13 @@ def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 1
 
 
 @contextmanager
-def started(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+def started(
+    cmd: list[str], env: dict[str, str], log: Path, cwd: Path = REPO
+) -> Iterator[subprocess.Popen]:
     """A subprocess in its own group, stopped (SIGTERM, then SIGKILL) on exit."""
     with log.open("w") as out:
         proc = subprocess.Popen(
-            cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
             yield proc
@@ -180,7 +182,9 @@ def test_serve_registers_both_deployments_with_schedules_and_stops_on_sigterm(
     url = f"http://127.0.0.1:{port}/api"
     env = {**base_env(tmp_path), "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"}
     log = tmp_path / "serve.log"
-    with started([*QUALFLOW, "serve", "-w", str(workspace), "--port", str(port)], env, log) as proc:
+    cmd = [*QUALFLOW, "serve", "-w", str(workspace), "--port", str(port)]
+    # Started from the workspace, not the checkout: served runs must still find the flows.
+    with started(cmd, env, log, cwd=workspace) as proc:
         wait_healthy(url, proc, log)
         deadline = time.monotonic() + 120
         found: dict[str, int] = {}
@@ -197,9 +201,31 @@ def test_serve_registers_both_deployments_with_schedules_and_stops_on_sigterm(
             deployments = {d.name: d for d in client.read_deployments()}
         assert deployments["nightly-coding"].parameters["workspace"] == str(workspace)
         assert deployments["morning-report"].schedules[0].schedule.cron == "0 6 * * *"
+        state = run_now(url, deployments["nightly-coding"].id, workspace)
+        assert state.is_completed(), (state, log.read_text()[-3000:])
         os.killpg(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
     assert "qualflow serve stopped." in log.read_text()
+
+
+def run_now(url: str, deployment_id, workspace: Path, timeout: float = 180):
+    """Ask the served deployment for a run now and wait for its final state."""
+    with client_for(url) as client:
+        run = client.create_flow_run_from_deployment(
+            deployment_id,
+            parameters={
+                "inbox": str(workspace / "inbox"),
+                "coder": "tests.coders_fixture:scripted_coder",
+                "codebook": str(workspace / "book.yaml"),
+            },
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = client.read_flow_run(run.id).state
+            if state is not None and state.is_final():
+                return state
+            time.sleep(1)
+    raise AssertionError(f"served run {run.id} did not finish in {timeout} s")
 
 
 def scheduled_runs(url: str) -> dict[str, int]:
