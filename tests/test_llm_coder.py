@@ -277,3 +277,14 @@ def test_no_key_or_passage_text_in_logs(fake_openai, fast, caplog):
     assert "sk-test-secret" not in caplog.text
     info = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.INFO)
     assert "retrying" in info and "secret phrase" not in info
+
+
+def test_cache_with_concurrent_calls(fake_openai, fast, store):
+    fake_openai.when("every day", answer(proposal("01.use.daily", "every day")))
+    settings = fast.model_copy(update={"llm_concurrency": 3})
+    reqs = [request(f"Number {i}: I look every day.", f"p{i}") for i in range(6)]
+    first = make_coder(fake_openai, settings, cache=ResponseCache(store)).propose(reqs, CODEBOOK)
+    assert fake_openai.chat_count == 6 and all(ps.status == "ok" for ps in first)
+    second = make_coder(fake_openai, settings, cache=ResponseCache(store)).propose(reqs, CODEBOOK)
+    assert fake_openai.chat_count == 6
+    assert [ps.codes for ps in second] == [{"01.use.daily"}] * 6

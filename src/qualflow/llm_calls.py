@@ -246,18 +246,24 @@ class ResponseCache:
         return hit
 
     def put(self, key: str, text: str, prompt_tokens: int, completion_tokens: int) -> None:
+        """Store an answer; a failure to cache is logged, never fatal to the call."""
+        from sqlalchemy.exc import SQLAlchemyError
+
         from qualflow.db import ResponseCacheRow
 
-        with self.store.session() as s:
-            if s.get(ResponseCacheRow, key) is None:
-                s.add(
-                    ResponseCacheRow(
-                        key=key,
-                        response=text,
-                        prompt_tokens=prompt_tokens,
-                        completion_tokens=completion_tokens,
+        try:
+            with self.store.session() as s:
+                if s.get(ResponseCacheRow, key) is None:
+                    s.add(
+                        ResponseCacheRow(
+                            key=key,
+                            response=text,
+                            prompt_tokens=prompt_tokens,
+                            completion_tokens=completion_tokens,
+                        )
                     )
-                )
+        except SQLAlchemyError as exc:  # e.g. another worker stored the same key first
+            log.warning("response cache: could not store an answer (%s)", type(exc).__name__)
 
 
 # --------------------------------------------------------------------------- the call
