@@ -328,3 +328,20 @@ def test_killed_flow_process_resumes_without_loss_or_duplicates(flows, ws, prefe
         assert _decisions(store) == decisions
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("user_value", [None, "true"])
+def test_flow_modules_default_to_offline_but_respect_the_user(user_value):
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"DO_NOT_TRACK", "PREFECT_SERVER_ANALYTICS_ENABLED"}}  # fmt: skip
+    if user_value:
+        env["PREFECT_SERVER_ANALYTICS_ENABLED"] = user_value
+    code = (
+        "import os, runpy\n"
+        "for f in ('flows/coding.py', 'flows/report.py'):\n"
+        "    runpy.run_path(f, run_name='loaded')\n"
+        "print(os.environ['PREFECT_SERVER_ANALYTICS_ENABLED'], os.environ['DO_NOT_TRACK'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=120, check=True)  # fmt: skip
+    assert out.stdout.split() == [user_value or "false", "1"]
