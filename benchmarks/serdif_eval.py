@@ -151,7 +151,9 @@ def main() -> None:
         runs, part = code_out_of_fold(store, settings, codebook, reference)
         ref = ev.Resolved(f"{GOLD_SET}:{coder_name}", reference)
         learned = ev.resolve(store, f"run:{runs['learned']}")
+        learned.name = f"learned (run {runs['learned']})"
         similarity = ev.resolve(store, f"run:{runs['similarity']}")
+        similarity.name = f"similarity (run {runs['similarity']})"
         common = dict(codebook=codebook, n_boot=args.n_boot, seed=0, min_support=10)
         scope = {
             "segmentation": "sentence",
@@ -182,14 +184,23 @@ def main() -> None:
             print(out.markdown)
             print(f"wrote {out.json_path}, {out.html_path}")
         if args.llm_sample:
-            llm_run = code_with_llm(store, settings, codebook, held_out, args.llm_sample)
-            llm = ev.resolve(store, f"run:{llm_run}")
-            llm_results = ev.evaluate(
-                ref, llm, baseline=learned, experiment="serdif-llm-sample", scope=scope, **common
-            )
-            out = ev.write_outputs(llm_results, args.out)
-            print()
-            print(out.markdown)
+            try:
+                llm_run = code_with_llm(store, settings, codebook, held_out, args.llm_sample)
+                llm = ev.resolve(store, f"run:{llm_run}")
+                llm.name = f"local llm (run {llm_run})"
+                llm_results = ev.evaluate(
+                    ref,
+                    llm,
+                    baseline=learned,
+                    experiment="serdif-llm-sample",
+                    scope=scope,
+                    **common,
+                )
+                out = ev.write_outputs(llm_results, args.out)
+                print()
+                print(out.markdown)
+            except Exception as exc:  # report, keep the figures above
+                print(f"\nlocal LLM sample not evaluated: {type(exc).__name__}: {exc}")
         o = test_only["agreement"]["overall"]
         print(
             f"\nheld-out P9-P11 only ({test_only['scope']['passages']} passages): "

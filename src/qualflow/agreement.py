@@ -510,6 +510,8 @@ def compare(
         to = None if categories is True else categories
         fn = _category_function(to)  # type: ignore[arg-type]
         cat_codes = list(dict.fromkeys(fn(c) for c in code_list))
+        if cat_codes == code_list:  # a flat codebook: the roll-up would repeat the table
+            return result
         result.categories = compare(
             rollup({p: a[p] for p in passages}, fn),
             rollup({p: b[p] for p in passages}, fn),

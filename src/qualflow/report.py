@@ -100,7 +100,7 @@ def code_rows(results: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]
                 "flags": flags,
             }
         )
-    rows.sort(key=lambda r: (r["few"], -r["support"], r["code"]))
+    rows.sort(key=lambda r: (r["few"], -r["positives_a"], -r["support"], r["code"]))
     return rows, unused
 
 
@@ -123,8 +123,12 @@ def headline(results: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         f"{escape(a['coder_b'])} vs {escape(a['coder_a'])}, {a['n_passages']} passages: "
         f"pooled kappa <b>{fmt_ci(pooled_all)}</b>; kappa ≥ 0.6 on <b>{len(good)}</b> and "
-        f"&lt; 0.4 on <b>{len(poor)}</b> of {len(solid)} codes with enough passages; "
-        f"{len(rows) - len(solid)} more codes rest on too few passages."
+        f"&lt; 0.4 on <b>{len(poor)}</b> of {len(solid)} codes with enough passages"
+        + (
+            f"; {len(rows) - len(solid)} more codes rest on too few passages."
+            if len(rows) > len(solid)
+            else "."
+        )
     ]
     hb = results.get("human_baseline")
     if hb:
