@@ -45,6 +45,8 @@ def requests_for(units, index, k: int):
 def evaluate(name, units, codebook, index, settings) -> dict:
     from qualflow.coders.learned import LearnedCoder
     from qualflow.coders.similarity import SimilarityCoder, micro_f1
+    from qualflow.index import CodeIndex
+    from retrieval_recall import training_examples
 
     train = [u for u in units if u.participant in serdif.TRAIN]
     test = [u for u in units if u.participant in serdif.TEST]
@@ -59,6 +61,17 @@ def evaluate(name, units, codebook, index, settings) -> dict:
     print(
         f"similarity: threshold {threshold:.2f}, max codes {sim.max_codes} "
         f"(calibrated in {seconds:.1f}s), micro-F1 {micro_f1(sim_pred, gold):.3f}"
+    )
+
+    examples = training_examples(codebook, train, 5, 0)
+    rich_index = CodeIndex.ensure(codebook, settings, examples=examples)
+    rich = SimilarityCoder(rich_index)
+    rich.calibrate(serdif.contexts(train), [u.gold for u in train])
+    rich_pred = rich.predict(serdif.contexts(test))
+    print(
+        f"similarity, code vectors enriched with 5 P1-P8 examples: threshold "
+        f"{rich.threshold:.2f}, max codes {rich.max_codes}, "
+        f"micro-F1 {micro_f1(rich_pred, gold):.3f}"
     )
 
     started = time.perf_counter()
