@@ -36,9 +36,11 @@ from qualflow.settings import Settings, load_settings
 from qualflow.store import Store, open_store
 
 ARTIFACT_KEY = "qualflow-coding-run"
-BATCH_THREADS = 8
+BATCH_THREADS = 16
 """Upper bound of batch tasks running at once; the effective limit is the per-process
-semaphore (``llm_concurrency``) or the Prefect global concurrency limit."""
+semaphore (see :func:`batch_plan`) and, when named, the Prefect global limit."""
+OFFLINE_BATCH = 32
+"""Default passages per batch task for coders without LLM calls (one embedding batch)."""
 
 progress_hook: Callable[[int, int], None] | None = None
 """Set by ``qualflow run`` to drive its progress bar (same process only)."""
@@ -57,6 +59,7 @@ class BatchJob:
         index: Any,
         run_id: int,
         budget: pipeline.Budget,
+        in_flight: int,
     ):
         self.settings = settings
         self.store = store
@@ -65,7 +68,7 @@ class BatchJob:
         self.index = index
         self.run_id = run_id
         self.budget = budget
-        self.local = threading.BoundedSemaphore(max(1, settings.llm_concurrency))
+        self.local = threading.BoundedSemaphore(max(1, in_flight))
 
     @contextmanager
     def slot(self, n_passages: int) -> Iterator[None]:
@@ -74,9 +77,7 @@ class BatchJob:
 
         settings = self.settings
         with self.local:
-            if settings.prefect_rate_limit and getattr(
-                self.coder, "rate_limited", self.coder.kind == "llm"
-            ):
+            if settings.prefect_rate_limit and calls_llm(self.coder):
                 calls = -(-n_passages // max(1, settings.llm_batch_size))
                 if settings.llm_requests_per_minute > 0:  # never ask more than the limit holds
                     calls = min(calls, settings.llm_requests_per_minute)
@@ -88,6 +89,28 @@ class BatchJob:
             )
             with shared:
                 yield
+
+
+def calls_llm(coder: Any) -> bool:
+    """Whether the coder makes LLM calls (rate limited, parallel inside ``propose``)."""
+    return bool(getattr(coder, "rate_limited", coder.kind == "llm"))
+
+
+def batch_plan(settings: Settings, coder: Any, batch_size: int | None) -> tuple[int, int]:
+    """Passages per batch task and batch tasks coding at once in this process.
+
+    An LLM coder runs the calls of one ``propose`` in parallel (up to
+    ``llm_concurrency``), so tasks in flight x calls per task stays within
+    ``llm_concurrency``. The default is one LLM call per task: the pool stays full, and
+    a killed run loses at most the calls in flight.
+    """
+    per_call = max(1, settings.llm_batch_size)
+    concurrency = max(1, settings.llm_concurrency)
+    if not calls_llm(coder):
+        return batch_size or OFFLINE_BATCH, concurrency
+    size = batch_size or per_call
+    calls = -(-size // per_call)
+    return size, max(1, concurrency // min(calls, concurrency))
 
 
 # ---------------------------------------------------------------------- tasks
@@ -212,7 +235,8 @@ def code_transcripts(
         workspace: Workspace folder (qualflow.toml, data/).
         codebook: Codebook name or file (default: the workspace setting).
         coder: ``llm``, ``similarity``, ``learned`` or an importable ``module:callable``.
-        batch_size: Passages per batch task (default: llm_concurrency x llm_batch_size).
+        batch_size: Passages per batch task (default: llm_batch_size for the LLM coder,
+            i.e. one LLM call per task; 32 for coders without LLM calls).
         max_tokens: Token budget of this run (default: max_tokens_per_run; 0 = none).
         max_cost: USD budget of this run (default: max_cost_per_run; 0 = none).
 
@@ -286,8 +310,9 @@ def _code(
         return pipeline.nothing_to_do(key, plan, started=started, ingest_failures=failures)
     run_id = pipeline.start_run(store, key, plan, {"coder": coder.kind, "flow": True})
     budget = pipeline.Budget.from_settings(settings)
-    job = BatchJob(settings, store, coder, book, index, run_id, budget)
-    chunks = pipeline.batches(plan.todo, batch_size or pipeline.default_batch_size(settings))
+    size, in_flight = batch_plan(settings, coder, batch_size)
+    job = BatchJob(settings, store, coder, book, index, run_id, budget, in_flight)
+    chunks = pipeline.batches(plan.todo, size)
     total = pipeline.BatchResult()
     try:
         futures = {code_batch.submit(job, ids): ids for ids in chunks}

@@ -345,3 +345,19 @@ def test_flow_modules_default_to_offline_but_respect_the_user(user_value):
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
                          text=True, timeout=120, check=True)  # fmt: skip
     assert out.stdout.split() == [user_value or "false", "1"]
+
+
+def test_batch_plan_keeps_llm_calls_in_flight_within_llm_concurrency(settings):
+    import runpy
+
+    plan = runpy.run_path(str(REPO / "flows" / "coding.py"), run_name="loaded")["batch_plan"]
+
+    class Coder:
+        def __init__(self, kind):
+            self.kind = kind
+
+    settings.llm_concurrency, settings.llm_batch_size = 4, 2
+    assert plan(settings, Coder("llm"), None) == (2, 4)  # one call per task, 4 tasks
+    assert plan(settings, Coder("llm"), 8) == (8, 1)  # 4 calls inside one task
+    assert plan(settings, Coder("llm"), 4) == (4, 2)
+    assert plan(settings, Coder("similarity"), None) == (32, 4)
