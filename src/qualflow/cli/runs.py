@@ -174,7 +174,9 @@ def serve(
             "(0 = a free port)."
         ),
     ] = 4200,
-    limit: Annotated[int | None, typer.Option(help="Flow runs at once (default: no limit).")] = 1,
+    limit: Annotated[
+        int, typer.Option(help="Flow runs at once in this process (0 = no limit).")
+    ] = 1,
 ) -> None:
     """Serve the coding and report deployments of prefect.yaml on their schedules.
 
@@ -203,7 +205,7 @@ def serve(
             )
             console.print(f"  {flow.name}/{s['name']}: cron '{s['cron']}' ({s['timezone']})")
         console.print(f"Serving {len(deployments)} deployments against {url}")
-        prefect_serve(*deployments, limit=limit, print_starting_message=False)
+        prefect_serve(*deployments, limit=limit or None, print_starting_message=False)
     console.print("qualflow serve stopped.")
 
 
