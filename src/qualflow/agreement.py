@@ -778,7 +778,7 @@ def compare_runs(
     names: tuple[str, str, str] = ("reference", "run", "baseline"),
     codes: Iterable[str] | None = None,
     metrics: Sequence[str] = ("kappa", "f1"),
-    overall_metrics: Sequence[str] = ("pooled_kappa", "micro_f1", "macro_ac1"),
+    overall_metrics: Sequence[str] = ("pooled_kappa", "micro_f1", "macro_f1"),
     n_boot: int = 1000,
     seed: int = 0,
 ) -> RunComparison:
@@ -842,7 +842,7 @@ def human_baseline(
     machine_name: str = "machine",
     codes: Iterable[str] | None = None,
     metrics: Sequence[str] = ("kappa", "ac1", "f1"),
-    overall_metrics: Sequence[str] = ("pooled_kappa", "macro_ac1", "micro_f1"),
+    overall_metrics: Sequence[str] = ("pooled_kappa", "micro_f1", "macro_f1"),
     margin: float = 0.1,
     n_boot: int = 1000,
     seed: int = 0,
