@@ -25,6 +25,7 @@ import re
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,8 +119,31 @@ def code_with_llm(store, settings, codebook, passage_ids: list[str], sample: int
             persist(store, coder.propose(requests[i : i + 4], codebook), run_id=run_id)
     store.finish_run(run_id, status="completed")
     seconds = time.perf_counter() - started
-    print(f"llm: {len(requests)} passages in {seconds:.0f}s ({seconds / len(requests):.1f}s each)")
+    statuses = Counter(ps.status for ps in store.proposal_sets(run_id=run_id))
+    print(
+        f"llm: {len(requests)} passages in {seconds:.0f}s ({seconds / len(requests):.1f}s each); "
+        f"answers: {dict(statuses)}"
+    )
     return run_id
+
+
+def stored_runs(store):
+    """The learned and similarity runs of an earlier invocation in this workspace."""
+    from sqlalchemy import select
+
+    from qualflow.db import RunRow
+
+    with store.session() as s:
+        rows = s.scalars(select(RunRow).where(RunRow.status == "completed")).all()
+        found = {
+            r.coder: (r.id, r.codebook_version)
+            for r in rows
+            if r.params.get("folds") or r.params.get("sample")
+        }
+    if not store.gold(GOLD_SET) or {"learned", "similarity"} - set(found):
+        return None
+    runs = {kind: found[kind][0] for kind in ("learned", "similarity", "llm") if kind in found}
+    return runs, store.codebook(found["learned"][1])
 
 
 def main() -> None:
@@ -127,6 +151,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("eval/results"))
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--workspace", type=Path, default=None)
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="With --workspace: re-evaluate the runs an earlier invocation stored there.",
+    )
     parser.add_argument(
         "--llm-sample",
         type=int,
@@ -144,11 +173,23 @@ def main() -> None:
         settings = load_settings(args.workspace or Path(tmp))
         store = open_store(settings)
         started = time.perf_counter()
-        codebook = import_corpus(store)
+        previous = stored_runs(store) if args.reuse else None
+        if previous:
+            runs, codebook = previous
+            print(f"reusing the stored gold set and runs {runs} in {settings.workspace}")
+        else:
+            codebook = import_corpus(store)
         (coder_name, reference), *more = store.gold(GOLD_SET).items()
         if more:
             print(f"note: gold set has {len(more) + 1} coders; using '{coder_name}'")
-        runs, part = code_out_of_fold(store, settings, codebook, reference)
+        if previous:
+            names = {t.id: t.name for t in store.transcripts()}
+            part = {
+                p.id: participant(names[p.transcript_id])
+                for p in store.passages(ids=list(reference))
+            }
+        else:
+            runs, part = code_out_of_fold(store, settings, codebook, reference)
         ref = ev.Resolved(f"{GOLD_SET}:{coder_name}", reference)
         learned = ev.resolve(store, f"run:{runs['learned']}")
         learned.name = f"learned (run {runs['learned']})"
@@ -185,7 +226,9 @@ def main() -> None:
             print(f"wrote {out.json_path}, {out.html_path}")
         if args.llm_sample:
             try:
-                llm_run = code_with_llm(store, settings, codebook, held_out, args.llm_sample)
+                llm_run = runs.get("llm") or code_with_llm(
+                    store, settings, codebook, held_out, args.llm_sample
+                )
                 llm = ev.resolve(store, f"run:{llm_run}")
                 llm.name = f"local llm (run {llm_run})"
                 llm_results = ev.evaluate(
