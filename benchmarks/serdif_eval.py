@@ -205,6 +205,7 @@ def main() -> None:
             ("serdif-learned", learned, similarity),
             ("serdif-similarity", similarity, None),
         ):
+            began = time.perf_counter()
             results = ev.evaluate(
                 ref,
                 coder,
@@ -214,7 +215,12 @@ def main() -> None:
                 description="SERDIF P1-P11, out-of-fold machine codings vs the study's coder",
                 **common,
             )
+            figures_s = time.perf_counter() - began
             outputs.append(ev.write_outputs(results, args.out))
+            print(
+                f"{name}: figures in {figures_s:.1f}s, with reports "
+                f"{time.perf_counter() - began:.1f}s ({args.n_boot} resamples)"
+            )
         held_out = [pid for pid, p in part.items() if p in FOLDS[-1]]
         test_only = ev.evaluate(
             ref, learned, passages=held_out, experiment="serdif-learned-p9-p11", **common
