@@ -361,3 +361,18 @@ def test_batch_plan_keeps_llm_calls_in_flight_within_llm_concurrency(settings):
     assert plan(settings, Coder("llm"), 8) == (8, 1)  # 4 calls inside one task
     assert plan(settings, Coder("llm"), 4) == (4, 2)
     assert plan(settings, Coder("similarity"), None) == (32, 4)
+
+
+def test_flow_with_the_llm_coder_on_the_fake_server(flows, ws, monkeypatch, fake_openai):
+    from tests.fake_openai import answer, proposal
+
+    monkeypatch.setenv("QUALFLOW_LLM_BASE_URL", fake_openai.base_url)
+    monkeypatch.setenv("QUALFLOW_LLM_MAX_RETRIES", "0")
+    monkeypatch.setenv("QUALFLOW_SEGMENTATION", "turn")  # no passage quotes another's words
+    fake_openai.when("turn 1 we look", answer(proposal("cat.baseline", "baseline")))
+    first = _run(flows, ws, coder="llm")
+    assert first["status"] == "completed" and first["coder"] == "llm"
+    assert first["coded"] == fake_openai.chat_count == first["calls"] > 0
+    assert first["proposals"] == 2 and first["prompt_tokens"] > 0 and not first["failures"]
+    again = _run(flows, ws, coder="llm")
+    assert again["coded"] == 0 and fake_openai.chat_count == first["coded"]
