@@ -157,6 +157,9 @@ def test_multi_coder_matches_statsmodels_and_krippendorff():
     ref = krippendorff.alpha(raters.T.astype(int), level_of_measurement="nominal")
     assert row["alpha"]["value"] == pytest.approx(ref, abs=1e-12)
     assert row["fleiss_kappa"]["low"] < row["fleiss_kappa"]["value"] < row["fleiss_kappa"]["high"]
+    mean = result.overall["mean_fleiss_kappa"]
+    assert mean.value == pytest.approx(row["fleiss_kappa"]["value"])  # one code: its own figure
+    assert mean.low == pytest.approx(row["fleiss_kappa"]["low"])
 
 
 def test_multi_coder_missing_passages_match_krippendorff():

@@ -667,6 +667,7 @@ def compare_many(
     w = bootstrap_weights(len(passages), n_boot, seed) if n_boot else None
     rows: list[dict[str, Any]] = []
     fleiss_pts, alpha_pts = [], []
+    fleiss_boot, alpha_boot = [], []
     for code in code_list:
         table = np.zeros((len(passages), 2))
         for i, p in enumerate(passages):
@@ -681,6 +682,9 @@ def compare_many(
         note = NEVER_USED if not support else None
         fleiss_pts.append(fk)
         alpha_pts.append(ka)
+        if fk_s is not None and ka_s is not None:
+            fleiss_boot.append(fk_s)
+            alpha_boot.append(ka_s)
         rows.append(
             {
                 "code": code,
@@ -692,10 +696,21 @@ def compare_many(
             }
         )
     overall = {
-        "mean_fleiss_kappa": _estimate(_nanmean(fleiss_pts), None),
-        "mean_alpha": _estimate(_nanmean(alpha_pts), None),
+        "mean_fleiss_kappa": _estimate(_nanmean(fleiss_pts), _mean_samples(fleiss_boot)),
+        "mean_alpha": _estimate(_nanmean(alpha_pts), _mean_samples(alpha_boot)),
     }
     return MultiCoderAgreement(names, len(passages), rows, overall, n_boot, seed)
+
+
+def _mean_samples(samples: list[np.ndarray]) -> np.ndarray | None:
+    """Per-resample mean over codes (codes undefined in a resample left out)."""
+    if not samples:
+        return None
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(np.vstack(samples), axis=0)
 
 
 def _nanmean(xs: Sequence[float]) -> float:
