@@ -156,8 +156,7 @@ def code_batch(job: BatchJob, passage_ids: list[str]) -> pipeline.BatchResult:
     with job.slot(len(passage_ids)):
         if job.budget.exhausted:
             return pipeline.BatchResult(skipped_budget=True)
-        order = {pid: i for i, pid in enumerate(passage_ids)}
-        passages = sorted(job.store.passages(ids=passage_ids), key=lambda p: order[p.id])
+        passages = pipeline.passages_by_id(job.store, passage_ids)
         # A retry after a partial write must not re-send what is already stored.
         key = pipeline.proposal_key(job.coder, job.codebook)
         passages = pipeline.select_uncoded(job.store, key, passages)

@@ -344,3 +344,10 @@ def test_learned_coder_without_training_data_is_a_clear_error(tmp_path):
 def test_unknown_coder_is_a_clear_error(tmp_path):
     result = _cli("code", "-w", str(tmp_path / "ws"), "--coder", "oracle")
     assert result.exit_code == 1 and "unknown coder 'oracle'" in result.output
+
+
+def test_passages_by_id_keeps_order_across_chunks(store):
+    _seed(store)
+    ids = [p.id for p in store.passages()][::-1]
+    got = pipeline.passages_by_id(store, [*ids, "missing"], chunk=5)
+    assert [p.id for p in got] == ids

@@ -169,6 +169,14 @@ def select_uncoded(store: Store, key: ProposalKey, passages: Sequence[Passage]) 
     return [p for p in passages if p.id not in done]
 
 
+def passages_by_id(store: Store, ids: Sequence[str], chunk: int = 500) -> list[Passage]:
+    """Passages in the order of ``ids`` (queried in chunks: SQL has a variable limit)."""
+    found: dict[str, Passage] = {}
+    for i in range(0, len(ids), chunk):
+        found.update((p.id, p) for p in store.passages(ids=ids[i : i + chunk]))
+    return [found[pid] for pid in ids if pid in found]
+
+
 def whole_codebook(codebook: Codebook) -> list[Candidate]:
     return [Candidate(code=c, score=1.0) for c in codebook.codes]
 
@@ -394,7 +402,7 @@ def finish_run(
     stopped_budget: bool = False,
 ) -> RunSummary:
     """Close the run row with its summary (remaining = still uncoded in scope)."""
-    remaining = len(select_uncoded(store, key, store.passages(ids=plan.todo)))
+    remaining = len(select_uncoded(store, key, passages_by_id(store, plan.todo)))
     checked = result.proposals + result.invalid
     summary = RunSummary(
         run_id=run_id,
@@ -455,9 +463,7 @@ def run_coding(
     total = BatchResult()
     stopped = False
     try:
-        todo = store.passages(ids=plan.todo)
-        order = {pid: i for i, pid in enumerate(plan.todo)}
-        todo.sort(key=lambda p: order[p.id])
+        todo = passages_by_id(store, plan.todo)
         done = 0
         if progress:
             progress(0, len(todo))
