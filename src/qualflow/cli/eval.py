@@ -64,7 +64,7 @@ def eval_command(
         raise fail(str(exc)) from exc
     if list_only:
         for name, e in defined.items():
-            console.print(f"[bold]{name}[/]: {e.coder} vs {e.reference} — {e.description}")
+            console.print(f"{name}: {e.coder} vs {e.reference} — {e.description}", markup=False)
         return
     names = experiments or list(defined)
     unknown = [n for n in names if n not in defined]
@@ -81,12 +81,12 @@ def eval_command(
         try:
             result = run_experiment(exp, store, settings, out_dir=out, prepare_first=not no_prepare)
         except (EvalError, ValueError, FileNotFoundError) as exc:
-            err_console.print(f"[bold red]{name} failed:[/] {exc}")
+            err_console.print(f"{name} failed: {exc}", markup=False, style="bold red")
             failed += 1
             continue
         finally:
             store.close()
-        console.print(result.markdown)
+        console.print(result.markdown, markup=False, highlight=False)
         console.print(f"wrote {result.json_path}, {result.html_path}, {result.markdown_path}")
     if failed:
         raise typer.Exit(1)
@@ -135,8 +135,8 @@ def gold_import(
     finally:
         store.close()
     for p in report.problems:
-        err_console.print(f"[yellow]{p}[/]")
-    console.print(report.summary())
+        err_console.print(p, markup=False, highlight=False, style="yellow")
+    console.print(report.summary(), markup=False, highlight=False)
 
 
 @gold_app.command("list")
@@ -153,7 +153,7 @@ def gold_list(
         for name in sorted(store.gold_sets()):
             coders = store.gold(name)
             parts = ", ".join(f"{c} ({len(cd)})" for c, cd in sorted(coders.items()))
-            console.print(f"{name}: {parts}")
+            console.print(f"{name}: {parts}", markup=False, highlight=False)
     finally:
         store.close()
 
