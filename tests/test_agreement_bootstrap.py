@@ -118,3 +118,24 @@ def test_calibration_bins_and_auroc():
     assert cal.auroc.value > 0.7 and cal.auroc.low > 0.5
     flat = ag.calibration([(0.9, True), (0.9, True)], n_boot=10)
     assert flat.auroc.value is None
+
+
+def test_cluster_bootstrap_widens_intervals_for_correlated_passages():
+    """Passages of one interview share a coder's habits: resampling participants
+    gives wider (more honest) intervals than resampling passages."""
+    rng = np.random.default_rng(5)
+    truth, machine, clusters = {}, {}, {}
+    for person in range(12):
+        miss = rng.choice([0.0, 0.7])  # the machine fails on some people entirely
+        for i in range(40):
+            pid = f"P{person}-{i}"
+            truth[pid] = frozenset({"x"}) if rng.random() < 0.4 else frozenset()
+            machine[pid] = truth[pid] if rng.random() > miss else frozenset({"x"}) - truth[pid]
+            clusters[pid] = f"P{person}"
+    flat = ag.compare(truth, machine, n_boot=400).overall["pooled_kappa"]
+    clustered = ag.compare(truth, machine, n_boot=400, clusters=clusters).overall["pooled_kappa"]
+    assert clustered.value == flat.value  # the point estimate does not change
+    assert (clustered.high - clustered.low) > 1.5 * (flat.high - flat.low)
+    w = ag.bootstrap_weights(4, 3, 0, ["a", "a", "b", "b"])
+    assert (w[:, 0] == w[:, 1]).all() and (w[:, 2] == w[:, 3]).all()  # whole clusters
+    assert (w.sum(axis=1) == 4).all()

@@ -178,18 +178,37 @@ def _indicator(coding: Coding, passages: Sequence[str], codes: Sequence[str]) ->
     return out
 
 
-def bootstrap_weights(n: int, n_boot: int, seed: int) -> np.ndarray:
+def bootstrap_weights(
+    n: int, n_boot: int, seed: int, clusters: Sequence[Any] | None = None
+) -> np.ndarray:
     """Resample counts (n_boot x n): row r says how often passage i was drawn.
 
     Deterministic for (n, n_boot, seed), so separate calls on the same passages
-    share resamples (paired comparisons rely on that).
+    share resamples (paired comparisons rely on that). With ``clusters`` (one label
+    per passage, e.g. the participant), whole clusters are resampled instead of
+    passages: passages of one interview are not independent, and this interval says so.
     """
     rng = np.random.default_rng(seed)
     if n == 0 or n_boot == 0:
         return np.zeros((n_boot, n))
+    if clusters is not None:
+        labels = {c: i for i, c in enumerate(dict.fromkeys(clusters))}
+        member = np.array([labels[c] for c in clusters])
+        k = len(labels)
+        draws = rng.integers(0, k, size=(n_boot, k))
+        flat = (draws + k * np.arange(n_boot)[:, None]).ravel()
+        per_cluster = np.bincount(flat, minlength=n_boot * k).reshape(n_boot, k)
+        return per_cluster[:, member].astype(float)
     idx = rng.integers(0, n, size=(n_boot, n))
     flat = (idx + n * np.arange(n_boot)[:, None]).ravel()
     return np.bincount(flat, minlength=n_boot * n).reshape(n_boot, n).astype(float)
+
+
+def _weights(
+    passages: Sequence[str], n_boot: int, seed: int, clusters: Mapping[str, Any] | None
+) -> np.ndarray:
+    labels = [clusters.get(p, p) for p in passages] if clusters is not None else None
+    return bootstrap_weights(len(passages), n_boot, seed, labels)
 
 
 def _interval(samples: np.ndarray, level: float = 0.95) -> tuple[float | None, float | None]:
@@ -446,6 +465,7 @@ def compare(
     min_support: int = 5,
     categories: Callable[[str], str] | Codebook | bool | None = None,
     passages: Sequence[str] | None = None,
+    clusters: Mapping[str, Any] | None = None,
 ) -> PairAgreement:
     """Agreement of coder B with reference A over the passages both coded.
 
@@ -453,7 +473,8 @@ def compare(
     undefined); codes either coder used that are not listed are appended. Precision
     and recall read B against A. ``categories``: also roll up to top-level categories
     (True = first dot segment; or a function / Codebook). ``passages`` restricts the
-    comparison (it must be a subset of the shared passages).
+    comparison (it must be a subset of the shared passages). ``clusters`` (passage id ->
+    e.g. participant) makes the bootstrap resample clusters instead of passages.
     """
     shared = shared_passages(a, b)
     if passages is not None:
@@ -463,7 +484,7 @@ def compare(
         passages = shared
     code_list = _code_list(a, b, passages, codes)
     per, overall, tables = _pair_figures(a, b, passages, code_list, None)
-    w = bootstrap_weights(len(passages), n_boot, seed) if n_boot else None
+    w = _weights(passages, n_boot, seed, clusters) if n_boot else None
     per_s, overall_s, _ = (
         _pair_figures(a, b, passages, code_list, w) if w is not None else (None, None, None)
     )
@@ -521,6 +542,7 @@ def compare(
             n_boot=n_boot,
             seed=seed,
             min_support=min_support,
+            clusters=clusters,
         )
     return result
 
@@ -654,6 +676,7 @@ def compare_many(
     n_boot: int = 1000,
     seed: int = 0,
     min_support: int = 5,
+    clusters: Mapping[str, Any] | None = None,
 ) -> MultiCoderAgreement:
     """Fleiss' kappa and Krippendorff's alpha per code over passages >= 2 coders coded.
 
@@ -664,7 +687,7 @@ def compare_many(
     passages = sorted(p for p in every if sum(p in cd for cd in codings.values()) >= 2)
     used = sorted({c for cd in codings.values() for p in passages if p in cd for c in cd[p]})
     code_list = list(dict.fromkeys([*(codes or []), *used]))
-    w = bootstrap_weights(len(passages), n_boot, seed) if n_boot else None
+    w = _weights(passages, n_boot, seed, clusters) if n_boot else None
     rows: list[dict[str, Any]] = []
     fleiss_pts, alpha_pts = [], []
     fleiss_boot, alpha_boot = [], []
@@ -796,6 +819,7 @@ def compare_runs(
     overall_metrics: Sequence[str] = ("pooled_kappa", "micro_f1", "macro_f1"),
     n_boot: int = 1000,
     seed: int = 0,
+    clusters: Mapping[str, Any] | None = None,
 ) -> RunComparison:
     """Per-code and overall differences (run minus baseline, each vs reference).
 
@@ -804,7 +828,7 @@ def compare_runs(
     """
     passages = shared_passages(reference, run, baseline)
     code_list = _code_list(reference, {p: run[p] | baseline[p] for p in passages}, passages, codes)
-    w = bootstrap_weights(len(passages), n_boot, seed)
+    w = _weights(passages, n_boot, seed, clusters)
     per_r, all_r, _ = _pair_figures(reference, run, passages, code_list, None)
     per_b, all_b, _ = _pair_figures(reference, baseline, passages, code_list, None)
     per_rs, all_rs, _ = _pair_figures(reference, run, passages, code_list, w)
@@ -861,6 +885,7 @@ def human_baseline(
     margin: float = 0.1,
     n_boot: int = 1000,
     seed: int = 0,
+    clusters: Mapping[str, Any] | None = None,
 ) -> BaselineReading:
     """Human-human vs machine-human agreement on the passages all of them coded.
 
@@ -875,7 +900,7 @@ def human_baseline(
     passages = shared_passages(*humans.values(), machine)
     union = {p: frozenset().union(*(h[p] for h in humans.values()), machine[p]) for p in passages}
     code_list = _code_list(union, union, passages, codes)
-    w = bootstrap_weights(len(passages), n_boot, seed)
+    w = _weights(passages, n_boot, seed, clusters)
 
     def mean_of(pairs: list[tuple[Coding, Coding]], weights: np.ndarray | None):
         pers, alls = [], []

@@ -259,12 +259,14 @@ def evaluate(
     experiment: str = "adhoc",
     description: str = "",
     scope: Mapping[str, Any] | None = None,
+    clusters: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Every figure of a report, as a JSON-ready dict (keys: ``RESULTS_KEYS``).
 
     ``humans``: human coders for the human baseline (human-human next to
     machine-human); the reference counts as one of them when not listed. With fewer
     than two humans there is no baseline (and the report says so by omission).
+    ``clusters`` (passage id -> participant, say) resamples clusters, not passages.
     """
     codes = codebook.titles() if codebook else None
     categories: Any = codebook if codebook else True
@@ -279,6 +281,7 @@ def evaluate(
         min_support=min_support,
         categories=categories,
         passages=passages,
+        clusters=clusters,
     )
     shared = ag.shared_passages(reference.coding, coder.coding)
     if passages is not None:
@@ -317,6 +320,7 @@ def evaluate(
                 margin=margin,
                 n_boot=n_boot,
                 seed=seed,
+                clusters=clusters,
             )
             out["human_baseline"] = reading.to_dict()
             h1, h2 = humans[0], humans[1]
@@ -330,6 +334,7 @@ def evaluate(
                 seed=seed,
                 min_support=min_support,
                 passages=covered,
+                clusters=clusters,
             ).to_dict()
             out["multi_coder"] = ag.compare_many(
                 {**human_codings, coder.name: {p: coder.coding[p] for p in covered}},
@@ -337,6 +342,7 @@ def evaluate(
                 n_boot=n_boot,
                 seed=seed,
                 min_support=min_support,
+                clusters=clusters,
             ).to_dict()
         else:
             problems.append("the human coders share no passage with the coder: no human baseline")
@@ -352,6 +358,7 @@ def evaluate(
                 codes=codes,
                 n_boot=n_boot,
                 seed=seed,
+                clusters=clusters,
             )
             out["baseline"] = {
                 "name": baseline.name,
@@ -390,6 +397,9 @@ def evaluate(
         "codes_in_codebook": len(codes) if codes else None,
         "n_boot": n_boot,
         "seed": seed,
+        "resampling": (
+            f"{len({clusters.get(p, p) for p in shared})} clusters" if clusters else "passages"
+        ),
         "min_support": min_support,
         "margin": margin,
         "humans": [h.name for h in humans],

@@ -404,7 +404,8 @@ def render_markdown(results: dict[str, Any], *, max_rows: int = 30) -> str:
         f"Scope: {s['passages']} passages; codebook {s.get('codebook')} "
         f"`{s.get('codebook_version')}`; coder `{s['coder']}` (model `{s.get('model') or '-'}`, "
         f"prompt `{s.get('prompt_version') or '-'}`); reference `{s['reference']}`; "
-        f"{s['n_boot']} bootstrap resamples, seed {s['seed']}.",
+        f"{s['n_boot']} bootstrap resamples of {s.get('resampling') or 'passages'}, "
+        f"seed {s['seed']}.",
         "",
         "| code | ref / coder tags | precision | recall | F1 | kappa [95% CI] | AC1 "
         "| human-human kappa | baseline kappa | flags |",
