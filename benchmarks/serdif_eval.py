@@ -165,6 +165,7 @@ def main() -> None:
     args = parser.parse_args()
     if not SERDIF.is_dir():
         sys.exit(f"SERDIF corpus not found at {SERDIF}")
+    from qualflow import agreement as ag
     from qualflow import evaluate as ev
     from qualflow.settings import load_settings
     from qualflow.store import open_store
@@ -213,6 +214,7 @@ def main() -> None:
                 experiment=name,
                 scope=scope,
                 description="SERDIF P1-P11, out-of-fold machine codings vs the study's coder",
+                clusters=part,
                 **common,
             )
             figures_s = time.perf_counter() - began
@@ -221,9 +223,22 @@ def main() -> None:
                 f"{name}: figures in {figures_s:.1f}s, with reports "
                 f"{time.perf_counter() - began:.1f}s ({args.n_boot} resamples)"
             )
+            flat = ag.compare(ref.coding, coder.coding, n_boot=args.n_boot).overall
+            for key in ("pooled_kappa", "micro_f1"):
+                clustered = results["agreement"]["overall"][key]
+                print(
+                    f"  {key}: {flat[key].value:.3f}; 95% CI resampling participants "
+                    f"[{clustered['low']:.3f}, {clustered['high']:.3f}], resampling passages "
+                    f"[{flat[key].low:.3f}, {flat[key].high:.3f}]"
+                )
         held_out = [pid for pid, p in part.items() if p in FOLDS[-1]]
         test_only = ev.evaluate(
-            ref, learned, passages=held_out, experiment="serdif-learned-p9-p11", **common
+            ref,
+            learned,
+            passages=held_out,
+            experiment="serdif-learned-p9-p11",
+            clusters=part,
+            **common,
         )
         ev.write_outputs(test_only, args.out)
         for out in outputs:

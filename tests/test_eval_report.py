@@ -164,6 +164,7 @@ def test_resolve_specs(store):
         ("proposals:similarity", "no proposal sets"),
         ("what:ever", "unknown coding spec"),
         ("previous", "no previous results"),
+        ("reviewer:zoe", "no finished review by 'zoe'"),
     ]:
         with pytest.raises(ev.EvalError, match=reason):
             ev.resolve(store, bad, codebook_version="other" if "proposals" in bad else None)
