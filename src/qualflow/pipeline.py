@@ -448,9 +448,14 @@ def run_coding(
     progress: Progress | None = None,
     ingest_failures: Sequence[Failure] = (),
     params: dict | None = None,
+    started: float | None = None,
 ) -> RunSummary:
-    """Code every uncoded passage in scope, batch by batch, in this process."""
-    started = time.monotonic()
+    """Code every uncoded passage in scope, batch by batch, in this process.
+
+    ``started`` (a ``time.monotonic()`` value) lets a caller that ingested and built
+    the index first count that in the summary's wall time.
+    """
+    started = started if started is not None else time.monotonic()
     store.save_codebook(codebook)
     key = proposal_key(coder, codebook)
     plan = plan_run(store, key, transcript_ids=transcript_ids, segmentation=settings.segmentation)
@@ -603,6 +608,7 @@ def code_paths(
     code their uncoded passages with the named coder, without Prefect."""
     from qualflow.coders.factory import needs_index, open_coder
 
+    started = time.monotonic()
     kind = coder or settings.coder
     sources = list(paths or sources_of(settings))
     transcript_ids: list[str] | None = None
@@ -623,4 +629,5 @@ def code_paths(
             progress=progress,
             ingest_failures=failures,
             params={"sources": [str(s) for s in sources], "coder": kind},
+            started=started,
         )
