@@ -64,3 +64,50 @@ def test_whole_codebook_when_no_candidates(fake_openai, settings):
     make_coder(fake_openai, settings).propose([request("Hm.", candidates=[])], CODEBOOK)
     user = fake_openai.user_messages(0)[0]
     assert all(f"## {t}" in user for t in CODEBOOK.titles())
+
+
+def test_few_shot_examples_from_gold_through_coder_from_settings(fake_openai, settings, store):
+    from qualflow.coders.llm import few_shot_examples
+    from qualflow.local_llm import coder_from_settings
+    from qualflow.models import Passage, Transcript, Turn
+
+    texts = ["I check it daily.", "Every single morning I look.", "A very long one. " * 40]
+    body = "\n\n".join(texts)
+    turns, passages, pos = [], [], 0
+    for i, t in enumerate(texts):
+        turns.append(Turn(index=i, speaker="P1", text=t, char_start=pos, char_end=pos + len(t)))
+        passages.append(
+            Passage(
+                id=f"g{i}",
+                transcript_id="t@1",
+                index=i,
+                turn_index=i,
+                speaker="P1",
+                char_start=pos,
+                char_end=pos + len(t),
+                text=t,
+            )
+        )
+        pos += len(t) + 2
+    store.save_transcript(
+        Transcript(
+            id="t@1",
+            name="t",
+            source_path="t.txt",
+            content_hash="1" * 64,
+            format="txt",
+            text=body,
+            turns=turns,
+        ),
+        passages,
+    )
+    store.save_gold("gold", "human", {p.id: frozenset({"01.use.daily"}) for p in passages})
+    assert few_shot_examples(store, 5) == {"01.use.daily": texts[:2]}  # long one left out
+
+    settings.llm_base_url = fake_openai.base_url
+    settings.llm_few_shot = 1
+    fake_openai.script(answer())
+    with coder_from_settings(settings, store) as coder:
+        coder.propose([request("Something new.")], CODEBOOK)
+    assert '- "I check it daily."' in fake_openai.user_messages(0)[0]
+    assert "Every single morning" not in fake_openai.user_messages(0)[0]

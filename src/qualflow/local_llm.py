@@ -208,11 +208,16 @@ def coder_from_settings(settings: Settings, store: Store | None) -> Iterator[LLM
     embedded local model and stops it when the context ends. The response cache and
     pseudonym mapping live in ``store`` when given.
     """
-    from qualflow.coders.llm import LLMCoder
+    from qualflow.coders.llm import LLMCoder, few_shot_examples
     from qualflow.llm_calls import ResponseCache
     from qualflow.privacy import Pseudonymizer
 
     cache = ResponseCache(store) if store is not None else None
+    examples = (
+        few_shot_examples(store, settings.llm_few_shot)
+        if store is not None and settings.llm_few_shot > 0
+        else None
+    )
     pseudonymizer = Pseudonymizer.from_settings(settings, store) if settings.pseudonymize else None
     key = settings.api_key()
     if settings.llm_base_url or key:
@@ -222,6 +227,7 @@ def coder_from_settings(settings: Settings, store: Store | None) -> Iterator[LLM
             model=settings.llm_model,
             settings=settings,
             cache=cache,
+            examples=examples,
             pseudonymizer=pseudonymizer,
         )
         return
@@ -235,6 +241,7 @@ def coder_from_settings(settings: Settings, store: Store | None) -> Iterator[LLM
             settings=local,
             cache=cache,
             method="function_calling",
+            examples=examples,
         )
         coder.local_server = server  # type: ignore[attr-defined]  (for inspection)
         yield coder

@@ -396,3 +396,46 @@ def _share(usage: Usage, i: int, n: int) -> Usage:
 
 
 __all__ = ["BatchAnswer", "CodingAnswer", "LLMCoder", "ProposedCode", "fence"]
+
+
+def few_shot_examples(store: Any, per_code: int, *, max_chars: int = 400) -> dict[str, list[str]]:
+    """Accepted examples per code title for few-shot prompts, from the store.
+
+    Sources: reviewers' current codings (``review_states``) and gold codings. The
+    shortest passages (up to ``max_chars``) come first, ties by passage id, so the
+    choice (and with it the response-cache key) is stable. The coder never shows a
+    passage as an example for itself; when evaluating against a gold set, remember
+    that its other passages may appear as examples.
+    """
+    from sqlalchemy import select
+
+    from qualflow.db import GoldCodingRow, PassageRow, ReviewStateRow
+
+    if per_code <= 0:
+        return {}
+    by_code: dict[str, set[str]] = {}
+    with store.session() as s:
+        for table in (ReviewStateRow, GoldCodingRow):
+            for pid, codes in s.execute(select(table.passage_id, table.codes)):
+                for code in codes or []:
+                    by_code.setdefault(str(code), set()).add(pid)
+        wanted = set().union(*by_code.values()) if by_code else set()
+        texts = (
+            {
+                pid: text
+                for pid, text in s.execute(
+                    select(PassageRow.id, PassageRow.text).where(PassageRow.id.in_(wanted))
+                )
+            }
+            if wanted
+            else {}
+        )
+    out: dict[str, list[str]] = {}
+    for code, pids in by_code.items():
+        ranked = sorted(
+            (len(texts[p]), p) for p in pids if p in texts and len(texts[p]) <= max_chars
+        )
+        chosen = [texts[p] for _, p in ranked[:per_code]]
+        if chosen:
+            out[code] = chosen
+    return out
