@@ -82,6 +82,7 @@ class Experiment:
     seed: int = 0
     min_support: int = 5
     bins: int = 5
+    cluster_by: str | None = None  # "participant" or "transcript": resample those
 
     @classmethod
     def from_mapping(cls, name: str, data: Mapping[str, Any], source: str = "") -> Experiment:
@@ -531,6 +532,7 @@ def run_experiment(
                 raise
             problems.append(f"no baseline yet: {exc}")
     segs = {p.segmentation for p in store.passages(ids=list(reference.coding)[:50])}
+    clusters = cluster_map(store, list(reference.coding), experiment.cluster_by)
     results = evaluate(
         reference,
         coder,
@@ -545,9 +547,25 @@ def run_experiment(
         experiment=experiment.name,
         description=experiment.description,
         scope={"segmentation": ", ".join(sorted(segs)) or experiment.segmentation},
+        clusters=clusters,
     )
     results["problems"] = problems + results["problems"]
     return write_outputs(results, out_dir)
+
+
+def cluster_map(store: Store, passage_ids: Sequence[str], by: str | None) -> dict[str, str] | None:
+    """Passage id -> participant (or transcript name) for a clustered bootstrap."""
+    if not by:
+        return None
+    if by not in {"participant", "transcript"}:
+        raise EvalError(f"cluster_by must be 'participant' or 'transcript', not '{by}'")
+    transcripts = {t.id: t for t in store.transcripts(current_only=False)}
+    out = {}
+    for p in store.passages(ids=list(passage_ids)):
+        t = transcripts.get(p.transcript_id)
+        label = (t.participant_id if by == "participant" else None) or (t.name if t else None)
+        out[p.id] = label or p.transcript_id
+    return out
 
 
 def write_outputs(results: dict[str, Any], out_dir: Path | str) -> ExperimentOutput:
