@@ -275,3 +275,35 @@ def test_reference_counts_as_one_of_the_humans():
     assert res["human_baseline"]["humans"] == ["gold:a", "gold:b"]
     alone = ev.evaluate(ev.Resolved("gold:a", a), ev.Resolved("m", machine), n_boot=50)
     assert alone["human_baseline"] is None
+
+
+def test_cluster_map_by_participant_or_transcript(store):
+    from qualflow.models import Passage, Transcript, Turn
+
+    for name, participant in (("I-1", "P1"), ("I-2", None)):
+        t = Transcript(
+            id=f"{name}@x",
+            name=name,
+            source_path=f"{name}.txt",
+            content_hash=name,
+            format="txt",
+            text="ab",
+            participant_id=participant,
+            turns=[Turn(index=0, text="ab", char_start=0, char_end=2)],
+        )
+        p = Passage(
+            id=f"p-{name}",
+            transcript_id=t.id,
+            index=0,
+            turn_index=0,
+            char_start=0,
+            char_end=2,
+            text="ab",
+        )
+        store.save_transcript(t, [p])
+    ids = ["p-I-1", "p-I-2"]
+    assert ev.cluster_map(store, ids, "participant") == {"p-I-1": "P1", "p-I-2": "I-2"}
+    assert ev.cluster_map(store, ids, "transcript") == {"p-I-1": "I-1", "p-I-2": "I-2"}
+    assert ev.cluster_map(store, ids, None) is None
+    with pytest.raises(ev.EvalError, match="cluster_by"):
+        ev.cluster_map(store, ids, "speaker")
