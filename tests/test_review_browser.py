@@ -1,8 +1,8 @@
 """The review app in a real headless Chromium, against uvicorn on a loopback port.
 
 Flow: log in, work five passages with keyboard and mouse, undo, add a code through the
-codebook search, a conflict between two browser sessions, logout. The passage view is
-saved to test-output/review-passage.png for a human to look at.
+codebook search, a conflict between two reviewers in two browser contexts, logout. The
+passage view is saved to test-output/review-passage.png for a human to look at.
 """
 
 from __future__ import annotations
@@ -167,40 +167,62 @@ def test_review_flow_in_chromium(browser, site):
     ctx.close()
 
 
-def test_conflict_between_two_sessions_in_chromium(browser, site):
+def test_conflict_between_two_reviewers_in_chromium(browser, site):
+    """Two different reviewers (two browser contexts) on one passage assigned to both:
+    one coding, and the second to act on a stale page gets the conflict message. Then
+    the same reviewer in two tabs, and a double-coded passage (blind: no conflict)."""
+    from qualflow.db import AssignmentRow
+
     url, _study, store = site
-    one = browser.new_context(viewport={"width": 1366, "height": 900})
-    two = browser.new_context(viewport={"width": 1366, "height": 900})
-    bob = browser.new_context()
-    a, b, c = one.new_page(), two.new_page(), bob.new_page()
+    ann_ctx = browser.new_context(viewport={"width": 1366, "height": 900})
+    bob_ctx = browser.new_context(viewport={"width": 1366, "height": 900})
+    a, b = ann_ctx.new_page(), bob_ctx.new_page()
     log_in(a, url, "ann")
-    log_in(b, url, "ann")
-    log_in(c, url, "bob")
-    pid = next(i.passage_id for i in queue.items(store, auth.user_by_name(store, "ann")))
+    log_in(b, url, "bob")
+    ann, bob = auth.user_by_name(store, "ann"), auth.user_by_name(store, "bob")
+    pid, other = [i.passage_id for i in queue.items(store, ann)][:2]
+    with store.session() as s:  # bob is assigned ann's passage too (not double-coded)
+        s.add(AssignmentRow(passage_id=pid, user_id=bob.id))
     a.goto(f"{url}/passages/{pid}")
     b.goto(f"{url}/passages/{pid}")
-    key(a, "f")  # the first session flags the passage
+    assert "ann" in b.locator("#shared-note").inner_text()
+    key(a, "f")  # ann flags the passage
     assert a.locator("#flag-pill").is_visible()
     with b.expect_navigation():
-        b.click("#no-code")  # the second acts on the version it loaded
-    assert b.locator("#conflict").is_visible()
-    assert "was not saved" in b.locator("#conflict").inner_text()
+        b.click("#no-code")  # bob acts on the version he loaded
+    conflict = b.locator("#conflict").inner_text()
+    assert "changed by ann" in conflict and "was not saved" in conflict
+    assert b.locator("#flag-pill").is_visible()  # bob now sees ann's change
     b.screenshot(path=str(OUTPUT / "review-conflict.png"))
     st = ann_state(store, pid)
-    assert st.flagged and st.version == 1  # nothing overwritten
-    key(b, "x")  # acting again on the fresh page works
-    assert ann_state(store, pid).version == 2
+    assert st.flagged and not st.no_code and st.version == 1  # nothing overwritten
+    key(b, "x")  # acting again on the fresh page works, on the same coding
+    assert ann_state(store, pid).no_code and ann_state(store, pid).version == 2
+    assert decisions.state(store, bob.id, pid) == ann_state(store, pid)
 
-    # another reviewer on the same passage (double coding) never conflicts and never sees it
+    # the same reviewer in two tabs
+    a.reload()
+    tab = ann_ctx.new_page()
+    tab.goto(f"{url}/passages/{pid}")
+    key(a, "f")  # unflag
+    with tab.expect_navigation():
+        tab.click("#flag")  # the second tab still offers "flag"
+    assert "changed by you (in another window)" in tab.locator("#conflict").inner_text()
+    assert not ann_state(store, pid).flagged and ann_state(store, pid).version == 3
+
+    # a double-coded passage: each codes blind on their own track, no conflict
     with store.session() as s:
-        from qualflow.db import AssignmentRow
-
-        s.add(AssignmentRow(passage_id=pid, user_id=auth.user_by_name(store, "bob").id))
-    c.goto(f"{url}/passages/{pid}")
-    assert c.locator("#flag-pill").count() == 0
-    key(c, "f")
-    assert c.locator("#flag-pill").is_visible()
-    for ctx in (one, two, bob):
+        s.get(AssignmentRow, queue.assignment_for(store, ann.id, other).id).double_coded = True
+        s.add(AssignmentRow(passage_id=other, user_id=bob.id, double_coded=True))
+    a.goto(f"{url}/passages/{other}")
+    b.goto(f"{url}/passages/{other}")
+    key(a, "f")
+    assert b.locator("#shared-note").count() == 0
+    key(b, "x")  # bob's page is at version 0 of his own track: no conflict
+    assert b.locator("#conflict").count() == 0 and b.locator("#flag-pill").count() == 0
+    assert ann_state(store, other).flagged and not ann_state(store, other).no_code
+    assert decisions.state(store, bob.id, other).no_code
+    for ctx in (ann_ctx, bob_ctx):
         ctx.close()
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
-from qualflow.db import DecisionRow, ProposalRow, ReviewStateRow
+from qualflow.db import AssignmentRow, DecisionRow, ProposalRow, ReviewStateRow
 from qualflow.review import auth, decisions
 from qualflow.review.decisions import Conflict, DecisionError, decide
 from tests.review_support import make_study
@@ -25,6 +26,12 @@ def _uid(store, name: str) -> int:
 def _proposals(store, pid: str) -> list[ProposalRow]:
     with store.session() as s:
         return list(s.scalars(select(ProposalRow).where(ProposalRow.passage_id == pid)))
+
+
+def _assign(store, pid: str, *names: str, double: bool = False) -> None:
+    with store.session() as s:
+        for name in names:
+            s.add(AssignmentRow(passage_id=pid, user_id=_uid(store, name), double_coded=double))
 
 
 def _rows(store) -> list[tuple]:
@@ -106,7 +113,10 @@ def test_stale_version_is_a_conflict_and_writes_nothing(study):
 
 @pytest.mark.parametrize("start", [0, 1])
 def test_concurrent_changes_against_one_version_exactly_one_lands(study, start):
+    """Eight writers (ann, bob and the admin, all on ann's shared track) race."""
     store, pid, uid = study.store, study.passage_ids[0], _uid(study.store, "ann")
+    _assign(store, pid, "ann")
+    users = [_uid(store, n) for n in ("ann", "bob", "admin")]
     if start:
         decide(store, uid, pid, "flag", version=0)
     outcomes: list[str] = []
@@ -115,7 +125,7 @@ def test_concurrent_changes_against_one_version_exactly_one_lands(study, start):
     def act(i: int) -> None:
         barrier.wait()
         try:
-            decide(store, uid, pid, "memo", version=start, memo=f"memo {i}")
+            decide(store, users[i % 3], pid, "memo", version=start, memo=f"memo {i}")
             outcomes.append("ok")
         except Conflict:
             outcomes.append("conflict")
@@ -130,13 +140,72 @@ def test_concurrent_changes_against_one_version_exactly_one_lands(study, start):
     assert decisions.state(store, uid, pid).version == start + 1
 
 
-def test_reviewers_have_separate_states_for_the_same_passage(study):
+def test_double_coders_have_separate_blind_tracks(study):
     store, pid = study.store, study.passage_ids[0]
+    _assign(store, pid, "ann", "bob", double=True)
     ann, bob = _uid(store, "ann"), _uid(store, "bob")
     (p,) = _proposals(store, pid)
     decide(store, ann, pid, "accept", version=0, proposal_id=p.id)
     st = decide(store, bob, pid, "reject", version=0, proposal_id=p.id)  # no conflict
-    assert st.codes == [] and decisions.state(store, ann, pid).codes == [p.code]
+    assert st.codes == [] and st.user_id == bob
+    assert decisions.state(store, ann, pid).codes == [p.code]
+    assert decisions.tracks(store, pid) == [ann, bob]
+
+
+def test_everybody_else_shares_one_track_and_a_stale_version_names_who_changed_it(study):
+    store, pid = study.store, study.passage_ids[0]
+    _assign(store, pid, "ann")
+    _assign(store, pid, "bob")  # a second, non-double assignment shares ann's coding
+    ann, bob, admin = (_uid(store, n) for n in ("ann", "bob", "admin"))
+    (p,) = _proposals(store, pid)
+    decide(store, ann, pid, "accept", version=0, proposal_id=p.id)
+    for who in (bob, admin):
+        with pytest.raises(Conflict) as exc:
+            decide(store, who, pid, "reject", version=0, proposal_id=p.id)
+        assert exc.value.by == ["ann"] and (exc.value.seen, exc.value.current) == (0, 1)
+        assert "changed by ann" in str(exc.value) and "not saved" in str(exc.value)
+    with pytest.raises(Conflict) as exc:  # the same user in another window
+        decide(store, ann, pid, "flag", version=0)
+    assert exc.value.by == ["you (in another window)"]
+    assert decisions.state(store, ann, pid).codes == [p.code]  # nothing overwritten
+    st = decide(store, admin, pid, "reject", version=1, proposal_id=p.id)  # adjudicates
+    assert st.user_id == ann and st.codes == [] and st.version == 2
+    assert decisions.state(store, bob, pid) == st == decisions.state(store, admin, pid)
+    with store.session() as s:  # who acted stays in the log; the track is ann's
+        rows = s.execute(
+            select(DecisionRow.user_id, DecisionRow.track_user_id).order_by(DecisionRow.id)
+        ).all()
+        cached = s.execute(select(ReviewStateRow.user_id, ReviewStateRow.version)).all()
+    assert rows == [(ann, ann), (admin, ann)]
+    assert cached == [(ann, 2)]
+    assert decisions.tracks(store, pid) == [ann]
+
+
+def test_an_admin_starts_the_shared_track_of_an_unassigned_passage(study):
+    store, pid = study.store, study.passage_ids[0]
+    admin, ann, bob = (_uid(store, n) for n in ("admin", "ann", "bob"))
+    assert decisions.track_owner(store, admin, pid) == admin
+    decide(store, admin, pid, "flag", version=0)
+    with pytest.raises(Conflict):  # anybody else acting on it joins the admin's track
+        decide(store, ann, pid, "no_code", version=0)
+    assert decisions.track_owner(store, ann, pid) == admin
+    _assign(store, pid, "bob", double=True)  # a blind reviewer still codes on their own
+    assert decisions.track_owner(store, bob, pid) == bob
+    assert decide(store, bob, pid, "no_code", version=0).version == 1
+
+
+def test_choose_track_rule():
+    choose = decisions.choose_track
+    assert choose(7, []) == 7  # unassigned, nothing started: the actor starts it
+    assert choose(7, [], [(5, 3), (9, 4)]) == 3  # the first started track
+    assert choose(7, [(1, 2, False)]) == 2  # the primary assignee's
+    assert choose(7, [(4, 2, False), (3, 5, False)], [(1, 9)]) == 5  # lowest assignment
+    assert choose(2, [(1, 2, True), (2, 5, True)]) == 2  # double coders: their own
+    assert choose(5, [(1, 2, True), (2, 5, True)]) == 5
+    assert choose(7, [(1, 2, True), (2, 5, True)], [(1, 2), (3, 5), (4, 8)]) == 8
+    assert choose(7, [(1, 2, True), (2, 5, True)], [(1, 2)]) == 7  # never a blind track
+    assert choose(2, [(1, 2, True), (2, 3, False)]) == 2
+    assert choose(7, [(1, 2, True), (2, 3, False)]) == 3
 
 
 def test_bad_decisions_are_refused_with_the_reason(study):
@@ -190,6 +259,7 @@ def test_reviewer_codings_hold_done_passages_only(study):
     ann, bob = _uid(store, "ann"), _uid(store, "bob")
     a, b, c = study.passage_ids[:3]
     (pa,) = _proposals(store, a)
+    _assign(store, a, "ann", "bob", double=True)
     decide(store, ann, a, "accept", version=0, proposal_id=pa.id)
     decide(store, ann, a, "done", version=1)
     decide(store, ann, b, "no_code", version=0)
@@ -202,6 +272,69 @@ def test_reviewer_codings_hold_done_passages_only(study):
     wip = decisions.reviewer_codings(store, include_unfinished=True)
     assert wip["ann"][c] == frozenset({"01.use.frequency.daily"})
     assert "bob" not in wip
+
+
+def test_reviewer_codings_attribute_a_shared_coding_to_its_owner(study):
+    store = study.store
+    ann, bob, admin = (_uid(store, n) for n in ("ann", "bob", "admin"))
+    shared, double = study.passage_ids[:2]
+    _assign(store, shared, "ann")
+    _assign(store, double, "ann", "bob", double=True)
+    decide(store, ann, shared, "add", version=0, code="01.use.frequency.daily")
+    decide(store, admin, shared, "done", version=1)  # the admin finishes ann's coding
+    decide(store, ann, double, "no_code", version=0)
+    decide(store, ann, double, "done", version=1)
+    decide(store, bob, double, "add", version=0, code="01.use.frequency.weekly")
+    decide(store, bob, double, "done", version=1)
+    assert decisions.reviewer_codings(store) == {
+        "ann": {shared: frozenset({"01.use.frequency.daily"}), double: frozenset()},
+        "bob": {double: frozenset({"01.use.frequency.weekly"})},
+    }
+    written = _cache(store)
+    decisions.rebuild_states(store)
+    assert _cache(store) == written
+
+
+def _cache(store) -> list[tuple]:
+    with store.session() as s:
+        return sorted(
+            (r.passage_id, r.user_id, r.version, tuple(r.codes), r.done, r.flagged)
+            for r in s.scalars(select(ReviewStateRow))
+        )
+
+
+def test_migration_backfills_the_track_of_existing_decisions(tmp_path):
+    """A store at revision 0001 with decisions in it upgrades: each old row is its
+    actor's own track, and the review code reads it."""
+    from alembic import command
+    from alembic.config import Config
+
+    from qualflow.db import make_engine, migrate
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(decisions.__file__).parents[1] / "migrations"))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("PRAGMA foreign_keys=OFF")  # a bare log row, no passage needed
+        conn.exec_driver_sql(
+            "INSERT INTO users (id, username, password_hash, role, active, created_at) "
+            "VALUES (4, 'old', 'x', 'reviewer', 1, '2026-01-01')"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO decisions (passage_id, user_id, action, before, after, "
+            "state_version, created_at) VALUES ('p1', 4, 'flag', '[]', '[]', 1, '2026-01-01')"
+        )
+    migrate(engine)
+    migrate(engine)  # idempotent
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT user_id, track_user_id FROM decisions").all()
+        fks = conn.exec_driver_sql("PRAGMA foreign_key_list(decisions)").all()
+    assert rows == [(4, 4)]
+    assert any(fk[3] == "track_user_id" and fk[2] == "users" for fk in fks)
+    engine.dispose()
 
 
 def test_the_log_actions_are_the_domain_models_actions():

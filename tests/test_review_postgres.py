@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 
-from qualflow.db import DecisionRow, make_engine
+from qualflow.db import AssignmentRow, DecisionRow, make_engine
 from qualflow.review import auth, decisions, queue
 from qualflow.review.app import create_app
 from qualflow.settings import load_settings
@@ -44,8 +44,10 @@ def test_concurrent_decisions_on_postgres(pg_store, tmp_path):
     store, url = pg_store
     settings = load_settings(tmp_path / "ws", database_url=url)
     study = make_study(settings, store)
-    uid = auth.user_by_name(store, "ann").id
+    ids = [auth.user_by_name(store, n).id for n in ("ann", "admin", "bob")]
     pid = study.passage_ids[0]
+    with store.session() as s:  # ann's passage: all three act on its one shared track
+        s.add(AssignmentRow(passage_id=pid, user_id=ids[0]))
     for start in (0, 1):
         outcomes: list[str] = []
         barrier = threading.Barrier(8)
@@ -53,6 +55,7 @@ def test_concurrent_decisions_on_postgres(pg_store, tmp_path):
         def act(i: int, start=start, outcomes=outcomes, barrier=barrier) -> None:
             barrier.wait()
             try:
+                uid = ids[i % 3]
                 decisions.decide(store, uid, pid, "memo", version=start, memo=f"m{i}")
                 outcomes.append("ok")
             except decisions.Conflict:
@@ -65,7 +68,9 @@ def test_concurrent_decisions_on_postgres(pg_store, tmp_path):
             t.join()
         assert sorted(outcomes) == ["conflict"] * 7 + ["ok"]
     with store.session() as s:
-        assert [r.state_version for r in s.scalars(select(DecisionRow))] == [1, 2]
+        rows = s.scalars(select(DecisionRow).order_by(DecisionRow.id)).all()
+        assert [r.state_version for r in rows] == [1, 2]
+        assert {r.track_user_id for r in rows} == {ids[0]}
 
 
 def test_review_flow_on_postgres(pg_store, tmp_path):
@@ -74,9 +79,10 @@ def test_review_flow_on_postgres(pg_store, tmp_path):
     study = make_study(settings, store)
     queue.assign(store, ["ann", "bob"], strategy="round_robin", double_share=0.2, seed=1)
     app = create_app(settings, store)
-    one, two = TestClient(app), TestClient(app)
+    one, two = TestClient(app), TestClient(app)  # bob in two windows, on his blind track
     assert login(one, "bob").status_code == 303 and login(two, "bob").status_code == 303
     pid = study.passage_ids[1]
+    assert queue.assignment_for(store, auth.user_by_name(store, "bob").id, pid).double_coded
     page = one.get(f"/passages/{pid}").text
     stale = two.get(f"/passages/{pid}").text
     p1, _ = proposal_ids(page)
@@ -87,7 +93,7 @@ def test_review_flow_on_postgres(pg_store, tmp_path):
         f"/passages/{pid}/decide",
         data={"csrf": csrf_of(stale), "version": str(version_of(stale)), "action": "no_code"},
     )
-    assert r.status_code == 409
+    assert r.status_code == 409 and "changed by you (in another window)" in r.text
     page = one.get(f"/passages/{pid}").text
     r = one.post(
         f"/passages/{pid}/decide",
@@ -98,3 +104,25 @@ def test_review_flow_on_postgres(pg_store, tmp_path):
     assert list(codings) == ["bob"] and len(codings["bob"][pid]) == 1
     assert "Conf." in one.get("/queue?order=random&seed=3&code=01.use").text
     assert decisions.rebuild_states(store) == 1
+
+    # bob and an admin on one of bob's single-coded passages share its one coding
+    bob = auth.user_by_name(store, "bob")
+    shared = next(
+        i.passage_id for i in queue.items(store, bob) if not i.double_coded and i.passage_id != pid
+    )
+    admin = TestClient(app)
+    assert login(admin, "admin").status_code == 303
+    stale = admin.get(f"/passages/{shared}").text
+    page = one.get(f"/passages/{shared}").text
+    r = one.post(
+        f"/passages/{shared}/decide",
+        data={"csrf": csrf_of(page), "version": str(version_of(page)), "action": "flag"},
+    )
+    assert r.status_code == 200
+    r = admin.post(
+        f"/passages/{shared}/decide",
+        data={"csrf": csrf_of(stale), "version": str(version_of(stale)), "action": "no_code"},
+    )
+    assert r.status_code == 409 and "changed by bob" in r.text
+    st = decisions.state(store, bob.id, shared)
+    assert st.flagged and st.version == 1 and not st.no_code

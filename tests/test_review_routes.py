@@ -209,6 +209,70 @@ def test_stale_version_gets_409_with_a_conflict_message_and_no_overwrite(web, st
     assert st.proposal_status == {prop: "accepted"} and st.version == 1
 
 
+def _stale_post(c: TestClient, pid: str, html: str, action: str, **fields):
+    """POST a decision from a page loaded earlier (its version may be stale by now)."""
+    data = {"csrf": csrf_of(html), "version": str(version_of(html)), "action": action}
+    data.update({k: str(v) for k, v in fields.items()})
+    return c.post(f"/passages/{pid}/decide", data=data, follow_redirects=False)
+
+
+def test_reviewer_and_admin_on_one_passage_get_a_conflict_not_an_overwrite(web, store):
+    _study, app = web
+    ann, admin = client(app, "ann"), client(app, "admin")
+    pid = mine(store, "ann")[0]
+    (prop,) = proposal_ids(ann.get(f"/passages/{pid}").text)
+    admin_page = admin.get(f"/passages/{pid}").text
+    assert version_of(admin_page) == 0 and 'id="shared-note"' in admin_page
+    assert "Shared with ann" in admin_page
+    assert post(ann, pid, "accept", proposal_id=prop).status_code == 303
+    r = _stale_post(admin, pid, admin_page, "reject", proposal_id=prop)
+    assert r.status_code == 409
+    assert 'id="conflict"' in r.text and "changed by ann" in r.text and "was not saved" in r.text
+    assert version_of(r.text) == 1  # the page carries the fresh version
+    st = state(store, "ann", pid)
+    assert st.proposal_status == {prop: "accepted"} and st.version == 1  # ann's intact
+    # on the fresh page the admin adjudicates; ann's stale page now conflicts in turn
+    ann_page = ann.get(f"/passages/{pid}").text
+    assert _stale_post(admin, pid, r.text, "reject", proposal_id=prop).status_code == 303
+    r = _stale_post(ann, pid, ann_page, "done")
+    assert r.status_code == 409 and "changed by admin" in r.text
+    assert "by admin" in ann.get(f"/passages/{pid}").text  # the log says who did what
+    st = state(store, "ann", pid)
+    assert st.proposal_status == {prop: "rejected"} and st.version == 2 and not st.done
+    with store.session() as s:
+        rows = s.execute(
+            select(DecisionRow.user_id, DecisionRow.track_user_id).order_by(DecisionRow.id)
+        ).all()
+    ids = {n: auth.user_by_name(store, n).id for n in ("ann", "admin")}
+    assert rows == [(ids["ann"], ids["ann"]), (ids["admin"], ids["ann"])]
+    csv_text = admin.get("/admin/export/decisions.csv").text
+    assert csv_text.splitlines()[2].split(",")[2] == "admin"  # reviewer = who acted
+    assert csv_text.splitlines()[2].endswith(",ann")  # the track is ann's
+
+
+def test_two_reviewers_assigned_one_passage_share_it_and_conflict(web, store):
+    _study, app = web
+    pid = mine(store, "ann")[0]
+    with store.session() as s:  # a second, non-double assignment
+        s.add(AssignmentRow(passage_id=pid, user_id=auth.user_by_name(store, "bob").id))
+    ann, bob = client(app, "ann"), client(app, "bob")
+    bob_page = bob.get(f"/passages/{pid}").text
+    assert post(ann, pid, "add", code="01.use.frequency.weekly").status_code == 303
+    r = _stale_post(bob, pid, bob_page, "no_code")
+    assert r.status_code == 409 and "changed by ann" in r.text
+    assert state(store, "ann", pid).codes == ["01.use.frequency.weekly"]
+    page = bob.get(f"/passages/{pid}").text  # bob sees the shared coding, and works on it
+    assert "01.use.frequency.weekly" in page.split('id="coding"')[1].split("</ul>")[0]
+    assert post(bob, pid, "done").status_code == 303
+    assert state(store, "ann", pid).done and state(store, "bob", pid).done
+    assert pid in {i.passage_id for i in queue.items(store, auth.user_by_name(store, "ann"))}
+    assert all(
+        i.done for i in queue.items(store, auth.user_by_name(store, "ann")) if i.passage_id == pid
+    )
+    weekly = frozenset({"01.use.frequency.weekly"})
+    assert decisions.reviewer_codings(store) == {"ann": {pid: weekly}}  # the owner's
+
+
 def test_bad_input_gets_400_with_the_reason(web, store):
     _study, app = web
     c = client(app, "ann")
@@ -239,8 +303,12 @@ def test_double_coders_do_not_conflict_and_do_not_see_each_other(web, store):
     page = bob.get(f"/passages/{pid}")
     assert page.status_code == 200 and version_of(page.text) == 0
     assert "01.use.frequency.weekly" not in page.text.split('id="coding"')[1].split("</ul>")[0]
-    assert "ann's private memo" not in page.text
+    assert "ann's private memo" not in page.text and 'id="shared-note"' not in page.text
     assert post(bob, pid, "no_code").status_code == 303
+    assert state(store, "ann", pid).codes == ["01.use.frequency.weekly"]
+    assert state(store, "bob", pid).codes == [] and state(store, "bob", pid).version == 1
+    admin_page = client(app, "admin").get(f"/passages/{pid}").text  # admins see both
+    assert "private memo" in admin_page and 'id="others"' in admin_page
 
 
 def test_blind_assignment_hides_machine_proposals(web, store):

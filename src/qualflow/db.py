@@ -291,6 +291,12 @@ class DecisionRow(Base):
     memo: Mapped[str | None] = mapped_column(Text, nullable=True)
     undoes_id: Mapped[int | None] = mapped_column(ForeignKey("decisions.id"), nullable=True)
     state_version: Mapped[int] = mapped_column(Integer)
+    # The coding track this decision belongs to (review_states.user_id of that track):
+    # the actor's own blind track for a double-coded passage, else the passage's shared
+    # track. ``user_id`` stays the acting user. NULL (rows written without it) = user_id.
+    track_user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id"), nullable=True, index=True
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 

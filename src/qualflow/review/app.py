@@ -12,7 +12,10 @@ Routes (every one has an access test in tests/test_review_access.py):
 | GET /admin, POST /admin/assign, GET /admin/export/* | admin |
 
 Every state change is a POST carrying the session's CSRF token; decisions also carry the
-review-state version they were made against (a stale one gets HTTP 409).
+review-state version they were made against (a stale one gets HTTP 409 naming who changed
+it). Everybody acting on a passage works on its one shared coding track, except the two
+reviewers of a double-coded passage, who each have their own blind track
+(``decisions.choose_track``); a reviewer never sees another reviewer's blind track.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 
-from qualflow.db import DecisionRow, UserRow
+from qualflow.db import AssignmentRow, DecisionRow, UserRow
 from qualflow.review import auth, decisions, queue
 from qualflow.review.codes import codebook_for, search
 from qualflow.review.view import passage_view
@@ -279,8 +282,10 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             run=filters.run,
             coder=filters.coder,
         )
-        st = decisions.state(store, a.user.id, passage_id)
-        history = decisions.log(store, a.user.id, passage_id)
+        owner = decisions.track_owner(store, a.user.id, passage_id)
+        st = decisions.track_state(store, owner, passage_id)
+        history = decisions.track_log(store, owner, passage_id)
+        names = usernames()
         found = queue.walk(queue.items(store, a.user, filters), filters)
         selected = next(
             (p.number for p in pv.proposals if p.id not in st.proposal_status),
@@ -302,21 +307,38 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             "selected": selected,
             "conflict": conflict,
             "error": error,
-            "others": others(passage_id, a) if a.user.is_admin else [],
+            "names": names,
+            "shared_with": sharers(passage_id, owner, a, names),
+            "others": others(passage_id, owner, names) if a.user.is_admin else [],
         }
         return page(request, "passage.html", a, ctx, status)
 
-    def others(passage_id: str, a: Auth) -> list[tuple[str, decisions.ReviewState]]:
+    def usernames() -> dict[int, str]:
         with store.session() as s:
-            people = s.execute(select(UserRow.id, UserRow.username)).all()
-        out = []
-        for uid, name in people:
-            if uid == a.user.id:
-                continue
-            st = decisions.state(store, uid, passage_id)
-            if st.version:
-                out.append((name, st))
-        return out
+            return dict(s.execute(select(UserRow.id, UserRow.username)).all())
+
+    def sharers(passage_id: str, owner: int, a: Auth, names: dict[int, str]) -> list[str]:
+        """Who else works on the shared track this user acts on (none on a blind one)."""
+        with store.session() as s:
+            rows = s.execute(
+                select(AssignmentRow.user_id, AssignmentRow.double_coded).where(
+                    AssignmentRow.passage_id == passage_id
+                )
+            ).all()
+        if any(uid == a.user.id and double for uid, double in rows):
+            return []
+        ids = [owner] + [uid for uid, double in rows if not double]
+        return [names.get(uid, str(uid)) for uid in dict.fromkeys(ids) if uid != a.user.id]
+
+    def others(
+        passage_id: str, owner: int, names: dict[int, str]
+    ) -> list[tuple[str, decisions.ReviewState]]:
+        """The passage's other tracks (admins only), labelled by their owner."""
+        return [
+            (names.get(uid, str(uid)), decisions.track_state(store, uid, passage_id))
+            for uid in decisions.tracks(store, passage_id)
+            if uid != owner
+        ]
 
     @app.get("/passages/{passage_id}", response_class=HTMLResponse)
     def passage_page(request: Request, passage_id: str):
@@ -459,6 +481,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
                 "memo",
                 "undoes_id",
                 "state_version",
+                "track_owner",
             ]
         )
         with store.session() as s:
@@ -478,6 +501,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
                         r.memo or "",
                         r.undoes_id or "",
                         r.state_version,
+                        names.get(r.track_user_id if r.track_user_id is not None else r.user_id),
                     ]
                 )
         return Response(

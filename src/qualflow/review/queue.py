@@ -4,7 +4,9 @@ A passage is in the queue when it has a machine proposal set with status ``ok`` 
 ``needs_human`` (``failed`` sets have nothing to review) and belongs to the current
 version of its transcript. Reviewers see only the passages assigned to them; admins
 see every passage in the queue. Passages assigned blind to the machine show neither
-proposed codes nor confidence in the queue, and never match a code filter.
+proposed codes nor confidence in the queue, and never match a code filter. Done and
+flagged are those of the coding track the user acts on (``decisions.track_owners``):
+their own on a double-coded passage, the passage's shared coding otherwise.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from qualflow.db import (
 from qualflow.review.assignment import plan_assignments
 from qualflow.review.auth import User
 from qualflow.review.codes import REVIEWABLE
+from qualflow.review.decisions import track_owners
 from qualflow.store import Store
 
 ORDERS = {
@@ -153,9 +156,16 @@ def items(store: Store, user: User, filters: Filters | None = None) -> list[Item
             a.passage_id: a
             for a in s.scalars(select(AssignmentRow).where(AssignmentRow.user_id == user.id))
         }
+    if not user.is_admin:
+        found = {pid: it for pid, it in found.items() if pid in mine}
+    owners = track_owners(store, user.id, found)
+    with store.session() as s:
         states = {
             r.passage_id: r
-            for r in s.scalars(select(ReviewStateRow).where(ReviewStateRow.user_id == user.id))
+            for r in s.scalars(
+                select(ReviewStateRow).where(ReviewStateRow.user_id.in_(set(owners.values())))
+            )
+            if owners.get(r.passage_id) == r.user_id
         }
         # admins see every flag (the discussion list); reviewers only their own
         flagged_by_anyone = (
@@ -165,8 +175,6 @@ def items(store: Store, user: User, filters: Filters | None = None) -> list[Item
             if user.is_admin
             else set()
         )
-    if not user.is_admin:
-        found = {pid: it for pid, it in found.items() if pid in mine}
     out = []
     for pid, it in found.items():
         a = mine.get(pid)
