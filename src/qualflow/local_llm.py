@@ -133,7 +133,7 @@ class LocalLLMServer:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            preexec_fn=_die_with_parent if _can_tie_to_parent() else None,
         )
         try:
             self._wait_healthy()
@@ -188,6 +188,16 @@ class LocalLLMServer:
             return Path(self._log.name).read_text(errors="replace")[-n:]
         except OSError:
             return ""
+
+
+def _can_tie_to_parent() -> bool:
+    """PR_SET_PDEATHSIG fires when the *thread* that started the child ends, so it is
+    only used from the main thread (a worker thread may end while the server is in use)."""
+    import threading
+
+    return (
+        sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread()
+    )
 
 
 def _die_with_parent() -> None:
