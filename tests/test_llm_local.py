@@ -42,3 +42,22 @@ def test_embedded_model_codes_three_passages(settings, store):
             assert ps.status == "needs_human" and ps.reason
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # the server is gone
+
+
+@pytest.mark.slow
+@pytest.mark.llm
+def test_server_stops_on_an_exception():
+    from qualflow.local_llm import LocalLLMServer
+
+    with pytest.raises(RuntimeError, match="boom"), LocalLLMServer(n_ctx=512) as server:
+        pid = server.process.pid
+        raise RuntimeError("boom")
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_missing_model_file_is_a_clear_error(tmp_path):
+    from qualflow.local_llm import LocalLLMError, LocalLLMServer
+
+    with pytest.raises(LocalLLMError, match="does not exist"):
+        LocalLLMServer(tmp_path / "nope.gguf")
