@@ -23,7 +23,9 @@ CODEBOOK = Codebook(
 )
 
 
-def request(text: str, pid: str = "p1", *, speaker: str = "Alice", candidates=None) -> CodingRequest:
+def request(
+    text: str, pid: str = "p1", *, speaker: str = "Alice", candidates=None
+) -> CodingRequest:
     passage = Passage(
         id=pid,
         transcript_id="t1@abc",
