@@ -60,6 +60,7 @@ def test_400_is_not_retried(fake_openai, fast):
     [ps] = make_coder(fake_openai, fast).propose([request(TEXT)], CODEBOOK)
     assert ps.status == "needs_human" and "status 400" in ps.reason
     assert fake_openai.chat_count == 1
+    assert "bad request" in ps.raw_response  # the server's error body is kept
 
 
 def test_timeout_is_retried_then_recorded(fake_openai, fast):

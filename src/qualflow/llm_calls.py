@@ -428,6 +428,7 @@ class LLMClient:
                         f"{_clip(str(exc))}",
                         attempts=attempts,
                         usage=Usage(calls=attempts),
+                        last_response=_body(exc),
                     ) from exc
                 if attempts > self.settings.llm_max_retries:
                     break
@@ -447,6 +448,7 @@ class LLMClient:
             f"(status {_status(last) if last else None}): {_clip(str(last))}",
             attempts=attempts,
             usage=Usage(calls=attempts),
+            last_response=_body(last) if last else None,
             retryable=True,
         ) from last
 
@@ -494,6 +496,15 @@ class LLMClient:
         elapsed = time.monotonic() - started
         log.debug("LLM call done in %.2fs, %d+%d tokens", elapsed, pt, ct)
         return CallResult(text, parsed, error, usage, attempts=attempts, elapsed=elapsed)
+
+
+def _body(exc: BaseException) -> str | None:
+    """The HTTP body of a failed call (an error message, never our request), clipped."""
+    response = getattr(exc, "response", None)
+    try:
+        return _clip(response.text, 2000) if response is not None else None
+    except Exception:  # a streamed or closed response
+        return None
 
 
 def _clip(text: str, n: int = 300) -> str:
