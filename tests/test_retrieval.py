@@ -20,7 +20,7 @@ from qualflow.embeddings import (
     embedder_from_settings,
     package_file,
 )
-from qualflow.index import CodeIndex, query_text
+from qualflow.index import CodeIndex, previous_text, query_text
 from qualflow.models import Code, Codebook, ContextTurn, Passage, PassageContext
 from qualflow.privacy import PrivacyError
 from qualflow.settings import load_settings
@@ -209,6 +209,10 @@ def test_query_can_include_the_previous_turn(settings):
     ctx = context("Yes, all the time.", before="Do you trust the scores that benchmarks report?")
     assert query_text(ctx) == "Yes, all the time."
     assert query_text(ctx, with_previous=True).startswith("Do you trust")
+    long_turn = context("Yes.", before="intro words " * 100 + "and the last words")
+    tail = previous_text(long_turn)
+    assert tail.endswith("and the last words") and len(tail) <= 400
+    assert not tail.startswith(" ") and previous_text(context("x")) == ""
     with_question = index.retrieve(ctx, 1, with_previous=True)[0]
     assert with_question.code.title == "02.trust.scores"
     many = index.retrieve_many([ctx, "GPU money for evals"], 2, with_previous=True)
@@ -315,3 +319,13 @@ def test_cli_index_and_retrieve(tmp_path):
     missing = runner.invoke(app, ["index", "-w", str(ws), "--codebook", str(tmp_path / "no.tsv")])
     assert missing.exit_code == 1
     assert "no.tsv" in missing.output
+
+
+def test_study_codebook_ranks_daily_use_high(settings):
+    from qualflow.codebook import load_codebook
+    from tests.conftest import needs_shared
+
+    codebook = load_codebook(needs_shared("study", "codebook.tsv"))
+    index = CodeIndex.ensure(codebook, settings)
+    top = index.retrieve("I look at benchmark results every single day at work", 3)
+    assert "01.use.frequency.daily" in [c.code.title for c in top]

@@ -35,14 +35,30 @@ log = logging.getLogger(__name__)
 Query = PassageContext | str
 
 
+PREVIOUS_CHARS = 400
+
+
+def previous_text(context: PassageContext, max_chars: int = PREVIOUS_CHARS) -> str:
+    """The end of the text just before the passage (the previous turn, or the start
+    of the passage's own turn), at most ``max_chars`` cut at a word boundary: the
+    tokenizer would otherwise truncate a long turn at its start, keeping the part
+    furthest from the passage."""
+    if not context.before:
+        return ""
+    text = " ".join(context.before[-1].text.split())
+    if len(text) <= max_chars:
+        return text
+    tail = text[-max_chars:]
+    return tail.split(" ", 1)[1] if " " in tail else tail
+
+
 def query_text(query: Query, with_previous: bool = False) -> str:
-    """The text embedded for a passage (optionally with the turn before it)."""
+    """The text embedded for a passage (optionally with the text before it)."""
     if isinstance(query, str):
         return query
     text = query.passage.text
-    if with_previous and query.before:
-        return f"{query.before[-1].text}\n{text}"
-    return text
+    previous = previous_text(query) if with_previous else ""
+    return f"{previous}\n{text}" if previous else text
 
 
 def chroma_client(settings: Settings) -> ClientAPI:

@@ -1,7 +1,8 @@
 """The learned baseline: one-vs-rest logistic regression on MiniLM embeddings.
 
-Features are the passage embedding concatenated with the embedding of the turn
-before it (zeros when there is none). Each code gets a balanced logistic
+Features are the passage embedding concatenated with the embedding of the text
+just before it (``index.previous_text``: the end of the previous turn or of the
+passage's own turn; zeros when there is none). Each code gets a balanced logistic
 regression; its decision threshold is tuned on out-of-fold predictions over the
 training data (folds grouped by participant when participants are known), or
 0.5 for codes with too few examples. A passage where no code passes gets "no
@@ -19,6 +20,7 @@ import numpy as np
 
 from qualflow.coders.similarity import whole_passage_proposal
 from qualflow.embeddings import DIMENSIONS, MiniLMEmbedding
+from qualflow.index import previous_text
 from qualflow.models import Codebook, CodingRequest, PassageContext, ProposalSet, short_hash
 
 if TYPE_CHECKING:
@@ -32,15 +34,16 @@ def features(contexts: Sequence[PassageContext], embedder: MiniLMEmbedding) -> n
     """Passage embedding ++ previous-turn embedding (zeros when there is none)."""
     passages = embedder.embed([c.passage.text for c in contexts])
     previous = np.zeros((len(contexts), DIMENSIONS), dtype=np.float32)
-    with_before = [i for i, c in enumerate(contexts) if c.before]
+    texts = [previous_text(c) for c in contexts]
+    with_before = [i for i, t in enumerate(texts) if t]
     if with_before:
-        previous[with_before] = embedder.embed([contexts[i].before[-1].text for i in with_before])
+        previous[with_before] = embedder.embed([texts[i] for i in with_before])
     return np.hstack([passages, previous])
 
 
 def training_hash(contexts: Sequence[PassageContext], code_sets: Sequence[frozenset[str]]) -> str:
     rows = sorted(
-        (c.passage.text, c.before[-1].text if c.before else "", tuple(sorted(codes)))
+        (c.passage.text, previous_text(c), tuple(sorted(codes)))
         for c, codes in zip(contexts, code_sets, strict=True)
     )
     return short_hash(*rows, length=12)
