@@ -30,6 +30,13 @@ def demo(
         str, typer.Option(help="Comma-separated coders to run: similarity, llm, learned.")
     ] = "similarity,llm",
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the intervals.")] = 1000,
+    llm_tokens: Annotated[
+        int,
+        typer.Option(
+            help="Token budget of the LLM run (0 = none). The embedded CPU model codes a "
+            "few passages per minute; re-running the demo carries on where it stopped."
+        ),
+    ] = 30000,
 ) -> None:
     """Run the main job on examples/ offline: ingest, code, queue, measure agreement."""
     offline_defaults()
@@ -39,7 +46,9 @@ def demo(
     examples = project_dir("examples")
     settings = _prepare_workspace(workspace, examples)
     _step("1/4 ingest, segment, index and code (Prefect flow, one run per coder)")
-    summaries = {kind: _code(kind, examples, workspace) for kind in kinds}
+    summaries = {
+        kind: _code(kind, examples, workspace, llm_tokens if kind == "llm" else 0) for kind in kinds
+    }
     _step("2/4 the project's gold set for the examples (two human coders)")
     _import_gold(settings)
     _step("3/4 review queue: accounts and assignments")
@@ -67,12 +76,32 @@ def _prepare_workspace(workspace: Path, examples: Path):
     return load_settings(workspace)
 
 
-def _code(kind: str, examples: Path, workspace: Path) -> dict | None:
+def _demo_settings(toml: str, examples: Path) -> str:
+    """The demo workspace's settings: the defaults, tuned for the embedded CPU model.
+
+    SmolLM2-135M has a 4k context and codes a few passages a minute on 2 cores, so
+    the demo sends the 10 best candidates (~900 prompt tokens) instead of the whole
+    85-code codebook (~2,700) and caps answers at 300 tokens. A hosted model should
+    keep the defaults (whole codebook; see docs/retrieval.md).
+    """
+    overrides = {
+        "retrieval_k": "10",
+        "llm_max_tokens": "300",
+        "participants_file": f'"{(examples / "participants.tsv").resolve()}"',
+    }
+    lines = [line for line in toml.splitlines() if line.split("=")[0].strip() not in overrides]
+    lines.append("\n# demo overrides (see qualflow/cli/demo.py: _demo_settings)")
+    lines += [f"{key} = {value}" for key, value in overrides.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _code(kind: str, examples: Path, workspace: Path, max_tokens: int) -> dict | None:
     from qualflow.cli.runs import run
 
-    console.print(f"[bold]coder: {kind}[/]")
+    budget = f", token budget {max_tokens:,}" if max_tokens else ""
+    console.print(f"[bold]coder: {kind}{budget}[/]")
     try:
-        run(files=[examples], coder=kind, workspace=workspace)
+        run(files=[examples], coder=kind, workspace=workspace, max_tokens=max_tokens or None)
     except typer.Exit:
         console.print(f"[red]the {kind} run failed; the demo goes on without it[/]")
         return None
