@@ -104,6 +104,9 @@ def batch_plan(settings: Settings, coder: Any, batch_size: int | None) -> tuple[
     ``llm_concurrency``. The default is one LLM call per task: the pool stays full, and
     a killed run loses at most the calls in flight.
     """
+    # The coder's own settings win: the embedded llama.cpp server takes one call at a
+    # time, so its coder runs with llm_concurrency = 1 whatever the workspace says.
+    settings = getattr(coder, "settings", None) or settings
     per_call = max(1, settings.llm_batch_size)
     concurrency = max(1, settings.llm_concurrency)
     if not calls_llm(coder):

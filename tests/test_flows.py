@@ -361,6 +361,10 @@ def test_batch_plan_keeps_llm_calls_in_flight_within_llm_concurrency(settings):
     assert plan(settings, Coder("llm"), 8) == (8, 1)  # 4 calls inside one task
     assert plan(settings, Coder("llm"), 4) == (4, 2)
     assert plan(settings, Coder("similarity"), None) == (32, 4)
+    local = Coder("llm")  # the embedded model's coder carries llm_concurrency = 1
+    local.settings = settings.model_copy(update={"llm_concurrency": 1})
+    assert plan(settings, local, None) == (2, 1)
+    assert plan(settings, local, 8) == (8, 1)
 
 
 def test_flow_with_the_llm_coder_on_the_fake_server(flows, ws, monkeypatch, fake_openai):
