@@ -177,6 +177,7 @@ class LLMCoder:
         asks = 0
         last_text: str | None = None
         call_error: str | None = None
+        transient = False
         try:
             asks = 1
             first = self._ask(messages, schema)
@@ -198,9 +199,12 @@ class LLMCoder:
         except LLMCallError as exc:
             usage = usage + exc.usage
             call_error = str(exc)
+            transient = exc.retryable
             last_text = exc.last_response or last_text
         return [
-            self._final(it, codebook, asks, call_error, last_text, _share(usage, i, len(items)))
+            self._final(
+                it, codebook, asks, call_error, last_text, _share(usage, i, len(items)), transient
+            )
             for i, it in enumerate(items)
         ]
 
@@ -212,9 +216,28 @@ class LLMCoder:
         call_error: str | None,
         last_text: str | None,
         usage: Usage,
+        transient: bool = False,
     ) -> ProposalSet:
-        """The ProposalSet of one item once its asks are over."""
+        """The ProposalSet of one item once its asks are over.
+
+        An item the endpoint never answered because of a transient fault (429, 5xx,
+        timeout, connection) after all retries is ``failed``: the pipeline records it
+        and leaves it uncoded, so the next run retries it instead of parking it as
+        ``needs_human`` for good.
+        """
         unanswered = it.outcome is None or (call_error is not None and it.failed)
+        if it.outcome is None and transient and call_error:
+            return self._set(
+                it.request,
+                codebook,
+                status="failed",
+                reason=f"endpoint unavailable: {call_error} [asked {asks} time"
+                f"{'s' if asks != 1 else ''}]",
+                raw=None,
+                attempts=asks,
+                usage=usage,
+                outcome=([], list(it.earlier)),
+            )
         if not unanswered and not it.failed:
             valid, invalid = it.outcome or ([], [])
             return self._set(
