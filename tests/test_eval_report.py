@@ -307,3 +307,29 @@ def test_cluster_map_by_participant_or_transcript(store):
     assert ev.cluster_map(store, ids, None) is None
     with pytest.raises(ev.EvalError, match="cluster_by"):
         ev.cluster_map(store, ids, "speaker")
+
+
+def test_calibration_plot_survives_bounds_past_the_estimate():
+    """Regression: a bin at accuracy 1.0 whose upper bound rounds below it crashed."""
+    from qualflow.report import plot_calibration
+
+    cal = {
+        "n": 12,
+        "bins": [
+            {
+                "n": 7,
+                "mean_confidence": 0.9,
+                "accuracy": 1.0,
+                "accuracy_low": 0.7,
+                "accuracy_high": 0.9999999999,
+            },
+            {
+                "n": 5,
+                "mean_confidence": 0.3,
+                "accuracy": 0.2,
+                "accuracy_low": None,
+                "accuracy_high": None,
+            },
+        ],
+    }
+    assert plot_calibration(cal)

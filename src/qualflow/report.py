@@ -336,8 +336,15 @@ def plot_calibration(cal: dict[str, Any] | None) -> str | None:
     xs = [b["mean_confidence"] for b in bins]
     ys = [b["accuracy"] for b in bins]
     err = [
-        [y - b["accuracy_low"] for y, b in zip(ys, bins, strict=True)],
-        [b["accuracy_high"] - y for y, b in zip(ys, bins, strict=True)],
+        # clipped at 0: a bootstrap bound can sit a rounding error past the estimate
+        [
+            max(0.0, y - (b["accuracy_low"] if b["accuracy_low"] is not None else y))
+            for y, b in zip(ys, bins, strict=True)
+        ],
+        [
+            max(0.0, (b["accuracy_high"] if b["accuracy_high"] is not None else y) - y)
+            for y, b in zip(ys, bins, strict=True)
+        ],
     ]
     ax.errorbar(xs, ys, yerr=err, fmt="o-", color="#1f5fa8", capsize=3)
     for x, y, b in zip(xs, ys, bins, strict=True):
