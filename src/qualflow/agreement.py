@@ -560,14 +560,14 @@ def _undefined_reason(metric: str, pos_a: int, pos_b: int) -> str:
 # --------------------------------------------------------------------------- many coders
 
 
-def fleiss_kappa_counts(counts: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """Fleiss' kappa from a units x categories table of rater counts.
+def _observed_and_shares(
+    counts: np.ndarray, weights: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Observed agreement p_a and category shares pi (per resample) of a count table.
 
-    Units may have different numbers of raters (Gwet's generalisation, as in irrCAC);
-    units with fewer than two ratings are left out. With ``weights`` (resamples x
-    units), one kappa per resample.
+    Shared by Fleiss' kappa and Gwet's AC1, which differ only in chance agreement.
+    Units with fewer than two ratings do not count towards p_a.
     """
-    counts = np.asarray(counts, dtype=float)
     r = counts.sum(axis=1)
     ok = r >= 2
     w = np.ones((1, len(counts))) if weights is None else weights
@@ -579,6 +579,17 @@ def fleiss_kappa_counts(counts: np.ndarray, weights: np.ndarray | None = None) -
     share[~(r > 0)] = 0.0
     w_any = w * (r > 0)
     pi = _div(w_any @ share, w_any.sum(axis=1)[:, None])
+    return pa, pi
+
+
+def fleiss_kappa_counts(counts: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Fleiss' kappa from a units x categories table of rater counts.
+
+    Units may have different numbers of raters (Gwet's generalisation, as in irrCAC);
+    units with fewer than two ratings are left out. With ``weights`` (resamples x
+    units), one kappa per resample.
+    """
+    pa, pi = _observed_and_shares(np.asarray(counts, dtype=float), weights)
     pe = (pi**2).sum(axis=1)
     out = _div(pa - pe, 1 - pe)
     return out if weights is not None else out[:1]
@@ -591,19 +602,8 @@ def gwet_ac1_counts(counts: np.ndarray, weights: np.ndarray | None = None) -> np
     number of categories.
     """
     counts = np.asarray(counts, dtype=float)
-    q = counts.shape[1]
-    r = counts.sum(axis=1)
-    ok = r >= 2
-    w = np.ones((1, len(counts))) if weights is None else weights
-    w_ok = w * ok
-    pa_u = _div((counts * (counts - 1)).sum(axis=1), r * (r - 1))
-    pa_u[~ok] = 0.0
-    pa = _div(w_ok @ pa_u, w_ok.sum(axis=1))
-    share = _div(counts, r[:, None])
-    share[~(r > 0)] = 0.0
-    w_any = w * (r > 0)
-    pi = _div(w_any @ share, w_any.sum(axis=1)[:, None])
-    pe = (pi * (1 - pi)).sum(axis=1) / max(q - 1, 1)
+    pa, pi = _observed_and_shares(counts, weights)
+    pe = (pi * (1 - pi)).sum(axis=1) / max(counts.shape[1] - 1, 1)
     out = _div(pa - pe, 1 - pe)
     return out if weights is not None else out[:1]
 
