@@ -111,7 +111,11 @@ def _code(kind: str, examples: Path, workspace: Path, max_tokens: int) -> dict |
     store = open_store(load_settings(workspace))
     try:
         sets = [ps for ps in store.proposal_sets() if ps.coder == kind]
-        return {"passages": len(sets)}
+        return {
+            "passages": len(sets),
+            "ok": sum(1 for ps in sets if ps.status == "ok"),
+            "needs_human": sum(1 for ps in sets if ps.status == "needs_human"),
+        }
     finally:
         store.close()
 
@@ -230,6 +234,20 @@ def _finish(workspace: Path, summaries: dict, accounts: dict[str, str], reports:
             _figure(human["human_human"]) if human else "-",
             human["reading"] if human else "-",
         )
+    reported = {r.results["scope"]["coder"].removeprefix("proposals:") for r in reports if r}
+    for kind, counts in summaries.items():
+        if counts and kind not in reported:
+            table.add_row(
+                kind,
+                "0",
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                f"no figure: {counts['ok']} of {counts['passages']} coded passages "
+                f"validated ({counts['needs_human']} need a human)",
+            )
     console.print(table)
     for output in (r for r in reports if r is not None):
         console.print(f"report: {output.html_path}  (also .json, .md)")

@@ -1,0 +1,5 @@
+"""``python -m qualflow``: the same as the ``qualflow`` command."""
+
+from qualflow.cli import main
+
+main()
