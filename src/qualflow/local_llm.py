@@ -218,13 +218,13 @@ def coder_from_settings(settings: Settings, store: Store | None) -> Iterator[LLM
     embedded local model and stops it when the context ends. The response cache and
     pseudonym mapping live in ``store`` when given.
     """
-    from qualflow.coders.llm import LLMCoder, few_shot_examples
+    from qualflow.coders.llm import LLMCoder
     from qualflow.llm_calls import ResponseCache
     from qualflow.privacy import Pseudonymizer
 
     cache = ResponseCache(store) if store is not None else None
     examples = (
-        few_shot_examples(store, settings.llm_few_shot)
+        store.coded_examples(settings.llm_few_shot)
         if store is not None and settings.llm_few_shot > 0
         else None
     )

@@ -28,6 +28,7 @@ from qualflow.db import (
     PassageRow,
     ProposalRow,
     ProposalSetRow,
+    ReviewStateRow,
     RunRow,
     TranscriptRow,
     TurnRow,
@@ -503,6 +504,43 @@ class Store:
     def gold_sets(self) -> list[str]:
         with self.session() as s:
             return list(s.scalars(select(GoldCodingRow.gold_set).distinct()))
+
+    def coded_examples(self, per_code: int, *, max_chars: int = 400) -> dict[str, list[str]]:
+        """Human-coded passages per code title, for few-shot prompts.
+
+        Sources: reviewers' current codings (``review_states``) and gold codings. The
+        shortest passages (up to ``max_chars``) come first, ties by passage id, so the
+        choice (and with it an LLM response-cache key) is stable. When evaluating
+        against a gold set, remember that its other passages may appear as examples.
+        """
+        if per_code <= 0:
+            return {}
+        by_code: dict[str, set[str]] = {}
+        with self.session() as s:
+            for table in (ReviewStateRow, GoldCodingRow):
+                for pid, codes in s.execute(select(table.passage_id, table.codes)):
+                    for code in codes or []:
+                        by_code.setdefault(str(code), set()).add(pid)
+            wanted = set().union(*by_code.values()) if by_code else set()
+            texts = (
+                dict(
+                    s.execute(
+                        select(PassageRow.id, PassageRow.text).where(PassageRow.id.in_(wanted))
+                    )
+                    .tuples()
+                    .all()
+                )
+                if wanted
+                else {}
+            )
+        out: dict[str, list[str]] = {}
+        for code, pids in by_code.items():
+            ranked = sorted(
+                (len(texts[p]), p) for p in pids if p in texts and len(texts[p]) <= max_chars
+            )
+            if chosen := [texts[p] for _, p in ranked[:per_code]]:
+                out[code] = chosen
+        return out
 
     # ------------------------------------------------------------------ failures
 
