@@ -288,3 +288,60 @@ def test_cache_with_concurrent_calls(fake_openai, fast, store):
     second = make_coder(fake_openai, settings, cache=ResponseCache(store)).propose(reqs, CODEBOOK)
     assert fake_openai.chat_count == 6
     assert [ps.codes for ps in second] == [{"01.use.daily"}] * 6
+
+
+def _props(schema: dict, name: str) -> list[dict]:
+    """Every property ``name`` anywhere in a JSON schema (nested objects and arrays)."""
+    found = []
+    if isinstance(schema, dict):
+        if name in schema.get("properties", {}):
+            found.append(schema["properties"][name])
+        for value in schema.values():
+            found += _props(value, name)
+    elif isinstance(schema, list):
+        for value in schema:
+            found += _props(value, name)
+    return found
+
+
+def test_tool_schema_limits_codes_to_codebook_titles_and_confidence_to_0_1(fake_openai, fast):
+    fake_openai.script(answer(), answer())
+    coder = make_coder(fake_openai, fast)
+    coder.propose([request(TEXT)], CODEBOOK)  # three candidates
+    coder.propose([request("Hm.", "p2", candidates=[])], CODEBOOK)  # none: the whole codebook
+    enums = []
+    for body in fake_openai.chat_requests:
+        params = body["tools"][0]["function"]["parameters"]
+        [code] = _props(params, "code")
+        [confidence] = _props(params, "confidence")
+        assert (confidence["type"], confidence["minimum"], confidence["maximum"]) == (
+            "number",
+            0,
+            1,
+        )
+        enums.append(code["enum"])
+    assert enums == [sorted(CODEBOOK.titles()[:3]), sorted(CODEBOOK.titles())]
+
+
+def test_batched_tool_schema_limits_passage_ids(fake_openai, fast):
+    settings = fast.model_copy(update={"llm_batch_size": 2})
+    fake_openai.script(batch({"P1": [], "P2": []}))
+    make_coder(fake_openai, settings).propose(
+        [request("One.", "a"), request("Two.", "b", candidates=CODEBOOK.titles()[3:])], CODEBOOK
+    )
+    params = fake_openai.chat_requests[0]["tools"][0]["function"]["parameters"]
+    [pid] = _props(params, "passage_id")
+    [code] = _props(params, "code")
+    assert pid["enum"] == ["P1", "P2"]
+    assert code["enum"] == sorted(CODEBOOK.titles())  # the union of both passages' candidates
+
+
+def test_answer_outside_the_schema_is_still_judged_by_validation(fake_openai, fast):
+    """A server that ignores the schema: the answer parses and validation says why it fails."""
+    bad = answer(proposal("P1", "I check MMLU every day", confidence=12.0))
+    fake_openai.script(bad, bad)
+    [ps] = make_coder(fake_openai, fast).propose([request(TEXT)], CODEBOOK)
+    assert ps.status == "needs_human" and not ps.proposals
+    reasons = " | ".join(p.invalid_reason for p in ps.invalid)
+    assert "code 'P1' does not exist in the codebook" in reasons
+    assert "confidence for 'P1' is 12.0, outside [0, 1]" in reasons

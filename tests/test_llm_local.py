@@ -14,7 +14,12 @@ from tests.llm_helpers import CODEBOOK, request
 @pytest.mark.llm
 def test_embedded_model_codes_three_passages(settings, store):
     settings = settings.model_copy(
-        update={"llm_max_tokens": 96, "llm_timeout": 240.0, "llm_max_retries": 0}
+        update={
+            "llm_max_tokens": 96,
+            "llm_timeout": 240.0,
+            "llm_max_retries": 0,
+            "llm_batch_size": 1,
+        }
     )
     reqs = [
         request("I check MMLU every day before I pick a model.", "a", candidates=["01.use.daily"]),
@@ -33,7 +38,10 @@ def test_embedded_model_codes_three_passages(settings, store):
         out = coder.propose(reqs, CODEBOOK)
 
     assert [ps.passage_id for ps in out] == ["a", "b", "c"]
-    for ps in out:
+    for req, ps in zip(reqs, out, strict=True):
+        # llama.cpp turns the tool schema's enum into a grammar: no invented code titles
+        shown = {c.code.title for c in req.candidates}
+        assert {p.code for p in [*ps.proposals, *ps.invalid]} <= shown
         assert ps.model == "local:SmolLM2-135M-Instruct.Q4_1" and ps.prompt_version
         assert ps.usage.prompt_tokens > 0  # real calls were made
         if ps.status == "ok":

@@ -44,6 +44,7 @@ def test_user_prompt_shows_context_speakers_and_definitions():
     assert '<passage id="P1" speaker="Alice">\nWe rarely look at leaderboards.\n</passage>' in text
     assert "## 01.use.rarely\nDefinition: Rarely looks at benchmarks." in text
     assert "03.doubt.contamination" not in text  # only the candidates
+    assert "speaker names or labels" in prompt.system(batched=False, json_mode=False)
     assert "empty list" in prompt.system(batched=False, json_mode=False)
     assert '{"codes": []}' in prompt.system(batched=False, json_mode=True)
 

@@ -468,6 +468,8 @@ class LLMClient:
                     schema, method=self.method, include_raw=False, **kwargs
                 )
                 runnable = (_without_trace_schema(sequence.first), sequence.last)
+                if len(self._runnables) >= 256:  # per-call schemas: keep the recent ones
+                    self._runnables.pop(next(iter(self._runnables)))
                 self._runnables[key] = runnable
         return runnable
 

@@ -12,13 +12,14 @@ for one bad passage.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
 from qualflow.llm_calls import CallResult, LLMCallError, LLMClient, ResponseCache, cache_key
 from qualflow.models import Code, Codebook, CodingRequest, ProposalSet, Usage
@@ -43,7 +44,10 @@ class ProposedCode(BaseModel):
     code: str = Field(description="Exact code title from the codebook.")
     rationale: str = Field(description="Why the code applies, in one or two sentences.")
     evidence: str = Field(description="A quote copied word for word from the passage text.")
-    confidence: float = Field(description="Confidence between 0 and 1.")
+    confidence: float = Field(
+        description="Confidence between 0 and 1.",
+        json_schema_extra={"minimum": 0, "maximum": 1},
+    )
 
 
 class CodingAnswer(BaseModel):
@@ -63,6 +67,63 @@ class BatchAnswer(BaseModel):
     """The codes for every passage given; an empty codes list where no code applies."""
 
     passages: list[PassageAnswer]
+
+
+def answer_schema(titles: Sequence[str], labels: Sequence[str] = ()) -> type[BaseModel]:
+    """The answer model of one call: ``code`` limited to ``titles``, ``passage_id`` to
+    ``labels`` (batched calls; no labels -> ``CodingAnswer`` shape).
+
+    The limits live in the JSON schema sent with the request (``enum``; confidence
+    carries ``minimum``/``maximum`` in every schema): OpenAI honours them and
+    llama.cpp turns the tool's schema into a grammar (it honours ``enum``, not the
+    number bounds). Parsing stays as lenient as the static models so that
+    ``validate.check`` judges each proposal and records its reason; validation is
+    unchanged. Models are cached per (sorted titles, labels).
+    """
+    return _answer_schema(tuple(sorted(set(titles))), tuple(labels))
+
+
+@functools.lru_cache(maxsize=256)
+def _answer_schema(titles: tuple[str, ...], labels: tuple[str, ...]) -> type[BaseModel]:
+    if not titles:
+        code_model: type[BaseModel] = ProposedCode
+    else:
+        code_model = create_model(
+            "ProposedCode",
+            __base__=ProposedCode,
+            __doc__=ProposedCode.__doc__,
+            code=(
+                str,
+                Field(
+                    description="Exact code title, one of the codebook titles listed.",
+                    json_schema_extra={"enum": list(titles)},
+                ),
+            ),
+        )
+    codes_field = (list[code_model], Field(description="Codes that apply (may be empty)."))
+    if not labels:
+        return create_model(
+            "CodingAnswer", __base__=CodingAnswer, __doc__=CodingAnswer.__doc__, codes=codes_field
+        )
+    passage = create_model(
+        "PassageAnswer",
+        __base__=PassageAnswer,
+        __doc__=PassageAnswer.__doc__,
+        passage_id=(
+            str,
+            Field(
+                description="The passage id as given, e.g. P1.",
+                json_schema_extra={"enum": list(labels)},
+            ),
+        ),
+        codes=codes_field,
+    )
+    return create_model(
+        "BatchAnswer",
+        __base__=BatchAnswer,
+        __doc__=BatchAnswer.__doc__,
+        passages=(list[passage], ...),
+    )
 
 
 # --------------------------------------------------------------------------- one batch
@@ -171,7 +232,8 @@ class LLMCoder:
     def _batch(self, batch: list[CodingRequest], codebook: Codebook) -> list[ProposalSet]:
         items = [_Item(label=f"P{i + 1}", request=r) for i, r in enumerate(batch)]
         batched = len(items) > 1
-        schema: type[BaseModel] = BatchAnswer if batched else CodingAnswer
+        shown = [c.title for c in self._codes(items, codebook)]
+        schema = answer_schema(shown, [it.label for it in items] if batched else ())
         messages = self._messages(items, codebook, batched)
         usage = Usage()
         asks = 0
@@ -268,7 +330,7 @@ class LLMCoder:
             params=self.client.params(),
             prompt=self.prompt.name,
             prompt_version=self.prompt_version,
-            schema=schema.__name__,
+            schema=schema.model_json_schema(),
             messages=messages,
         )
         response_format = None
@@ -418,7 +480,14 @@ def _share(usage: Usage, i: int, n: int) -> Usage:
     )
 
 
-__all__ = ["BatchAnswer", "CodingAnswer", "LLMCoder", "ProposedCode", "fence"]
+__all__ = [
+    "BatchAnswer",
+    "CodingAnswer",
+    "LLMCoder",
+    "ProposedCode",
+    "answer_schema",
+    "fence",
+]
 
 
 def few_shot_examples(store: Any, per_code: int, *, max_chars: int = 400) -> dict[str, list[str]]:
