@@ -95,6 +95,20 @@ def main() -> None:
         f"tokens: prompt={usage.prompt_tokens} completion={usage.completion_tokens} "
         f"calls={usage.calls} ({usage.prompt_tokens / max(1, n):.0f} prompt tokens/passage)"
     )
+    kinds = collections.Counter(
+        kind
+        for ps in out
+        for p in ps.invalid
+        for kind in ("does not exist in the codebook", "not a verbatim quote", "outside [0, 1]")
+        if kind in (p.invalid_reason or "")
+    )
+    print(
+        "invalid proposals by problem: "
+        + (", ".join(f"{k}={v}" for k, v in kinds.most_common()) or "none")
+    )
+    unparsed = [ps for ps in out if "does not match the schema" in (ps.reason or "")]
+    cut = sum(not (ps.raw_response or "").rstrip().endswith("}") for ps in unparsed)
+    print(f"unparsed answers: {len(unparsed)}, of which {cut} end mid-JSON (token cap)")
     reasons = collections.Counter(
         (ps.reason or "").split(":")[0][:60] for ps in out if ps.status != "ok"
     )
