@@ -68,7 +68,6 @@ def test_whole_codebook_when_no_candidates(fake_openai, settings):
 
 
 def test_few_shot_examples_from_gold_through_coder_from_settings(fake_openai, settings, store):
-    from qualflow.coders.llm import few_shot_examples
     from qualflow.local_llm import coder_from_settings
     from qualflow.models import Passage, Transcript, Turn
 
@@ -103,7 +102,7 @@ def test_few_shot_examples_from_gold_through_coder_from_settings(fake_openai, se
         passages,
     )
     store.save_gold("gold", "human", {p.id: frozenset({"01.use.daily"}) for p in passages})
-    assert few_shot_examples(store, 5) == {"01.use.daily": texts[:2]}  # long one left out
+    assert store.coded_examples(5) == {"01.use.daily": texts[:2]}  # long one left out
 
     settings.llm_base_url = fake_openai.base_url
     settings.llm_few_shot = 1
