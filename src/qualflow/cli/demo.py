@@ -204,14 +204,15 @@ def _finish(workspace: Path, summaries: dict, accounts: dict[str, str], reports:
     _step("summary")
     table = Table(
         "coder",
-        "passages",
+        "n",
         "precision",
         "recall",
-        "micro F1",
-        "pooled kappa",
-        "human-human kappa",
-        "reading",
-        title="machine vs gold (author-a), 95% bootstrap CIs",
+        "F1",
+        "kappa",
+        "human κ",
+        "verdict",
+        title="machine vs gold (author-a): micro P/R/F1, pooled kappa, human-human "
+        "kappa, 95% bootstrap CIs",
     )
     for output in (r for r in reports if r is not None):
         results = output.results
@@ -234,21 +235,15 @@ def _finish(workspace: Path, summaries: dict, accounts: dict[str, str], reports:
             _figure(human["human_human"]) if human else "-",
             human["reading"] if human else "-",
         )
+    console.print(table)
     reported = {r.results["scope"]["coder"].removeprefix("proposals:") for r in reports if r}
     for kind, counts in summaries.items():
         if counts and kind not in reported:
-            table.add_row(
-                kind,
-                "0",
-                "-",
-                "-",
-                "-",
-                "-",
-                "-",
-                f"no figure: {counts['ok']} of {counts['passages']} coded passages "
-                f"validated ({counts['needs_human']} need a human)",
+            console.print(
+                f"{kind}: no agreement figure: {counts['ok']} of {counts['passages']} coded "
+                f"passages validated ({counts['needs_human']} need a human; see the run "
+                "summary above)"
             )
-    console.print(table)
     for output in (r for r in reports if r is not None):
         console.print(f"report: {output.html_path}  (also .json, .md)")
     accounts_file = workspace / "data" / "demo-accounts.txt"
