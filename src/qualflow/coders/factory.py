@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any
 
+from qualflow.models import short_hash
+
 if TYPE_CHECKING:
     from qualflow.coders.base import Coder
     from qualflow.models import Codebook
@@ -93,20 +95,34 @@ def _codebook(settings: Settings, index: Any) -> Codebook:
 
 
 def _learned(settings: Settings, store: Store, codebook: Codebook) -> Coder:
-    """The workspace's learned coder for this codebook version: loaded if saved,
-    otherwise trained on the gold codings in the store and saved."""
+    """The workspace's learned coder for this codebook version and these gold codings:
+    loaded if saved, otherwise trained on the gold codings in the store and saved.
+
+    The saved file is keyed by the codebook version and a hash of the training labels,
+    so changed gold codings train a new model instead of reusing a stale one.
+    """
     from qualflow.coders.learned import LearnedCoder, default_path
 
-    path = default_path(settings, codebook)
-    if path.is_file():
-        return LearnedCoder.load(path)
     contexts, code_sets = training_data(store, codebook)
     if not contexts:
+        saved = sorted(
+            default_path(settings, codebook).parent.glob(f"learned-{codebook.version}*.joblib"),
+            key=lambda p: p.stat().st_mtime,
+        )
+        if saved:
+            return LearnedCoder.load(saved[-1])
         raise CoderError(
             "the learned coder has nothing to train on: no gold codings in the store "
-            f"and no saved model at {path}. Import a gold set first (e.g. qualflow "
-            "import-highlights) or choose --coder llm or similarity."
+            "and no saved model for this codebook version. Import a gold set first "
+            "(qualflow gold import FILE.jsonl --set NAME, or qualflow import taguette|qdpx) "
+            "or choose --coder llm or similarity."
         )
+    labels = sorted(
+        (c.passage.id, sorted(codes)) for c, codes in zip(contexts, code_sets, strict=True)
+    )
+    path = default_path(settings, codebook, short_hash(labels, length=12))
+    if path.is_file():
+        return LearnedCoder.load(path)
     try:
         coder = LearnedCoder().fit(contexts, code_sets)
     except ValueError as exc:

@@ -235,6 +235,8 @@ class LearnedCoder:
         return coder
 
 
-def default_path(settings: Settings, codebook: Codebook) -> Path:
-    """Where a workspace keeps its learned coder for a codebook version."""
-    return settings.data_dir / "models" / f"learned-{codebook.version}.joblib"
+def default_path(settings: Settings, codebook: Codebook, data_hash: str = "") -> Path:
+    """Where a workspace keeps its learned coder for a codebook version (and the hash
+    of the training labels it was fitted on)."""
+    suffix = f"-{data_hash}" if data_hash else ""
+    return settings.data_dir / "models" / f"learned-{codebook.version}{suffix}.joblib"
