@@ -121,3 +121,23 @@ def test_migrations_are_idempotent(settings):
 
     open_store(settings).close()
     open_store(settings).close()
+
+
+def test_runs_of_killed_processes_are_marked_interrupted(store):
+    import subprocess
+    import sys
+
+    from qualflow.db import RunRow
+
+    key = ProposalKey("llm", "m", "p1", "cb1")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead = store.start_run(key)
+    alive = store.start_run(key)  # this process: still running
+    with store.session() as s:
+        s.get(RunRow, dead).params = {**s.get(RunRow, dead).params, "pid": int(gone.stdout)}
+    store.start_run(key)
+    with store.session() as s:
+        assert s.get(RunRow, dead).status == "interrupted"
+        assert s.get(RunRow, dead).finished_at is not None
+        assert s.get(RunRow, alive).status == "running"

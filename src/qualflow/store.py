@@ -9,6 +9,8 @@ share.
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -353,17 +355,37 @@ class Store:
     # ------------------------------------------------------------------ runs and proposals
 
     def start_run(self, key: ProposalKey, params: dict | None = None) -> int:
+        """A new run row (status running), recording which process runs it.
+
+        Runs left 'running' by a process of this machine that no longer exists (killed
+        mid-way) are marked 'interrupted' first; their stored proposals stay, and the
+        new run resumes where they stopped.
+        """
+        self.mark_interrupted_runs()
         with self.session() as s:
             row = RunRow(
                 coder=key.coder,
                 model=key.model,
                 prompt_version=key.prompt_version,
                 codebook_version=key.codebook_version,
-                params=params or {},
+                params={**(params or {}), "host": socket.gethostname(), "pid": os.getpid()},
             )
             s.add(row)
             s.flush()
             return row.id
+
+    def mark_interrupted_runs(self) -> list[int]:
+        """Mark 'running' runs whose process on this machine is gone as 'interrupted'."""
+        host = socket.gethostname()
+        marked = []
+        with self.session() as s:
+            for row in s.scalars(select(RunRow).where(RunRow.status == "running")):
+                params = row.params or {}
+                if params.get("host") == host and not _process_alive(params.get("pid")):
+                    row.status = "interrupted"
+                    row.finished_at = utcnow()
+                    marked.append(row.id)
+        return marked
 
     def finish_run(
         self, run_id: int, *, status: str, usage: Usage | None = None, summary: dict | None = None
@@ -561,6 +583,18 @@ class Store:
 def open_store(settings: Settings) -> Store:
     """Open (and migrate) the store configured by a ``Settings``."""
     return Store.open(settings.db_url)
+
+
+def _process_alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return True  # unknown: leave the run alone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # ---------------------------------------------------------------------- row converters
