@@ -9,6 +9,7 @@ These pydantic models are the contract between modules (and with the LLM, see
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -286,3 +287,50 @@ class Decision(BaseModel):
 
 Coding = dict[str, frozenset[str]]
 """What any coder produced over passages: passage id -> set of code titles."""
+
+
+# --------------------------------------------------------------------------- spans
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Span:
+    """A stretch of a transcript's text carrying one code: what researchers highlight.
+
+    ``start``/``end`` are code-point offsets into ``Transcript.text`` of the transcript
+    version ``transcript_id`` (end exclusive). The unit every coder produces, every
+    reviewer decides on and every exchange format carries; sentences and turns are
+    grids that spans are projected onto for sentence- and turn-level agreement.
+    """
+
+    transcript_id: str
+    start: int
+    end: int
+    code: str
+
+    @property
+    def length(self) -> int:
+        return max(0, self.end - self.start)
+
+
+Range = tuple[int, int]
+"""A half-open ``(start, end)`` range of offsets into one transcript's text."""
+
+
+@dataclass
+class SpanCoding:
+    """What one coder did over some text: its coded spans and the text it coded.
+
+    ``scope`` (transcript id -> sorted, non-overlapping ranges) is the text the coder
+    answered for: every chunk a machine run answered, every passage a gold coder coded,
+    the whole transcript for a Taguette or REFI-QDA coder. Text inside the scope that
+    no span covers was judged to carry no code; text outside it was not coded at all
+    (a failed or ``needs_human`` chunk, a passage the reviewer has not finished). The
+    difference matters for honest figures: an unanswered chunk is a miss, not a gap.
+    """
+
+    coder: str
+    spans: list[Span] = field(default_factory=list)
+    scope: dict[str, list[Range]] = field(default_factory=dict)
+
+    def transcripts(self) -> set[str]:
+        return set(self.scope) | {s.transcript_id for s in self.spans}
