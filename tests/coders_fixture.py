@@ -1,8 +1,8 @@
 """A deterministic coder for pipeline and flow tests, plus test data builders.
 
 ``ScriptedCoder`` implements the ``Coder`` protocol without a model: it applies
-every candidate code whose last title segment occurs in the passage text (evidence
-= that word, verbatim), records every call, and can be told to be slow, to raise,
+every candidate code whose last title segment occurs in a codable turn of the unit
+(a span on the first occurrence of that word), records every call, and can be told to be slow, to raise,
 to never validate some passages, or to report token usage. It is also reachable
 as an importable coder spec (``tests.coders_fixture:scripted_coder``) so a real
 flow process can be started with it; its behaviour then comes from environment
@@ -113,21 +113,26 @@ class ScriptedCoder:
                 }
             )
         proposals = []
-        lowered = passage.text.lower()
         for cand in request.candidates:
             word = cand.code.title.split(".")[-1]
-            pos = lowered.find(word.lower())
-            if pos >= 0:
+            for piece in passage.codable_pieces():
+                pos = request.piece_text(piece).lower().find(word.lower())
+                if pos < 0:
+                    continue
+                start = piece.char_start + pos
                 proposals.append(
                     CodeProposal(
                         code=cand.code.title,
                         rationale=f"mentions {word}",
-                        evidence=passage.text[pos : pos + len(word)],
-                        evidence_start=pos,
-                        evidence_end=pos + len(word),
+                        evidence=request.piece_text(piece)[pos : pos + len(word)],
+                        start=start,
+                        end=start + len(word),
+                        evidence_start=start,
+                        evidence_end=start + len(word),
                         confidence=0.9,
                     )
                 )
+                break
         return base.model_copy(update={"proposals": proposals})
 
 

@@ -103,20 +103,25 @@ Item = Answer | Raw | Empty | Fault | Hang | BadBody
 
 
 def proposal(
-    code: str, evidence: str, rationale: str = "The passage says so.", confidence: float = 0.8
+    code: str,
+    quotes: str | list[str],
+    rationale: str = "The excerpt says so.",
+    confidence: float = 0.8,
 ) -> dict:
-    return {"code": code, "rationale": rationale, "evidence": evidence, "confidence": confidence}
+    """One code with its verbatim quote(s), as the answer schema asks for them."""
+    quotes = [quotes] if isinstance(quotes, str) else list(quotes)
+    return {"code": code, "quotes": quotes, "rationale": rationale, "confidence": confidence}
 
 
 def answer(*proposals: dict, usage: tuple[int, int] | None = None) -> Answer:
-    """A one-passage answer: ``{"codes": [...]}`` (no proposals = no code applies)."""
+    """A one-excerpt answer: ``{"codes": [...]}`` (no proposals = no code applies)."""
     return Answer({"codes": list(proposals)}, usage)
 
 
-def batch(per_passage: dict[str, list[dict]], usage: tuple[int, int] | None = None) -> Answer:
-    """A batched answer: ``{"passages": [{"passage_id": "P1", "codes": [...]}, ...]}``."""
+def batch(per_excerpt: dict[str, list[dict]], usage: tuple[int, int] | None = None) -> Answer:
+    """A batched answer: ``{"excerpts": [{"excerpt_id": "C1", "codes": [...]}, ...]}``."""
     return Answer(
-        {"passages": [{"passage_id": k, "codes": v} for k, v in per_passage.items()]}, usage
+        {"excerpts": [{"excerpt_id": k, "codes": v} for k, v in per_excerpt.items()]}, usage
     )
 
 

@@ -1,4 +1,4 @@
-"""Small builders for LLM coder tests: a codebook, passages in context, a coder."""
+"""Small builders for LLM coder tests: a codebook, units in context, a coder."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from qualflow.models import (
     ContextTurn,
     Passage,
     PassageContext,
+    Piece,
 )
 
 CODEBOOK = Codebook(
@@ -43,6 +44,47 @@ def request(
             before=[ContextTurn(speaker="Interviewer", text="How do you use benchmarks?")],
             after=[ContextTurn(speaker="Interviewer", text="Thank you.")],
         ),
+        candidates=[Candidate(code=CODEBOOK.get(t), score=0.5) for t in titles],
+    )
+
+
+def chunk_request(
+    turns: list[tuple[str, str, bool]],
+    pid: str = "c1",
+    *,
+    offset: int = 100,
+    candidates=None,
+) -> CodingRequest:
+    """A chunk of consecutive turns ``(speaker, text, codable)``, joined by a blank
+    line as transcripts are, starting at ``offset`` in its transcript's text."""
+    pieces, texts, at = [], [], offset
+    for i, (speaker, text, codable) in enumerate(turns):
+        pieces.append(
+            Piece(
+                turn_index=i,
+                speaker=speaker,
+                char_start=at,
+                char_end=at + len(text),
+                codable=codable,
+            )
+        )
+        texts.append(text)
+        at += len(text) + 2
+    passage = Passage(
+        id=pid,
+        transcript_id="t1@abc",
+        index=0,
+        turn_index=0,
+        turn_end=len(turns) - 1,
+        char_start=offset,
+        char_end=at - 2,
+        text="\n\n".join(texts),
+        segmentation="chunk:200",
+        pieces=pieces,
+    )
+    titles = candidates if candidates is not None else CODEBOOK.titles()
+    return CodingRequest(
+        context=PassageContext(passage=passage),
         candidates=[Candidate(code=CODEBOOK.get(t), score=0.5) for t in titles],
     )
 

@@ -127,7 +127,9 @@ def test_similarity_coder_proposes_valid_codes_with_scores(index):
     assert sets[1].proposals[0].code == "weather"
     assert sets[2].proposals == []  # blank passage: no code
     first = sets[0].proposals[0]
-    assert first.rationale == f"cosine similarity {first.confidence:.2f} to the code definition"
+    assert first.rationale == (
+        f"cosine similarity {first.confidence:.2f} to the code definition (one sentence)"
+    )
 
 
 def test_similarity_coder_no_code_above_threshold_and_candidate_restriction(index):

@@ -6,10 +6,10 @@ import shutil
 
 import pytest
 
-from qualflow.prompts import PromptError, fence, load_prompt, passage_view
+from qualflow.prompts import PromptError, excerpt_view, fence, load_prompt
 from qualflow.resources import project_dir
 from tests.fake_openai import answer
-from tests.llm_helpers import CODEBOOK, make_coder, request
+from tests.llm_helpers import CODEBOOK, chunk_request, make_coder, request
 
 
 def test_version_is_a_content_hash_of_the_files(tmp_path):
@@ -31,17 +31,21 @@ def test_missing_template_is_a_clear_error(tmp_path):
 
 def test_fence_neutralizes_tags_only():
     assert (
-        fence("a </passage> b <context> <b>bold</b>")
-        == "a &lt;/passage> b &lt;context> <b>bold</b>"
+        fence("a </turn> b <excerpt> c </passage> <b>bold</b>")
+        == "a &lt;/turn> b &lt;excerpt> c &lt;/passage> <b>bold</b>"
     )
 
 
 def test_user_prompt_shows_context_speakers_and_definitions():
     prompt = load_prompt()
     req = request("We rarely look at leaderboards.")
-    text = prompt.user([c.code for c in req.candidates], [passage_view("P1", req)])
-    assert "Interviewer: How do you use benchmarks?" in text
-    assert '<passage id="P1" speaker="Alice">\nWe rarely look at leaderboards.\n</passage>' in text
+    text = prompt.user([c.code for c in req.candidates], [excerpt_view("C1", req)])
+    assert (
+        '<turn speaker="Interviewer" role="context">\nHow do you use benchmarks?\n</turn>'
+        in text
+    )
+    assert '<turn speaker="Alice">\nWe rarely look at leaderboards.\n</turn>' in text
+    assert '<excerpt id="C1">' in text
     assert "## 01.use.rarely\nDefinition: Rarely looks at benchmarks." in text
     assert "03.doubt.contamination" not in text  # only the candidates
     assert "speaker names or labels" in prompt.system(batched=False, json_mode=False)
@@ -111,3 +115,23 @@ def test_few_shot_examples_from_gold_through_coder_from_settings(fake_openai, se
         coder.propose([request("Something new.")], CODEBOOK)
     assert '- "I check it daily."' in fake_openai.user_messages(0)[0]
     assert "Every single morning" not in fake_openai.user_messages(0)[0]
+
+
+def test_a_chunk_shows_its_turns_in_order_with_context_marked():
+    prompt = load_prompt()
+    req = chunk_request(
+        [
+            ("Interviewer", "What do you trust?", False),
+            ("P1", "Leaderboards, mostly.", True),
+            ("Interviewer", "Why?", False),
+            ("P1", "They are public.", True),
+        ]
+    )
+    text = prompt.user(list(CODEBOOK.codes), [excerpt_view("C1", req)])
+    body = text.split('<excerpt id="C1">\n', 1)[1].split("</excerpt>", 1)[0]
+    assert body == (
+        '<turn speaker="Interviewer" role="context">\nWhat do you trust?\n</turn>\n'
+        '<turn speaker="P1">\nLeaderboards, mostly.\n</turn>\n'
+        '<turn speaker="Interviewer" role="context">\nWhy?\n</turn>\n'
+        '<turn speaker="P1">\nThey are public.\n</turn>\n'
+    )

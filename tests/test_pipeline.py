@@ -1,7 +1,14 @@
-"""The coding pipeline without Prefect: incremental, resumable, isolated failures, budgets."""
+"""The coding pipeline without Prefect: incremental, resumable, isolated failures, budgets.
+
+The units here are chunks of one answer each (with the question before it): a 5-word
+budget is smaller than every participant turn of ``make_transcript``, so each turn is
+a chunk of its own, which keeps the counts easy to read. Chunks of several turns are
+tested in ``test_chunks.py``.
+"""
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import func, select
 
 from qualflow import pipeline
@@ -10,12 +17,20 @@ from qualflow.models import Candidate, ProposalSet
 from tests.coders_fixture import ScriptedCoder, make_transcript, small_codebook
 
 
-def _seed(store, names=("alpha", "beta"), n_turns=6) -> list[str]:
+@pytest.fixture
+def settings(settings):
+    return settings.model_copy(update={"chunk_words": 5})
+
+
+def _seed(store, names=("alpha", "beta"), n_turns=6, settings=None) -> list[str]:
+    """Transcripts saved with their sentence grid, and (given settings) their chunks."""
     ids = []
     for name in names:
         t, passages = make_transcript(name, n_turns)
         store.save_transcript(t, passages)
         ids.append(t.id)
+    if settings is not None:
+        pipeline.ensure_chunks(store, settings)
     return ids
 
 
@@ -24,8 +39,9 @@ def _count(store, table) -> int:
         return s.scalar(select(func.count()).select_from(table)) or 0
 
 
-def _codable(store) -> list[str]:
-    return [p.id for p in store.passages(codable_only=True)]
+def _codable(store, settings) -> list[str]:
+    """The units a run codes: the stored chunks."""
+    return [p.id for p in store.passages(segmentation=pipeline.unit_segmentation(settings))]
 
 
 def test_codes_every_codable_passage_once_with_summary(store, settings):
@@ -40,8 +56,10 @@ def test_codes_every_codable_passage_once_with_summary(store, settings):
         batch_size=2,
         progress=lambda d, t: seen.append((d, t)),
     )
-    codable = _codable(store)
-    assert len(codable) == 6  # 3 participant turns per transcript
+    codable = _codable(store, settings)
+    assert len(codable) == 6  # 3 participant turns per transcript, one chunk each
+    chunk = store.passage(codable[0])
+    assert [p.codable for p in chunk.pieces] == [False, True]  # the question, the answer
     assert sorted(coder.passages_seen) == sorted(codable)
     assert summary.status == "completed"
     assert (summary.transcripts, summary.passages, summary.coded, summary.remaining) == (2, 6, 6, 0)
@@ -94,8 +112,8 @@ def test_scope_limited_to_given_transcripts(store, settings):
 
 
 def test_never_valid_passage_is_kept_as_needs_human_and_listed(store, settings):
-    _seed(store)
-    bad = _codable(store)[1]
+    _seed(store, settings=settings)
+    bad = _codable(store, settings)[1]
     summary = pipeline.run_coding(
         store, ScriptedCoder(never_valid=[bad]), small_codebook(), settings
     )
@@ -113,8 +131,8 @@ def test_never_valid_passage_is_kept_as_needs_human_and_listed(store, settings):
 
 
 def test_failed_batch_is_recorded_and_retried_by_next_run(store, settings):
-    _seed(store)
-    broken = _codable(store)[0]
+    _seed(store, settings=settings)
+    broken = _codable(store, settings)[0]
     summary = pipeline.run_coding(
         store, ScriptedCoder(raise_for=[broken]), small_codebook(), settings, batch_size=1
     )
@@ -144,7 +162,7 @@ def test_budget_stops_cleanly_and_resume_completes(store, settings):
     third = pipeline.run_coding(store, third_coder, small_codebook(), settings, batch_size=1)
     assert third_coder.calls == [] and third.status == "completed"
     sets = store.proposal_sets()
-    assert sorted(ps.passage_id for ps in sets) == sorted(_codable(store))
+    assert sorted(ps.passage_id for ps in sets) == sorted(_codable(store, settings))
 
 
 def test_cost_budget(store, settings):
@@ -158,10 +176,10 @@ def test_cost_budget(store, settings):
 
 
 def test_persist_is_idempotent(store, settings):
-    _seed(store)
+    _seed(store, settings=settings)
     book = small_codebook()
     store.save_codebook(book)
-    passages = store.passages(codable_only=True)[:2]
+    passages = store.passages(segmentation=pipeline.unit_segmentation(settings))[:2]
     requests = pipeline.build_requests(store, passages, book)
     sets = pipeline.code_batch(ScriptedCoder(), requests, book)
     first = pipeline.persist(store, sets)
@@ -196,15 +214,16 @@ class _Index:
 
 
 def test_requests_carry_k_candidates_or_whole_codebook(store, settings):
-    _seed(store, names=("alpha",))
+    _seed(store, names=("alpha",), settings=settings)
     book = small_codebook()
-    passages = store.passages(codable_only=True)
+    passages = store.passages(segmentation=pipeline.unit_segmentation(settings))
     index = _Index(book)
     with_k = pipeline.build_requests(store, passages, book, index=index, k=2)
     assert [len(r.candidates) for r in with_k] == [2, 2, 2] and index.asked == [2]
     whole = pipeline.build_requests(store, passages, book, index=index, k=0)
     assert [len(r.candidates) for r in whole] == [6, 6, 6] and index.asked == [2]
-    assert whole[0].context.before[0].speaker == "Interviewer"
+    assert whole[0].unit.pieces[0].speaker == "Interviewer"  # the question it answers
+    assert [len(r.sentences) for r in whole] == [1, 1, 1]  # each answer's sentence
 
 
 def test_render_markdown_lists_figures_and_failures():
@@ -289,6 +308,7 @@ def test_llm_answer_that_never_validates_is_needs_human_in_summary(store, settin
     (failure,) = summary.failures
     bad = store.passage(failure.subject)
     assert failure.stage == "validate" and "turn 3" in bad.text and failure.reason
+    assert bad.is_chunk
 
 
 # ---------------------------------------------------------------------- qualflow code
@@ -327,7 +347,8 @@ def test_qualflow_code_command_codes_inbox_and_reruns_incrementally(tmp_path, mo
     store = open_store(load_settings(ws))
     try:
         coded = len(store.proposal_sets())
-        assert coded == len(store.passages(codable_only=True)) > 0
+        units = store.passages(segmentation=pipeline.unit_segmentation(load_settings(ws)))
+        assert coded == len(units) > 0 and all(u.is_chunk for u in units)
     finally:
         store.close()
     second = _cli(*args)
@@ -358,10 +379,10 @@ def test_learned_coder_retrains_when_the_gold_codings_change(store, settings):
     new model (and so a new provenance key), never a stale one."""
     from qualflow.coders.factory import open_coder
 
-    _seed(store)
+    _seed(store, settings=settings)
     book = small_codebook()
     store.save_codebook(book)
-    ids = _codable(store)
+    ids = [p.id for p in store.passages(codable_only=True)]  # gold on the sentence grid
     titles = book.titles()
     gold = {pid: frozenset({titles[i % 2]}) for i, pid in enumerate(ids)}
     store.save_gold("g", "ann", gold)

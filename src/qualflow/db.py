@@ -95,6 +95,10 @@ class PassageRow(Base):
     char_end: Mapped[int] = mapped_column(Integer)
     text: Mapped[str] = mapped_column(Text)
     codable: Mapped[bool] = mapped_column(Boolean, default=True)
+    # A chunk's last turn and its pieces ([turn_index, speaker, start, end, codable]);
+    # NULL for a passage inside one turn.
+    turn_end: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    pieces: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class FailureRow(Base):
@@ -191,6 +195,9 @@ class ProposalSetRow(Base):
 
 
 class ProposalRow(Base):
+    """One proposed span: ``start``/``end`` (and the evidence offsets) are offsets into
+    the transcript text; ``passage_id`` is the unit (chunk or passage) it was found in."""
+
     __tablename__ = "proposals"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     set_id: Mapped[int] = mapped_column(
@@ -200,8 +207,11 @@ class ProposalRow(Base):
     code: Mapped[str] = mapped_column(String(500))
     rationale: Mapped[str] = mapped_column(Text, default="")
     evidence: Mapped[str] = mapped_column(Text, default="")
+    start: Mapped[int | None] = mapped_column("span_start", Integer, nullable=True)
+    end: Mapped[int | None] = mapped_column("span_end", Integer, nullable=True)
     evidence_start: Mapped[int | None] = mapped_column(Integer, nullable=True)
     evidence_end: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    located: Mapped[str | None] = mapped_column(String(20), nullable=True)
     confidence: Mapped[float] = mapped_column(Float, default=0.0)
     in_candidates: Mapped[bool] = mapped_column(Boolean, default=True)
     valid: Mapped[bool] = mapped_column(Boolean, default=True)
@@ -303,18 +313,39 @@ class DecisionRow(Base):
 # --------------------------------------------------------------------------- gold
 
 
-class GoldCodingRow(Base):
-    """A human (gold) coder's code set for one passage; an empty list means 'no code'."""
+class GoldSpanRow(Base):
+    """A gold (human) coder's coded span of a transcript's text."""
 
-    __tablename__ = "gold_codings"
-    __table_args__ = (UniqueConstraint("gold_set", "coder", "passage_id", name="uq_gold_coding"),)
+    __tablename__ = "gold_spans"
+    __table_args__ = (Index("ix_gold_span_lookup", "gold_set", "coder", "transcript_id"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     gold_set: Mapped[str] = mapped_column(String(200), index=True)
     coder: Mapped[str] = mapped_column(String(200))
-    passage_id: Mapped[str] = mapped_column(
-        ForeignKey("passages.id", ondelete="CASCADE"), index=True
+    transcript_id: Mapped[str] = mapped_column(
+        ForeignKey("transcripts.id", ondelete="CASCADE"), index=True
     )
-    codes: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    char_start: Mapped[int] = mapped_column(Integer)
+    char_end: Mapped[int] = mapped_column(Integer)
+    code: Mapped[str] = mapped_column(String(500))
+    codebook_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    external_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    memo: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class GoldScopeRow(Base):
+    """Text a gold coder coded: inside it, text no gold span covers carries no code."""
+
+    __tablename__ = "gold_scopes"
+    __table_args__ = (Index("ix_gold_scope_lookup", "gold_set", "coder", "transcript_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    gold_set: Mapped[str] = mapped_column(String(200), index=True)
+    coder: Mapped[str] = mapped_column(String(200))
+    transcript_id: Mapped[str] = mapped_column(
+        ForeignKey("transcripts.id", ondelete="CASCADE"), index=True
+    )
+    char_start: Mapped[int] = mapped_column(Integer)
+    char_end: Mapped[int] = mapped_column(Integer)
     codebook_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 

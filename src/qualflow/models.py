@@ -74,23 +74,72 @@ class Participant(BaseModel):
 # --------------------------------------------------------------------------- passages
 
 
+class Piece(BaseModel):
+    """A stretch of one turn inside a unit of coding, and whether it may be coded.
+
+    Offsets are into ``Transcript.text``. Interviewer turns (and, where a study marks
+    them, interview-guide lines read aloud) are context: shown to a coder, never coded.
+    """
+
+    turn_index: int
+    speaker: str | None = None
+    char_start: int
+    char_end: int
+    codable: bool = True
+
+
 class Passage(BaseModel):
-    """The unit that gets coded: a span of one turn (or of one window of sentences)."""
+    """A unit of a transcript's text: a sentence (or turn, or window) of one turn, the
+    grid agreement is measured on, or a chunk of consecutive turns, the unit a coder
+    call sees (``segmentation`` ``chunk:<words>``, see ``chunk.py``)."""
 
     id: str
     transcript_id: str
     index: int = Field(description="Order within the transcript.")
-    turn_index: int
+    turn_index: int = Field(description="The (first) turn the passage lies in.")
+    turn_end: int | None = Field(
+        default=None, description="The last turn a chunk touches; None: only turn_index."
+    )
     speaker: str | None = None
     char_start: int
     char_end: int
     text: str
     codable: bool = Field(default=True, description="False for interviewer turns by default.")
     segmentation: str = "sentence"
+    pieces: list[Piece] = Field(
+        default_factory=list,
+        description="A chunk's stretches of turns with their codability; empty for a "
+        "passage inside one turn (the passage itself is its one piece).",
+    )
 
     @staticmethod
     def make_id(content_hash: str, segmentation: str, char_start: int, char_end: int) -> str:
         return short_hash(content_hash, segmentation, char_start, char_end)
+
+    @property
+    def last_turn(self) -> int:
+        return self.turn_index if self.turn_end is None else self.turn_end
+
+    @property
+    def is_chunk(self) -> bool:
+        return self.segmentation.startswith("chunk")
+
+    def layout(self) -> list[Piece]:
+        """The unit's pieces: a chunk's own, or the passage as the one piece it is."""
+        if self.pieces:
+            return list(self.pieces)
+        return [
+            Piece(
+                turn_index=self.turn_index,
+                speaker=self.speaker,
+                char_start=self.char_start,
+                char_end=self.char_end,
+                codable=self.codable,
+            )
+        ]
+
+    def codable_pieces(self) -> list[Piece]:
+        return [p for p in self.layout() if p.codable]
 
 
 class ContextTurn(BaseModel):
@@ -190,14 +239,26 @@ class Candidate(BaseModel):
 
 
 class CodingRequest(BaseModel):
-    """What a coder gets for one passage: the passage in context and its candidates."""
+    """What a coder gets for one unit: the unit (a chunk, or a passage) in context, its
+    candidate codes, and its codable sentences each in context (for coders that decide
+    sentence by sentence and join runs of sentences into spans)."""
 
     context: PassageContext
     candidates: list[Candidate]
+    sentences: list[PassageContext] = Field(default_factory=list)
 
     @property
     def passage(self) -> Passage:
         return self.context.passage
+
+    @property
+    def unit(self) -> Passage:
+        return self.context.passage
+
+    def piece_text(self, piece: Piece) -> str:
+        """The text of one of the unit's pieces."""
+        unit = self.context.passage
+        return unit.text[piece.char_start - unit.char_start : piece.char_end - unit.char_start]
 
 
 # --------------------------------------------------------------------------- proposals
@@ -219,26 +280,40 @@ class Usage(BaseModel):
 
 
 class CodeProposal(BaseModel):
-    """One proposed code for one passage, validated against codebook and passage."""
+    """One proposed code on one span of a unit, validated against codebook and text.
+
+    ``start``/``end`` are the span, as offsets into ``Transcript.text`` (None when the
+    proposal could not be placed: then it is invalid with the reason). ``evidence`` is
+    the quote as the coder gave it and ``evidence_start``/``evidence_end`` where it was
+    found (the span itself for a located LLM quote; inside the span for proposals
+    carried over from passage-level releases, whose span is the whole passage).
+    """
 
     code: str
     rationale: str
     evidence: str
-    evidence_start: int | None = Field(default=None, description="Offset in the passage text.")
+    start: int | None = Field(default=None, description="Span start in the transcript text.")
+    end: int | None = Field(default=None, description="Span end (exclusive).")
+    evidence_start: int | None = Field(default=None, description="Quote start (transcript).")
     evidence_end: int | None = None
     confidence: float = Field(ge=0.0, le=1.0)
     in_candidates: bool = True
     valid: bool = True
     invalid_reason: str | None = None
+    located: str | None = Field(
+        default=None,
+        description="How the quote was found: 'exact', 'tolerant' (whitespace, quotes, "
+        "dashes, ellipses normalised), 'sentences' (a baseline coder's sentence run).",
+    )
 
 
 ProposalStatus = Literal["ok", "needs_human", "failed"]
 
 
 class ProposalSet(BaseModel):
-    """A coder's answer for one passage, with its provenance.
+    """A coder's answer for one unit (a chunk, or a passage), with its provenance.
 
-    ``proposals`` holds valid proposals (empty means "no code applies" when status
+    ``proposals`` holds valid span proposals (empty means "no code applies" when status
     is ok); ``invalid`` keeps what failed validation, with the reason.
     """
 
@@ -259,6 +334,14 @@ class ProposalSet(BaseModel):
     @property
     def codes(self) -> frozenset[str]:
         return frozenset(p.code for p in self.proposals)
+
+    def spans(self, transcript_id: str) -> list[Span]:
+        """The valid proposals as spans of ``transcript_id`` (the unit's transcript)."""
+        return [
+            Span(transcript_id, p.start, p.end, p.code)
+            for p in self.proposals
+            if p.start is not None and p.end is not None
+        ]
 
 
 # --------------------------------------------------------------------------- decisions

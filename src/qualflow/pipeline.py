@@ -1,5 +1,10 @@
-"""The coding pipeline as plain functions: uncoded passages -> requests -> batches ->
+"""The coding pipeline as plain functions: uncoded units -> requests -> batches ->
 proposal sets in the store, with a run row, usage, a budget and a summary.
+
+The unit of a coder call is a chunk of consecutive turns (``chunk.py``; or a grid
+passage with ``coding_unit = "passage"``); its answer is a set of spans. A run first
+cuts the transcripts in scope into chunks (stored as passages of segmentation
+``chunk:<words>``, idempotently), then codes the chunks not coded yet.
 
 No Prefect here: ``flows/`` wraps these functions in tasks, and ``qualflow code``
 calls :func:`run_coding` directly. The guarantees of a batch run live here:
@@ -68,14 +73,15 @@ class RunSummary(BaseModel):
     model: str = ""
     prompt_version: str = ""
     codebook_version: str = ""
+    unit: str = Field(default="", description="The unit of a coder call, e.g. chunk:200.")
     transcripts: int = Field(default=0, description="Transcripts in scope.")
-    passages: int = Field(default=0, description="Codable passages in scope.")
+    passages: int = Field(default=0, description="Units (chunks or passages) in scope.")
     already_coded: int = Field(default=0, description="Skipped: coded before under this key.")
     coded: int = Field(default=0, description="Proposal sets written by this run.")
-    remaining: int = Field(default=0, description="Passages in scope still uncoded.")
-    proposals: int = Field(default=0, description="Valid code proposals written.")
+    remaining: int = Field(default=0, description="Units in scope still uncoded.")
+    proposals: int = Field(default=0, description="Valid span proposals written.")
     codes_applied: int = Field(default=0, description="Distinct codes among them.")
-    no_code: int = Field(default=0, description="Passages answered with 'no code applies'.")
+    no_code: int = Field(default=0, description="Units answered with 'no code applies'.")
     needs_human: int = 0
     invalid_proposals: int = 0
     invalid_rate: float = Field(default=0.0, description="Invalid / (valid + invalid).")
@@ -148,13 +154,46 @@ def proposal_key(coder: Coder, codebook: Codebook) -> ProposalKey:
     )
 
 
+def unit_segmentation(settings: Settings) -> str:
+    """The segmentation name of the units a run codes (``chunk:<words>`` or the grid)."""
+    from qualflow.chunk import segmentation_name
+
+    if settings.coding_unit == "chunk":
+        return segmentation_name(settings.chunk_words)
+    return settings.segmentation
+
+
+def ensure_chunks(
+    store: Store, settings: Settings, transcript_ids: Iterable[str] | None = None
+) -> int:
+    """Cut the transcripts in scope into chunks and store those not stored yet.
+
+    Chunks are a pure function of the transcript version and the settings, so this is
+    idempotent: a transcript whose chunks are stored is not read again. Returns the
+    chunks added.
+    """
+    if settings.coding_unit != "chunk":
+        return 0
+    from qualflow.chunk import chunks_for
+
+    name = unit_segmentation(settings)
+    ids = list(dict.fromkeys(transcript_ids)) if transcript_ids is not None else None
+    missing = store.transcripts_without(name, ids)
+    added = 0
+    for tid in missing:
+        transcript = store.transcript(tid)
+        if transcript is not None:
+            added += store.add_passages(chunks_for(transcript, settings))
+    return added
+
+
 def passages_in_scope(
     store: Store,
     *,
     transcript_ids: Iterable[str] | None = None,
     segmentation: str | None = None,
 ) -> list[Passage]:
-    """Codable passages of the given transcripts (default: every current transcript)."""
+    """Codable units of the given transcripts (default: every current transcript)."""
     if transcript_ids is None:
         return store.passages(segmentation=segmentation, codable_only=True)
     out: list[Passage] = []
@@ -181,6 +220,26 @@ def whole_codebook(codebook: Codebook) -> list[Candidate]:
     return [Candidate(code=c, score=1.0) for c in codebook.codes]
 
 
+class SentenceSource:
+    """The codable sentences of each transcript (for coders that decide sentence by
+    sentence), cut on demand with the study's segmentation rules and kept per run."""
+
+    def __init__(self, store: Store, settings: Settings | None):
+        self.store = store
+        self.settings = settings
+        self._cache: dict[str, list[Passage]] = {}
+
+    def __call__(self, transcript_id: str) -> list[Passage]:
+        if transcript_id not in self._cache:
+            from qualflow.chunk import sentences_for
+
+            transcript = self.store.transcript(transcript_id)
+            self._cache[transcript_id] = (
+                sentences_for(transcript, self.settings) if transcript is not None else []
+            )
+        return self._cache[transcript_id]
+
+
 def build_requests(
     store: Store,
     passages: Sequence[Passage],
@@ -188,14 +247,30 @@ def build_requests(
     *,
     index: Any = None,
     k: int = 0,
+    sentences: SentenceSource | None = None,
 ) -> list[CodingRequest]:
-    """Passages in context with their candidate codes (k = 0 or no index: all codes)."""
+    """Units in context with their candidate codes (k = 0 or no index: all codes) and
+    their codable sentences in context."""
     contexts = store.contexts(list(passages))
     candidates = retrieve_candidates(contexts, codebook, index=index, k=k)
-    return [
-        CodingRequest(context=ctx, candidates=cands)
-        for ctx, cands in zip(contexts, candidates, strict=True)
-    ]
+    source = sentences or SentenceSource(store, None)
+    inside = [_unit_sentences(ctx.passage, source) for ctx in contexts]
+    flat = store.contexts([s for group in inside for s in group])
+    requests, i = [], 0
+    for ctx, cands, group in zip(contexts, candidates, inside, strict=True):
+        requests.append(
+            CodingRequest(context=ctx, candidates=cands, sentences=flat[i : i + len(group)])
+        )
+        i += len(group)
+    return requests
+
+
+def _unit_sentences(unit: Passage, source: SentenceSource) -> list[Passage]:
+    from qualflow.chunk import sentences_in
+
+    if unit.is_chunk:
+        return sentences_in(unit, source(unit.transcript_id))
+    return [unit] if unit.codable else []
 
 
 def retrieve_candidates(
@@ -357,6 +432,8 @@ def plan_run(
     transcript_ids: Iterable[str] | None = None,
     segmentation: str | None = None,
 ) -> RunPlan:
+    """The units in scope and those still to code under ``key``; ``segmentation`` is the
+    units' (``unit_segmentation``; chunks must be stored first, see ``ensure_chunks``)."""
     scope = passages_in_scope(store, transcript_ids=transcript_ids, segmentation=segmentation)
     todo = select_uncoded(store, key, scope)
     return RunPlan(
@@ -369,11 +446,17 @@ def plan_run(
 
 
 def nothing_to_do(
-    key: ProposalKey, plan: RunPlan, *, started: float, ingest_failures: Sequence[Failure] = ()
+    key: ProposalKey,
+    plan: RunPlan,
+    *,
+    started: float,
+    ingest_failures: Sequence[Failure] = (),
+    unit: str = "",
 ) -> RunSummary:
-    """The summary of a run that found every passage in scope coded (no run row)."""
+    """The summary of a run that found every unit in scope coded (no run row)."""
     return RunSummary(
         status="completed",
+        unit=unit,
         coder=key.coder,
         model=key.model,
         prompt_version=key.prompt_version,
@@ -400,12 +483,14 @@ def finish_run(
     started: float,
     ingest_failures: Sequence[Failure] = (),
     stopped_budget: bool = False,
+    unit: str = "",
 ) -> RunSummary:
     """Close the run row with its summary (remaining = still uncoded in scope)."""
     remaining = len(select_uncoded(store, key, passages_by_id(store, plan.todo)))
     checked = result.proposals + result.invalid
     summary = RunSummary(
         run_id=run_id,
+        unit=unit,
         status="stopped_budget" if stopped_budget and remaining else "completed",
         coder=key.coder,
         model=key.model,
@@ -458,13 +543,16 @@ def run_coding(
     started = started if started is not None else time.monotonic()
     store.save_codebook(codebook)
     key = proposal_key(coder, codebook)
-    plan = plan_run(store, key, transcript_ids=transcript_ids, segmentation=settings.segmentation)
+    unit = unit_segmentation(settings)
+    ensure_chunks(store, settings, transcript_ids)
+    plan = plan_run(store, key, transcript_ids=transcript_ids, segmentation=unit)
     if not plan.todo:  # nothing to do: no coder call, no run row
         if progress:
             progress(0, 0)
-        return nothing_to_do(key, plan, started=started, ingest_failures=ingest_failures)
-    run_id = start_run(store, key, plan, params)
+        return nothing_to_do(key, plan, started=started, ingest_failures=ingest_failures, unit=unit)
+    run_id = start_run(store, key, plan, {**(params or {}), "unit": unit})
     budget = budget or Budget.from_settings(settings)
+    sentences = SentenceSource(store, settings)
     total = BatchResult()
     stopped = False
     try:
@@ -476,7 +564,9 @@ def run_coding(
             if budget.exhausted:
                 stopped = True
                 break
-            requests = build_requests(store, chunk, codebook, index=index, k=settings.retrieval_k)
+            requests = build_requests(
+                store, chunk, codebook, index=index, k=settings.retrieval_k, sentences=sentences
+            )
             try:
                 total = total + process_batch(
                     store, coder, requests, codebook, run_id=run_id, budget=budget
@@ -499,6 +589,7 @@ def run_coding(
         started=started,
         ingest_failures=ingest_failures,
         stopped_budget=stopped,
+        unit=unit,
     )
 
 
@@ -520,12 +611,13 @@ def render_markdown(summary: RunSummary) -> str:
         ("Coder", f"{s.coder} / {s.model}"),
         ("Prompt version", s.prompt_version or "-"),
         ("Codebook version", s.codebook_version),
+        ("Unit of a coder call", s.unit or "-"),
         ("Transcripts", str(s.transcripts)),
-        ("Codable passages", str(s.passages)),
+        ("Units in scope", str(s.passages)),
         ("Already coded (skipped)", str(s.already_coded)),
         ("Coded by this run", str(s.coded)),
         ("Still uncoded", str(s.remaining)),
-        ("Proposals (valid)", str(s.proposals)),
+        ("Span proposals (valid)", str(s.proposals)),
         ("Distinct codes applied", str(s.codes_applied)),
         ("No code applies", str(s.no_code)),
         ("Needs human", str(s.needs_human)),

@@ -152,6 +152,7 @@ class Pseudonymizer:
             ctx = r.context
             speakers.add(ctx.passage.speaker or "")
             speakers.update(t.speaker or "" for t in [*ctx.before, *ctx.after])
+            speakers.update(p.speaker or "" for p in ctx.passage.pieces)
         self.add_names(s for s in speakers if self._is_person(s))
 
     def _is_person(self, speaker: str) -> bool:
@@ -183,20 +184,15 @@ class Pseudonymizer:
         return _PLACEHOLDER.sub(lambda m: self._by_placeholder.get(m.group(0), m.group(0)), text)
 
     def view(self, view: Any) -> Any:
-        """A prompt ``PassageView`` with its text, speakers and context pseudonymized."""
+        """A prompt ``ExcerptView`` with its turns' text and speakers pseudonymized."""
         from dataclasses import replace
-
-        from qualflow.models import ContextTurn
-
-        def turn(t: ContextTurn) -> ContextTurn:
-            return ContextTurn(speaker=self._speaker(t.speaker), text=self.pseudonymize(t.text))
 
         return replace(
             view,
-            speaker=self._speaker(view.speaker),
-            text=self.pseudonymize(view.text),
-            before=[turn(t) for t in view.before],
-            after=[turn(t) for t in view.after],
+            turns=[
+                replace(t, speaker=self._speaker(t.speaker), text=self.pseudonymize(t.text))
+                for t in view.turns
+            ],
         )
 
     def code(self, code: Any) -> Any:

@@ -5,8 +5,8 @@ A prompt named ``propose`` is the set of files ``prompts/propose.*.md``: ``syste
 names and bytes (first 12 hex digits): every stored proposal records it, so
 editing a template makes a new version and a re-run codes again.
 
-Passage and context text are fenced as data inside ``<passage>``/``<context>``
-tags; text inside a passage that would close or open a fence is neutralized.
+Excerpt text is fenced as data inside ``<excerpt>``/``<turn>`` tags; text inside a
+turn that would close or open a fence is neutralized.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from qualflow.models import Code, CodingRequest, ContextTurn
+from qualflow.models import Code, CodingRequest
 
 PARTS = ("system", "user", "reask")
-_FENCE = re.compile(r"<(/?)(passage|context|previous_answer)", re.IGNORECASE)
+_FENCE = re.compile(r"<(/?)(excerpt|turn|passage|context|previous_answer)", re.IGNORECASE)
 
 
 class PromptError(ValueError):
@@ -29,14 +29,20 @@ class PromptError(ValueError):
 
 
 @dataclass(frozen=True)
-class PassageView:
-    """What a template sees of one passage."""
+class TurnView:
+    """One piece of a turn as a template shows it; ``coded`` False marks context."""
 
-    label: str
     speaker: str | None
     text: str
-    before: list[ContextTurn] = field(default_factory=list)
-    after: list[ContextTurn] = field(default_factory=list)
+    coded: bool = True
+
+
+@dataclass(frozen=True)
+class ExcerptView:
+    """What a template sees of one unit: its label and its turns in order."""
+
+    label: str
+    turns: list[TurnView] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -54,8 +60,8 @@ class Prompt:
     def system(self, *, batched: bool, json_mode: bool) -> str:
         return self._render("system", batched=batched, json_mode=json_mode)
 
-    def user(self, codes: list[Code], passages: list[PassageView]) -> str:
-        return self._render("user", codes=codes, passages=passages, batched=len(passages) > 1)
+    def user(self, codes: list[Code], excerpts: list[ExcerptView]) -> str:
+        return self._render("user", codes=codes, excerpts=excerpts, batched=len(excerpts) > 1)
 
     def reask(self, previous: str, errors: list[str], labels: list[str]) -> str:
         return self._render("reask", previous=fence(previous), errors=errors, labels=labels)
@@ -75,15 +81,20 @@ def fence(text: str) -> str:
     return _FENCE.sub(lambda m: f"&lt;{m.group(1)}{m.group(2)}", text)
 
 
-def passage_view(label: str, request: CodingRequest) -> PassageView:
-    ctx = request.context
-    return PassageView(
-        label=label,
-        speaker=ctx.passage.speaker,
-        text=fence(ctx.passage.text),
-        before=[ContextTurn(speaker=t.speaker, text=fence(t.text)) for t in ctx.before],
-        after=[ContextTurn(speaker=t.speaker, text=fence(t.text)) for t in ctx.after],
-    )
+def excerpt_view(label: str, request: CodingRequest) -> ExcerptView:
+    """The unit as the prompt shows it: each piece a turn, context pieces marked. A unit
+    inside one turn (a sentence passage) also shows its neighbouring turns as context;
+    a chunk carries its context (the question it answers) among its pieces."""
+    turns = [
+        TurnView(speaker=p.speaker, text=fence(request.piece_text(p)), coded=p.codable)
+        for p in request.unit.layout()
+    ]
+    if not request.unit.is_chunk:
+        ctx = request.context
+        before = [TurnView(t.speaker, fence(t.text), coded=False) for t in ctx.before]
+        after = [TurnView(t.speaker, fence(t.text), coded=False) for t in ctx.after]
+        turns = [*before, *turns, *after]
+    return ExcerptView(label=label, turns=turns)
 
 
 def prompt_files(name: str, directory: Path | None = None) -> dict[str, Path]:

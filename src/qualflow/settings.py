@@ -52,7 +52,20 @@ class Settings(BaseSettings):
     # --- ingest and segmentation -------------------------------------------
     segmentation: str = Field(
         default="sentence",
-        description="Passage unit: 'sentence', 'turn' or 'window:N' (N overlapping sentences).",
+        description="The grid passages are cut into (sentence-level agreement, gold given "
+        "by text): 'sentence', 'turn' or 'window:N' (N overlapping sentences).",
+    )
+    coding_unit: Literal["chunk", "passage"] = Field(
+        default="chunk",
+        description="What one coder call codes: 'chunk' (consecutive turns up to "
+        "chunk_words codable words; coders answer with spans) or 'passage' (one grid "
+        "passage at a time, as sentence-based studies do).",
+    )
+    chunk_words: int = Field(
+        default=200,
+        ge=1,
+        description="Codable (participant) words per chunk. Default 200 from the "
+        "measurement in docs/spans.md.",
     )
     interviewer_speakers: list[str] = Field(
         default_factory=lambda: ["Interviewer", "Moderator", "Facilitator", "Researcher"],
@@ -97,6 +110,13 @@ class Settings(BaseSettings):
     # --- coder ---------------------------------------------------------------
     coder: Literal["llm", "similarity", "learned"] = Field(
         default="llm", description="Which coder proposes codes: llm, similarity or learned."
+    )
+    implausible_code_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="An answer applying more than this share of the codebook's codes "
+        "(and more than 8 codes) to one unit goes to a human as implausible.",
     )
     llm_base_url: str | None = Field(
         default=None,

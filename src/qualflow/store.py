@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -25,7 +25,8 @@ from qualflow.db import (
     CodebookRow,
     CodeRow,
     FailureRow,
-    GoldCodingRow,
+    GoldScopeRow,
+    GoldSpanRow,
     ParticipantRow,
     PassageRow,
     ProposalRow,
@@ -47,7 +48,11 @@ from qualflow.models import (
     Participant,
     Passage,
     PassageContext,
+    Piece,
     ProposalSet,
+    Range,
+    Span,
+    SpanCoding,
     Transcript,
     Turn,
     Usage,
@@ -231,12 +236,17 @@ class Store:
         current_only: bool = True,
         ids: Iterable[str] | None = None,
     ) -> list[Passage]:
+        """Stored passages in transcript order. Without ``segmentation`` (and ``ids``)
+        only grid passages (sentence, turn, window); chunks are listed by their
+        segmentation name (``chunk:<words>``)."""
         with self.session() as s:
             q = select(PassageRow).join(TranscriptRow, TranscriptRow.id == PassageRow.transcript_id)
             if transcript_id:
                 q = q.where(PassageRow.transcript_id == transcript_id)
             if segmentation:
                 q = q.where(PassageRow.segmentation == segmentation)
+            elif ids is None:  # the grid: chunks only when asked for by name
+                q = q.where(PassageRow.segmentation.not_like("chunk%"))
             if codable_only:
                 q = q.where(PassageRow.codable.is_(True))
             if current_only and not transcript_id and ids is None:
@@ -245,6 +255,25 @@ class Store:
                 q = q.where(PassageRow.id.in_(list(ids)))
             q = q.order_by(TranscriptRow.name, PassageRow.segmentation, PassageRow.index)
             return [_passage(r) for r in s.scalars(q).all()]
+
+    def transcripts_without(
+        self, segmentation: str, transcript_ids: Iterable[str] | None = None
+    ) -> list[str]:
+        """Ids of transcripts (the given ones, or every current one) that have no
+        passage of ``segmentation`` stored yet."""
+        with self.session() as s:
+            q = select(TranscriptRow.id)
+            if transcript_ids is None:
+                q = q.where(TranscriptRow.is_current.is_(True))
+            else:
+                wanted = list(transcript_ids)
+                if not wanted:
+                    return []
+                q = q.where(TranscriptRow.id.in_(wanted))
+            have = select(PassageRow.transcript_id).where(PassageRow.segmentation == segmentation)
+            return list(
+                s.scalars(q.where(TranscriptRow.id.not_in(have)).order_by(TranscriptRow.name))
+            )
 
     def passage(self, passage_id: str) -> Passage | None:
         with self.session() as s:
@@ -269,20 +298,22 @@ class Store:
         out = []
         for p in passages:
             turns = by_transcript[p.transcript_id]
-            pos = next((i for i, t in enumerate(turns) if t.index == p.turn_index), 0)
-            before = turns[max(0, pos - turns_before) : pos]
-            after = turns[pos + 1 : pos + 1 + turns_after]
-            own = turns[pos] if turns else None
+            first = next((i for i, t in enumerate(turns) if t.index == p.turn_index), 0)
+            last = next((i for i, t in enumerate(turns) if t.index == p.last_turn), first)
+            before = turns[max(0, first - turns_before) : first]
+            after = turns[last + 1 : last + 1 + turns_after]
             ctx_before = [ContextTurn(speaker=t.speaker, text=t.text) for t in before]
-            if own is not None and own.char_start < p.char_start:
-                prefix = own.text[: p.char_start - own.char_start].strip()
+            own_first = turns[first] if turns else None
+            if own_first is not None and own_first.char_start < p.char_start:
+                prefix = own_first.text[: p.char_start - own_first.char_start].strip()
                 if prefix:
-                    ctx_before.append(ContextTurn(speaker=own.speaker, text=prefix))
+                    ctx_before.append(ContextTurn(speaker=own_first.speaker, text=prefix))
             ctx_after = []
-            if own is not None and p.char_end < own.char_end:
-                suffix = own.text[p.char_end - own.char_start :].strip()
+            own_last = turns[last] if turns else None
+            if own_last is not None and p.char_end < own_last.char_end:
+                suffix = own_last.text[p.char_end - own_last.char_start :].strip()
                 if suffix:
-                    ctx_after.append(ContextTurn(speaker=own.speaker, text=suffix))
+                    ctx_after.append(ContextTurn(speaker=own_last.speaker, text=suffix))
             ctx_after += [ContextTurn(speaker=t.speaker, text=t.text) for t in after]
             out.append(
                 PassageContext(
@@ -471,12 +502,76 @@ class Store:
             return [_proposal_set(r, props.get(r.id, [])) for r in sets]
 
     def run_coding(self, run_id: int) -> Coding:
-        """A run's valid codes per passage (the run as a coder, for agreement)."""
+        """A run's valid codes per unit (chunk or passage) it answered."""
         return {
             ps.passage_id: ps.codes for ps in self.proposal_sets(run_id=run_id) if ps.status == "ok"
         }
 
+    def span_coding(
+        self, coder: str, *, run_id: int | None = None, key: ProposalKey | None = None
+    ) -> SpanCoding:
+        """A coder's proposals (one run, or every run under a key) as a span coding.
+
+        The scope is the codable text of the units answered ``ok``; units that ended
+        ``needs_human`` (or failed, and so were never stored) are outside it: not
+        answered, which agreement reports count as misses.
+        """
+        sets = self.proposal_sets(run_id=run_id, key=key)
+        units = {p.id: p for p in self.passages(ids=[ps.passage_id for ps in sets])}
+        coding = SpanCoding(coder=coder)
+        for ps in sets:
+            unit = units.get(ps.passage_id)
+            if ps.status != "ok" or unit is None:
+                continue
+            ranges = coding.scope.setdefault(unit.transcript_id, [])
+            ranges += [(p.char_start, p.char_end) for p in unit.codable_pieces()]
+            coding.spans += ps.spans(unit.transcript_id)
+        coding.scope = {tid: _merged(r) for tid, r in coding.scope.items()}
+        return coding
+
     # ------------------------------------------------------------------ gold
+
+    def save_gold_coding(
+        self, gold_set: str, coding: SpanCoding, codebook_version: str | None = None
+    ) -> int:
+        """Store (or replace) one gold coder's spans and scope on the transcripts its
+        scope names; returns the spans written. Re-importing the same coding is a no-op
+        in effect (the coder's rows on those transcripts are replaced)."""
+        transcripts = sorted(coding.transcripts())
+        with self.session() as s:
+            for table in (GoldSpanRow, GoldScopeRow):
+                s.execute(
+                    delete(table).where(
+                        table.gold_set == gold_set,
+                        table.coder == coding.coder,
+                        table.transcript_id.in_(transcripts),
+                    )
+                )
+            s.add_all(
+                GoldScopeRow(
+                    gold_set=gold_set,
+                    coder=coding.coder,
+                    transcript_id=tid,
+                    char_start=a,
+                    char_end=b,
+                    codebook_version=codebook_version,
+                )
+                for tid, ranges in sorted(coding.scope.items())
+                for a, b in ranges
+            )
+            s.add_all(
+                GoldSpanRow(
+                    gold_set=gold_set,
+                    coder=coding.coder,
+                    transcript_id=sp.transcript_id,
+                    char_start=sp.start,
+                    char_end=sp.end,
+                    code=sp.code,
+                    codebook_version=codebook_version,
+                )
+                for sp in sorted(coding.spans)
+            )
+        return len(coding.spans)
 
     def save_gold(
         self,
@@ -485,84 +580,180 @@ class Store:
         coding: Coding,
         codebook_version: str | None = None,
     ) -> int:
-        """Store (or replace) a gold coder's code sets; returns rows written."""
+        """Store passage-level gold codings (passage id -> codes; an empty set means "no
+        code applies"): each passage joins the coder's scope and each code becomes a
+        span over the passage. Passages coded before by this coder are replaced, the
+        coder's other gold stays. Returns the passages written."""
+        passages = {p.id: p for p in self.passages(ids=list(coding))}
+        missing = sorted(set(coding) - set(passages))
+        if missing:
+            raise KeyError(f"gold codings name unknown passages: {missing[:5]}")
         with self.session() as s:
-            existing = {
-                r.passage_id: r
-                for r in s.scalars(
-                    select(GoldCodingRow).where(
-                        GoldCodingRow.gold_set == gold_set, GoldCodingRow.coder == coder
-                    )
-                )
-            }
-            for pid, codes in coding.items():
-                row = existing.get(pid)
-                if row is None:
-                    s.add(
-                        GoldCodingRow(
-                            gold_set=gold_set,
-                            coder=coder,
-                            passage_id=pid,
-                            codes=sorted(codes),
-                            codebook_version=codebook_version,
+            for p in passages.values():
+                for table in (GoldSpanRow, GoldScopeRow):
+                    s.execute(
+                        delete(table).where(
+                            table.gold_set == gold_set,
+                            table.coder == coder,
+                            table.transcript_id == p.transcript_id,
+                            table.char_start == p.char_start,
+                            table.char_end == p.char_end,
                         )
                     )
-                else:
-                    row.codes = sorted(codes)
-                    row.codebook_version = codebook_version
+            for pid, codes in coding.items():
+                p = passages[pid]
+                place = dict(
+                    gold_set=gold_set,
+                    coder=coder,
+                    transcript_id=p.transcript_id,
+                    char_start=p.char_start,
+                    char_end=p.char_end,
+                    codebook_version=codebook_version,
+                )
+                s.add(GoldScopeRow(**place))
+                s.add_all(GoldSpanRow(**place, code=code) for code in sorted(codes))
         return len(coding)
 
-    def gold(self, gold_set: str, coder: str | None = None) -> dict[str, Coding]:
-        """Gold codings of a set: coder -> passage id -> codes."""
+    def gold_codings(self, gold_set: str, coder: str | None = None) -> dict[str, SpanCoding]:
+        """A gold set's coders as span codings: coder -> spans and scope."""
+        out: dict[str, SpanCoding] = {}
         with self.session() as s:
-            q = select(GoldCodingRow).where(GoldCodingRow.gold_set == gold_set)
+            q = select(GoldScopeRow).where(GoldScopeRow.gold_set == gold_set)
             if coder:
-                q = q.where(GoldCodingRow.coder == coder)
-            out: dict[str, Coding] = {}
-            for r in s.scalars(q):
-                out.setdefault(r.coder, {})[r.passage_id] = frozenset(r.codes or [])
-            return out
+                q = q.where(GoldScopeRow.coder == coder)
+            for r in s.scalars(q.order_by(GoldScopeRow.id)):
+                c = out.setdefault(r.coder, SpanCoding(coder=r.coder))
+                c.scope.setdefault(r.transcript_id, []).append((r.char_start, r.char_end))
+            q = select(GoldSpanRow).where(GoldSpanRow.gold_set == gold_set)
+            if coder:
+                q = q.where(GoldSpanRow.coder == coder)
+            for r in s.scalars(q.order_by(GoldSpanRow.id)):
+                c = out.setdefault(r.coder, SpanCoding(coder=r.coder))
+                c.spans.append(Span(r.transcript_id, r.char_start, r.char_end, r.code))
+        for c in out.values():
+            c.scope = {tid: _merged(ranges) for tid, ranges in c.scope.items()}
+        return out
+
+    def gold(
+        self, gold_set: str, coder: str | None = None, *, segmentation: str | None = None
+    ) -> dict[str, Coding]:
+        """Gold codings of a set on the passage grid: coder -> passage id -> codes.
+
+        Every grid passage inside a coder's scope is listed (an empty set where no span
+        carries a code to it); spans are mapped onto passages by the rule of
+        ``highlights.map_highlights``. The grid is ``segmentation``, or the transcript's
+        stored grid (``sentence`` when it has several). Passage-level gold comes back
+        exactly as it was stored.
+        """
+        from qualflow.highlights import Highlight, map_highlights
+
+        out: dict[str, Coding] = {}
+        for name, coding in sorted(self.gold_codings(gold_set, coder).items()):
+            grid = [
+                p
+                for tid, ranges in coding.scope.items()
+                for p in self.passages(
+                    transcript_id=tid, segmentation=segmentation or self.grid_of(tid)
+                )
+                if _inside(p.char_start, p.char_end, ranges)
+            ]
+            highlights = [
+                Highlight(
+                    transcript_id=sp.transcript_id,
+                    char_start=sp.start,
+                    char_end=sp.end,
+                    code=sp.code,
+                    coder=name,
+                )
+                for sp in coding.spans
+            ]
+            out[name] = map_highlights(grid, highlights) if grid else {}
+        return out
+
+    def grid_of(self, transcript_id: str) -> str:
+        """The grid segmentation stored for a transcript: ``sentence`` when present,
+        else the one (or first) other non-chunk segmentation."""
+        with self.session() as s:
+            found = set(
+                s.scalars(
+                    select(PassageRow.segmentation)
+                    .where(PassageRow.transcript_id == transcript_id)
+                    .where(PassageRow.segmentation.not_like("chunk%"))
+                    .distinct()
+                )
+            )
+        if "sentence" in found or not found:
+            return "sentence"
+        return sorted(found)[0]
 
     def gold_sets(self) -> list[str]:
         with self.session() as s:
-            return list(s.scalars(select(GoldCodingRow.gold_set).distinct()))
+            return sorted(s.scalars(select(GoldScopeRow.gold_set).distinct()))
+
+    def delete_gold(self, gold_set: str) -> int:
+        """Delete a gold set (every coder's spans and scope); returns the spans deleted."""
+        with self.session() as s:
+            spans = s.execute(delete(GoldSpanRow).where(GoldSpanRow.gold_set == gold_set))
+            s.execute(delete(GoldScopeRow).where(GoldScopeRow.gold_set == gold_set))
+            return spans.rowcount or 0
 
     def coded_examples(self, per_code: int, *, max_chars: int = 400) -> dict[str, list[str]]:
-        """Human-coded passages per code title, for few-shot prompts.
+        """Human-coded text per code title, for few-shot prompts.
 
-        Sources: reviewers' current codings (``review_states``) and gold codings. The
-        shortest passages (up to ``max_chars``) come first, ties by passage id, so the
-        choice (and with it an LLM response-cache key) is stable. When evaluating
-        against a gold set, remember that its other passages may appear as examples.
+        Sources: gold spans (the highlighted text itself) and reviewers' current codings
+        (``review_states``, the reviewed unit's text). The shortest texts (up to
+        ``max_chars``) come first, ties by text, so the choice (and with it an LLM
+        response-cache key) is stable. When evaluating against a gold set, remember that
+        its other passages may appear as examples.
         """
         if per_code <= 0:
             return {}
         by_code: dict[str, set[str]] = {}
         with self.session() as s:
-            for table in (ReviewStateRow, GoldCodingRow):
-                for pid, codes in s.execute(select(table.passage_id, table.codes)):
-                    for code in codes or []:
-                        by_code.setdefault(str(code), set()).add(pid)
-            wanted = set().union(*by_code.values()) if by_code else set()
-            texts = (
-                dict(
-                    s.execute(
-                        select(PassageRow.id, PassageRow.text).where(PassageRow.id.in_(wanted))
-                    )
-                    .tuples()
-                    .all()
+            for pid, codes in s.execute(select(ReviewStateRow.passage_id, ReviewStateRow.codes)):
+                for code in codes or []:
+                    if isinstance(code, str):
+                        by_code.setdefault(code, set()).add(("passage", pid))
+            for row in s.execute(
+                select(
+                    GoldSpanRow.code,
+                    GoldSpanRow.transcript_id,
+                    GoldSpanRow.char_start,
+                    GoldSpanRow.char_end,
                 )
-                if wanted
-                else {}
-            )
+            ):
+                by_code.setdefault(row.code, set()).add(
+                    ("span", row.transcript_id, row.char_start, row.char_end)
+                )
+            texts = self._example_texts(s, {ref for refs in by_code.values() for ref in refs})
         out: dict[str, list[str]] = {}
-        for code, pids in by_code.items():
-            ranked = sorted(
-                (len(texts[p]), p) for p in pids if p in texts and len(texts[p]) <= max_chars
-            )
-            if chosen := [texts[p] for _, p in ranked[:per_code]]:
+        for code, refs in by_code.items():
+            found = {texts[r] for r in refs if r in texts}
+            ranked = sorted((len(t), t) for t in found if 0 < len(t) <= max_chars)
+            if chosen := [t for _, t in ranked[:per_code]]:
                 out[code] = chosen
         return out
+
+    @staticmethod
+    def _example_texts(s: Session, refs: set[tuple]) -> dict[tuple, str]:
+        passage_ids = [r[1] for r in refs if r[0] == "passage"]
+        texts: dict[tuple, str] = {}
+        for i in range(0, len(passage_ids), 500):
+            for pid, text in s.execute(
+                select(PassageRow.id, PassageRow.text).where(
+                    PassageRow.id.in_(passage_ids[i : i + 500])
+                )
+            ):
+                texts[("passage", pid)] = " ".join(text.split())
+        spans = [r for r in refs if r[0] == "span"]
+        for tid in {r[1] for r in spans}:
+            row = s.get(TranscriptRow, tid)
+            if row is None:
+                continue
+            for r in spans:
+                if r[1] == tid:
+                    texts[r] = " ".join(row.text[r[2] : r[3]].split())
+        return texts
 
     # ------------------------------------------------------------------ failures
 
@@ -583,6 +774,21 @@ class Store:
 def open_store(settings: Settings) -> Store:
     """Open (and migrate) the store configured by a ``Settings``."""
     return Store.open(settings.db_url)
+
+
+def _merged(ranges: list[Range]) -> list[Range]:
+    """Sorted ranges with overlapping and touching ones joined."""
+    out: list[Range] = []
+    for a, b in sorted(ranges):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def _inside(start: int, end: int, ranges: list[Range]) -> bool:
+    return any(a <= start and end <= b for a, b in ranges)
 
 
 def _process_alive(pid: object) -> bool:
@@ -640,7 +846,18 @@ def _passage_row(p: Passage) -> PassageRow:
         char_end=p.char_end,
         text=p.text,
         codable=p.codable,
+        turn_end=p.turn_end,
+        pieces=[_piece_list(x) for x in p.pieces] or None,
     )
+
+
+def _piece_list(p: Piece) -> list:
+    return [p.turn_index, p.speaker, p.char_start, p.char_end, p.codable]
+
+
+def _piece(row: list) -> Piece:
+    turn, speaker, start, end, codable = row
+    return Piece(turn_index=turn, speaker=speaker, char_start=start, char_end=end, codable=codable)
 
 
 def _passage(r: PassageRow) -> Passage:
@@ -655,6 +872,8 @@ def _passage(r: PassageRow) -> Passage:
         text=r.text,
         codable=r.codable,
         segmentation=r.segmentation,
+        turn_end=r.turn_end,
+        pieces=[_piece(x) for x in r.pieces or []],
     )
 
 
@@ -665,12 +884,15 @@ def _proposal_row(set_id: int, passage_id: str, p: CodeProposal) -> ProposalRow:
         code=p.code,
         rationale=p.rationale,
         evidence=p.evidence,
+        start=p.start,
+        end=p.end,
         evidence_start=p.evidence_start,
         evidence_end=p.evidence_end,
         confidence=p.confidence,
         in_candidates=p.in_candidates,
         valid=p.valid,
         invalid_reason=p.invalid_reason,
+        located=p.located,
     )
 
 
@@ -680,12 +902,15 @@ def _proposal_set(r: ProposalSetRow, props: list[ProposalRow]) -> ProposalSet:
             code=p.code,
             rationale=p.rationale,
             evidence=p.evidence,
+            start=p.start,
+            end=p.end,
             evidence_start=p.evidence_start,
             evidence_end=p.evidence_end,
             confidence=p.confidence,
             in_candidates=p.in_candidates,
             valid=p.valid,
             invalid_reason=p.invalid_reason,
+            located=p.located,
         )
 
     return ProposalSet(

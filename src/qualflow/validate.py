@@ -1,135 +1,305 @@
-"""Validation of proposed codes against the codebook and the passage (pure functions).
+"""Validation of a coder's answer for one unit: codes against the codebook, quotes
+placed as spans in the unit's codable text (pure functions).
 
-Every proposal a model makes is checked here; nothing is dropped silently. A
-proposal that fails keeps its reason (``valid=False``, ``invalid_reason``): the
-rate of invalid proposals is a quality figure of a model and prompt.
+Every proposal a model makes is checked here; nothing is dropped silently. A proposal
+that fails keeps its reason (``valid=False``, ``invalid_reason``): the rate of invalid
+proposals is a quality figure of a model and prompt.
+
+Placing a quote. The model copies quotes from the unit, and copies are rarely byte for
+byte: it re-spaces, straightens curly quotes and apostrophes, writes ``...`` for ``…``
+or ``-`` for ``—``, capitalises the first word. A quote is located exactly first
+(whitespace runs count as one space), then tolerantly (those differences ignored); the
+stored offsets always point into the original text, never into a normalised copy.
+A quote that is found only in a context turn (the interviewer's, say) or runs across
+two turns, or is found nowhere, is invalid with that reason.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from qualflow.models import Codebook, CodeProposal
+from qualflow.models import Codebook, CodeProposal, CodingRequest, Piece
 
-_QUOTES = "\"'“”‘’«»„`"
+MAX_RATIONALE_CHARS = 2000
+MAX_QUOTE_CHARS = 5000
+MAX_QUOTES_PER_CODE = 20
+MIN_IMPLAUSIBLE_CODES = 8
+"""An answer applying more codes than this (and more than the plausible share of the
+codebook) to one unit is sent to a human: an obedient model told "tag everything"."""
+
+_WRAPPING_QUOTES = "\"'“”‘’«»„`"
+_TOLERANT = str.maketrans(
+    {
+        **dict.fromkeys("‘’‚‛′`´", "'"),
+        **dict.fromkeys("“”„‟″«»", '"'),
+        **dict.fromkeys("‐‑‒–—―−", "-"),
+        "…": "...",
+        "\u00a0": " ",
+    }
+)
 
 
 @dataclass(frozen=True)
-class RawProposal:
-    """A proposal as the model gave it, before validation (any field may be off)."""
+class RawCode:
+    """One code as the model gave it, before validation (any field may be off)."""
 
     code: str
+    quotes: Sequence[str]
     rationale: str
-    evidence: str
     confidence: float | None
 
 
-def normalize_ws(text: str) -> tuple[str, list[int]]:
-    """Collapse whitespace runs to one space and strip the ends.
+@dataclass(frozen=True)
+class Placed:
+    start: int
+    end: int
+    located: str  # "exact" | "tolerant"
 
-    Returns the normalized text and, for each of its characters, the offset of the
-    character it came from in ``text`` (so a match maps back to original offsets).
+
+# --------------------------------------------------------------------------- locating
+
+
+def normalize(text: str, *, tolerant: bool = False) -> tuple[str, list[int]]:
+    """``text`` with whitespace runs as one space (ends stripped) and, when tolerant,
+    quotes, apostrophes, dashes and ellipses unified, a dash with the blanks around it
+    read as one ``-``, and case folded.
+
+    Returns the normalised text and, for each of its characters, the offset of the
+    character it came from in ``text``, so a match maps back to original offsets.
     """
     out: list[str] = []
     index: list[int] = []
     pending_space = False
     for i, ch in enumerate(text):
-        if ch.isspace():
-            pending_space = bool(out)
-            continue
-        if pending_space:
-            out.append(" ")
-            index.append(i - 1)
-            pending_space = False
-        out.append(ch)
-        index.append(i)
+        piece = ch.translate(_TOLERANT).casefold() if tolerant else ch
+        for c in piece:
+            if c.isspace():
+                pending_space = bool(out)
+                continue
+            if tolerant and (c == "-" or (out and out[-1] == "-")):
+                # "a — b", "a—b" and "a -- b" all read "a-b"
+                pending_space = False
+                if c == "-" and out and out[-1] == "-":
+                    continue
+            if pending_space:
+                out.append(" ")
+                index.append(i - 1)
+                pending_space = False
+            out.append(c)
+            index.append(i)
     return "".join(out), index
 
 
-def find_evidence(evidence: str, passage_text: str) -> tuple[int, int] | None:
-    """Offsets ``(start, end)`` of ``evidence`` in ``passage_text``, whitespace-normalized.
-
-    Quotation marks the model wrapped around the whole quote are ignored; the
-    quote itself must be verbatim. Returns None when it is not a substring.
-    """
-    quote, _ = normalize_ws(evidence)
-    while len(quote) >= 2 and quote[0] in _QUOTES and quote[-1] in _QUOTES:
+def strip_wrapping(quote: str) -> str:
+    """The quote without whitespace and the quotation marks a model wraps it in."""
+    quote = quote.strip()
+    while len(quote) >= 2 and quote[0] in _WRAPPING_QUOTES and quote[-1] in _WRAPPING_QUOTES:
         quote = quote[1:-1].strip()
+    return quote
+
+
+def locate(quote: str, text: str, *, after: int = 0) -> Placed | None:
+    """Where ``quote`` occurs in ``text`` (offsets into ``text``), exactly first, then
+    tolerantly; the first occurrence starting at or after ``after``, else the first."""
+    quote = strip_wrapping(quote)
     if not quote:
         return None
-    norm, index = normalize_ws(passage_text)
-    pos = norm.find(quote)
-    if pos < 0:
-        return None
-    return index[pos], index[pos + len(quote) - 1] + 1
+    for tolerant, how in ((False, "exact"), (True, "tolerant")):
+        needle, _ = normalize(quote, tolerant=tolerant)
+        hay, index = normalize(text, tolerant=tolerant)
+        if not needle:
+            continue
+        positions = _occurrences(hay, needle)
+        if not positions:
+            continue
+        later = [p for p in positions if index[p] >= after]
+        pos = (later or positions)[0]
+        return Placed(index[pos], index[pos + len(needle) - 1] + 1, how)
+    return None
 
 
-def check(
-    raw: RawProposal, passage_text: str, codebook: Codebook, candidates: set[str]
-) -> CodeProposal:
-    """Validate one proposal; the result has ``valid`` and, if not, ``invalid_reason``.
+def _occurrences(hay: str, needle: str) -> list[int]:
+    out, pos = [], hay.find(needle)
+    while pos >= 0:
+        out.append(pos)
+        pos = hay.find(needle, pos + 1)
+    return out
 
-    Confidence is clamped into [0, 1] for storage; an out-of-range or missing
-    value is reported in the reason with the original value.
+
+def place(
+    quote: str, request: CodingRequest, *, taken: Sequence[tuple[int, int]] = ()
+) -> Placed | str:
+    """The quote placed inside one codable piece of the unit (transcript offsets), or the
+    reason it cannot be. ``taken`` spans (same code) are skipped when the quote occurs
+    again further on, so two identical quotes land on two occurrences."""
+    unit = request.unit
+    for piece in unit.codable_pieces():
+        text = request.piece_text(piece)
+        found = locate(quote, text)
+        if found is None:
+            continue
+        hit = _shift(found, piece)
+        for _ in range(8):
+            if (hit.start, hit.end) not in taken:
+                break
+            again = locate(quote, text, after=hit.end - piece.char_start)
+            if again is None or _shift(again, piece).start <= hit.start:
+                break
+            hit = _shift(again, piece)
+        return hit
+    return _why_not(quote, request)
+
+
+def _shift(found: Placed, piece: Piece) -> Placed:
+    return Placed(found.start + piece.char_start, found.end + piece.char_start, found.located)
+
+
+def _why_not(quote: str, request: CodingRequest) -> str:
+    shown = _clip(strip_wrapping(quote))
+    for piece in request.unit.layout():
+        if not piece.codable and locate(quote, request.piece_text(piece)) is not None:
+            who = piece.speaker or "a context turn"
+            return (
+                f"quote {shown!r} is from a context turn ({who}), which is not coded: "
+                "quote the participant's own words"
+            )
+    if locate(quote, request.unit.text) is not None:
+        return f"quote {shown!r} runs across two turns: give one quote per turn"
+    return f"quote {shown!r} is not a verbatim quote of the excerpt"
+
+
+# --------------------------------------------------------------------------- checking
+
+
+def check_code(
+    raw: RawCode,
+    request: CodingRequest,
+    codebook: Codebook,
+    candidates: set[str],
+    *,
+    taken: Sequence[tuple[int, int]] = (),
+) -> list[CodeProposal]:
+    """One proposal per quote of ``raw``; each valid or with its reason.
+
+    Problems of the code itself (unknown title, empty or oversized rationale, a
+    confidence outside [0, 1]) make every quote of it invalid. Confidence is clamped
+    into [0, 1] for storage; the original value is in the reason.
     """
-    errors: list[str] = []
     code = raw.code.strip() if isinstance(raw.code, str) else str(raw.code)
-    in_codebook = codebook.get(code) is not None
+    errors = _code_errors(code, raw, codebook)
+    confidence = _confidence(raw.confidence, code, errors)
+    rationale = (raw.rationale or "").strip() if isinstance(raw.rationale, str) else ""
+    quotes = [q for q in raw.quotes if isinstance(q, str)] if raw.quotes else []
+    if not quotes:
+        errors.append(f"'{code}' has no quote: give at least one verbatim quote")
+        quotes = [""]
+    if len(quotes) > MAX_QUOTES_PER_CODE:
+        errors.append(f"'{code}' has {len(quotes)} quotes (at most {MAX_QUOTES_PER_CODE})")
+    out = []
+    used = list(taken)
+    for quote in quotes:
+        reasons = list(errors)
+        placed: Placed | str | None = None
+        if len(quote) > MAX_QUOTE_CHARS:
+            reasons.append(f"a quote for '{code}' is {len(quote)} characters long")
+        elif quote.strip():
+            placed = place(quote, request, taken=used)
+            if isinstance(placed, str):
+                reasons.append(f"{placed} (code '{code}')")
+        if isinstance(placed, Placed):
+            used.append((placed.start, placed.end))
+        where = placed if isinstance(placed, Placed) else None
+        out.append(
+            CodeProposal(
+                code=code,
+                rationale=rationale[:MAX_RATIONALE_CHARS],
+                evidence=quote[:MAX_QUOTE_CHARS],
+                start=where.start if where else None,
+                end=where.end if where else None,
+                evidence_start=where.start if where else None,
+                evidence_end=where.end if where else None,
+                confidence=confidence,
+                in_candidates=code in candidates,
+                valid=not reasons,
+                invalid_reason="; ".join(reasons) or None,
+                located=where.located if where else None,
+            )
+        )
+    return out
+
+
+def _code_errors(code: str, raw: RawCode, codebook: Codebook) -> list[str]:
+    errors: list[str] = []
     if not code:
         errors.append("code is empty")
-    elif not in_codebook:
+    elif codebook.get(code) is None:
         near = [t for t in codebook.titles() if t.lower() == code.lower()]
         hint = f" (did you mean '{near[0]}'? titles are case-exact)" if near else ""
-        errors.append(f"code '{code}' does not exist in the codebook{hint}")
-    rationale = (raw.rationale or "").strip()
+        errors.append(f"code '{_clip(code)}' does not exist in the codebook{hint}")
+    rationale = raw.rationale.strip() if isinstance(raw.rationale, str) else ""
     if not rationale:
         errors.append(f"rationale for '{code}' is empty")
-    span = find_evidence(raw.evidence or "", passage_text)
-    if span is None:
-        if not (raw.evidence or "").strip():
-            errors.append(f"evidence for '{code}' is empty")
-        else:
-            errors.append(
-                f"evidence for '{code}' is not a verbatim quote of the passage: "
-                f"{_clip(raw.evidence)!r}"
-            )
-    confidence = raw.confidence
-    if confidence is None or not isinstance(confidence, int | float) or math.isnan(confidence):
-        errors.append(f"confidence for '{code}' is missing or not a number ({confidence!r})")
-        stored = 0.0
-    else:
-        stored = min(1.0, max(0.0, float(confidence)))
-        if stored != confidence:
-            errors.append(f"confidence for '{code}' is {confidence}, outside [0, 1]")
-    return CodeProposal(
-        code=code,
-        rationale=rationale,
-        evidence=raw.evidence or "",
-        evidence_start=span[0] if span else None,
-        evidence_end=span[1] if span else None,
-        confidence=stored,
-        in_candidates=code in candidates,
-        valid=not errors,
-        invalid_reason="; ".join(errors) or None,
-    )
+    elif len(rationale) > MAX_RATIONALE_CHARS:
+        errors.append(
+            f"rationale for '{code}' is {len(rationale)} characters (at most {MAX_RATIONALE_CHARS})"
+        )
+    return errors
 
 
-def check_all(
-    raws: list[RawProposal], passage_text: str, codebook: Codebook, candidates: set[str]
-) -> tuple[list[CodeProposal], list[CodeProposal]]:
-    """Validate an answer for one passage: (valid, invalid). A repeated code is invalid."""
+def _confidence(value: object, code: str, errors: list[str]) -> float:
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        errors.append(f"confidence for '{code}' is missing or not a number ({value!r})")
+        return 0.0
+    if math.isnan(value):
+        errors.append(f"confidence for '{code}' is not a number")
+        return 0.0
+    stored = min(1.0, max(0.0, float(value)))
+    if stored != value:
+        errors.append(f"confidence for '{code}' is {value}, outside [0, 1]")
+    return stored
+
+
+def check_answer(
+    raws: Sequence[RawCode],
+    request: CodingRequest,
+    codebook: Codebook,
+    candidates: set[str],
+    *,
+    max_code_share: float = 1.0,
+) -> tuple[list[CodeProposal], list[CodeProposal], str | None]:
+    """Validate an answer for one unit: (valid, invalid, a reason the whole answer
+    needs a human or None). The same span with the same code twice is invalid
+    ("repeated"); an answer applying more codes than ``max_code_share`` of the
+    codebook (and more than ``MIN_IMPLAUSIBLE_CODES``) needs a human."""
     valid: list[CodeProposal] = []
     invalid: list[CodeProposal] = []
-    seen: set[str] = set()
+    seen: dict[str, list[tuple[int, int]]] = {}
     for raw in raws:
-        p = check(raw, passage_text, codebook, candidates)
-        if p.valid and p.code in seen:
-            p = p.model_copy(update={"valid": False, "invalid_reason": f"'{p.code}' repeated"})
-        (valid if p.valid else invalid).append(p)
-        if p.valid:
-            seen.add(p.code)
-    return valid, invalid
+        code = raw.code.strip() if isinstance(raw.code, str) else str(raw.code)
+        for p in check_code(raw, request, codebook, candidates, taken=seen.get(code, [])):
+            if p.valid and (p.start, p.end) in seen.get(p.code, []):
+                p = p.model_copy(
+                    update={"valid": False, "invalid_reason": f"'{p.code}' repeated on one span"}
+                )
+            (valid if p.valid else invalid).append(p)
+            if p.valid:
+                seen.setdefault(p.code, []).append((p.start, p.end))  # type: ignore[arg-type]
+    return valid, invalid, implausible(valid, codebook, max_code_share)
+
+
+def implausible(valid: Sequence[CodeProposal], codebook: Codebook, share: float) -> str | None:
+    """Why an answer applying this many distinct codes to one unit is implausible."""
+    codes = {p.code for p in valid}
+    limit = max(MIN_IMPLAUSIBLE_CODES, share * len(codebook.codes))
+    if len(codes) > limit:
+        return (
+            f"the answer applies {len(codes)} of the codebook's {len(codebook.codes)} codes "
+            f"to one excerpt (more than {share:.0%} of the codebook): implausible, check "
+            "whether the text asked the model to tag everything"
+        )
+    return None
 
 
 def _clip(text: str, n: int = 80) -> str:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from qualflow.coders.similarity import whole_passage_proposal
+from qualflow.coders.sentence_runs import runs_to_proposals, unit_sentences
 from qualflow.embeddings import DIMENSIONS, MiniLMEmbedding
 from qualflow.index import previous_text
 from qualflow.models import Codebook, CodingRequest, PassageContext, ProposalSet, short_hash
@@ -155,44 +155,62 @@ class LearnedCoder:
         return [frozenset(self.codes[j] for j in np.flatnonzero(row >= limits)) for row in p]
 
     def propose(self, requests: Sequence[CodingRequest], codebook: Codebook) -> list[ProposalSet]:
+        """Per sentence of each unit, the codes whose probability passes their
+        threshold; runs of adjacent sentences with the same code become one span."""
         if not requests:
             return []
         known = set(codebook.titles())
-        p = self.probabilities([r.context for r in requests])
-        return [
-            self._proposal_set(r, row, known, codebook) for r, row in zip(requests, p, strict=True)
-        ]
+        groups = [unit_sentences(r) for r in requests]
+        contexts = [ctx for group in groups for ctx in group]
+        p = self.probabilities(contexts) if contexts else np.zeros((0, len(self.codes)))
+        out, i = [], 0
+        for request, group in zip(requests, groups, strict=True):
+            rows = p[i : i + len(group)]
+            i += len(group)
+            out.append(self._proposal_set(request, group, rows, known, codebook))
+        return out
 
     def _proposal_set(
-        self, request: CodingRequest, row: np.ndarray, known: set[str], codebook: Codebook
+        self,
+        request: CodingRequest,
+        sentences: list[PassageContext],
+        rows: np.ndarray,
+        known: set[str],
+        codebook: Codebook,
     ) -> ProposalSet:
-        text = request.passage.text
+        limits = np.array(self.thresholds)
+        decisions = [
+            {self.codes[j]: float(row[j]) for j in np.flatnonzero(row >= limits)}
+            if ctx.passage.text.strip()
+            else {}
+            for ctx, row in zip(sentences, rows, strict=True)
+        ]
         shortlist = {c.code.title for c in request.candidates}
         valid, invalid = [], []
-        passing = [j for j in np.argsort(-row) if row[j] >= self.thresholds[j]]
-        for j in passing if text.strip() else []:
-            proposal = whole_passage_proposal(
-                self.codes[j],
-                text,
-                f"logistic regression probability {row[j]:.2f} "
-                f"(threshold {self.thresholds[j]:.2f}, trained on {self.trained_on} passages)",
-                row[j],
-            )
-            proposal.in_candidates = not shortlist or self.codes[j] in shortlist
-            if self.codes[j] in known:
+        for proposal in runs_to_proposals(request, decisions, self._rationale):
+            proposal.in_candidates = not shortlist or proposal.code in shortlist
+            if proposal.code in known:
                 valid.append(proposal)
             else:
                 proposal.valid = False
                 proposal.invalid_reason = f"code not in codebook version {codebook.version}"
                 invalid.append(proposal)
         return ProposalSet(
-            passage_id=request.passage.id,
+            passage_id=request.unit.id,
             coder=self.kind,
             model=self.model,
             prompt_version=self.prompt_version,
             codebook_version=codebook.version,
             proposals=valid,
             invalid=invalid,
+        )
+
+    def _rationale(self, code: str, probability: float, sentences: int) -> str:
+        j = self.codes.index(code)
+        where = f", best of {sentences} sentences" if sentences > 1 else ""
+        return (
+            f"logistic regression probability {probability:.2f} (threshold "
+            f"{self.thresholds[j]:.2f}, trained on {self.trained_on} passages{where})"
         )
 
     # ------------------------------------------------------------------ persistence

@@ -2,12 +2,14 @@
 
 One code path for every model: LangChain's ``ChatOpenAI`` reaches OpenAI, vLLM,
 Ollama, LM Studio, llama.cpp or the embedded local model by ``base_url``. For each
-batch of passages (``settings.llm_batch_size`` per call) the coder renders the
-prompt from ``prompts/``, asks through ``LLMClient`` (limits, retries, cache,
-cost), validates every proposal against the codebook and the passage, and re-asks
-once with the validation errors when an answer fails. What still fails becomes a
-``needs_human`` ProposalSet with the raw response and the reason; nothing raises
-for one bad passage.
+batch of units (chunks of consecutive turns; ``settings.llm_batch_size`` per call)
+the coder renders the prompt from ``prompts/``, asks through ``LLMClient`` (limits,
+retries, cache, cost) and gets, for every code that applies, verbatim quotes. Each
+quote is placed as a span in a coded turn of the unit (``validate.place``: exactly,
+then tolerantly; offsets into the original text). An answer with an invalid proposal
+is re-asked once with the validation errors; what still fails becomes a
+``needs_human`` ProposalSet with the raw response and the reason; nothing raises for
+one bad unit.
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, Field, create_model, field_validator
 
 from qualflow.llm_calls import CallResult, LLMCallError, LLMClient, ResponseCache, cache_key
 from qualflow.models import Code, Codebook, CodingRequest, ProposalSet, Usage
-from qualflow.prompts import fence, load_prompt, passage_view
-from qualflow.validate import RawProposal, check_all
+from qualflow.prompts import excerpt_view, fence, load_prompt
+from qualflow.validate import RawCode, check_answer
 
 if TYPE_CHECKING:
     from qualflow.privacy import Pseudonymizer
@@ -39,38 +41,47 @@ Method = Literal["function_calling", "json_schema", "json_mode"]
 
 
 class ProposedCode(BaseModel):
-    """One code that applies to the passage."""
+    """One code that applies, with the stretches of talk that carry it."""
 
     code: str = Field(description="Exact code title from the codebook.")
+    quotes: list[str] = Field(
+        description="Verbatim quotes from the coded turns, each from a single turn: the "
+        "whole stretch of talk (complete sentences) that carries the code."
+    )
     rationale: str = Field(description="Why the code applies, in one or two sentences.")
-    evidence: str = Field(description="A quote copied word for word from the passage text.")
     confidence: float = Field(
         description="Confidence between 0 and 1.",
         json_schema_extra={"minimum": 0, "maximum": 1},
     )
 
+    @field_validator("quotes", mode="before")
+    @classmethod
+    def _one_quote(cls, value: Any) -> Any:
+        """A single quote given as a string is read as a list of one."""
+        return [value] if isinstance(value, str) else value
+
 
 class CodingAnswer(BaseModel):
-    """The codes that apply to the passage; an empty list when no code applies."""
+    """The codes that apply to the excerpt; an empty list when no code applies."""
 
     codes: list[ProposedCode] = Field(description="Codes that apply (may be empty).")
 
 
-class PassageAnswer(BaseModel):
-    """The codes that apply to one passage."""
+class ExcerptAnswer(BaseModel):
+    """The codes that apply to one excerpt."""
 
-    passage_id: str = Field(description="The passage id as given, e.g. P1.")
+    excerpt_id: str = Field(description="The excerpt id as given, e.g. C1.")
     codes: list[ProposedCode] = Field(description="Codes that apply (may be empty).")
 
 
 class BatchAnswer(BaseModel):
-    """The codes for every passage given; an empty codes list where no code applies."""
+    """The codes for every excerpt given; an empty codes list where no code applies."""
 
-    passages: list[PassageAnswer]
+    excerpts: list[ExcerptAnswer]
 
 
 def answer_schema(titles: Sequence[str], labels: Sequence[str] = ()) -> type[BaseModel]:
-    """The answer model of one call: ``code`` limited to ``titles``, ``passage_id`` to
+    """The answer model of one call: ``code`` limited to ``titles``, ``excerpt_id`` to
     ``labels`` (batched calls; no labels -> ``CodingAnswer`` shape).
 
     The limits live in the JSON schema sent with the request (``enum``; confidence
@@ -105,14 +116,14 @@ def _answer_schema(titles: tuple[str, ...], labels: tuple[str, ...]) -> type[Bas
         return create_model(
             "CodingAnswer", __base__=CodingAnswer, __doc__=CodingAnswer.__doc__, codes=codes_field
         )
-    passage = create_model(
-        "PassageAnswer",
-        __base__=PassageAnswer,
-        __doc__=PassageAnswer.__doc__,
-        passage_id=(
+    excerpt = create_model(
+        "ExcerptAnswer",
+        __base__=ExcerptAnswer,
+        __doc__=ExcerptAnswer.__doc__,
+        excerpt_id=(
             str,
             Field(
-                description="The passage id as given, e.g. P1.",
+                description="The excerpt id as given, e.g. C1.",
                 json_schema_extra={"enum": list(labels)},
             ),
         ),
@@ -122,7 +133,7 @@ def _answer_schema(titles: tuple[str, ...], labels: tuple[str, ...]) -> type[Bas
         "BatchAnswer",
         __base__=BatchAnswer,
         __doc__=BatchAnswer.__doc__,
-        passages=(list[passage], ...),
+        excerpts=(list[excerpt], ...),
     )
 
 
@@ -133,11 +144,10 @@ def _answer_schema(titles: tuple[str, ...], labels: tuple[str, ...]) -> type[Bas
 class _Item:
     label: str
     request: CodingRequest
-    raws: list[RawProposal] | None = None
-    error: str | None = None
     outcome: tuple[list, list] | None = None  # (valid, invalid)
     errors: list[str] = field(default_factory=list)
     earlier: list = field(default_factory=list)  # invalid proposals of the first ask
+    verdict: str | None = None  # the whole answer needs a human (no re-ask)
 
     @property
     def failed(self) -> bool:
@@ -148,8 +158,8 @@ class LLMCoder:
     """Coder protocol implementation over an OpenAI-compatible endpoint.
 
     ``model_label`` is the model name recorded as provenance when it differs from
-    the name sent to the server. ``examples`` maps code titles to accepted example
-    passages (few-shot); up to ``settings.llm_few_shot`` are shown per candidate.
+    the name sent to the server. ``examples`` maps code titles to human-coded example
+    texts (few-shot); up to ``settings.llm_few_shot`` are shown per candidate.
     With ``settings.pseudonymize``, names, emails, phone numbers and URLs are replaced
     before any call to a non-loopback endpoint (by ``pseudonymizer``, or an in-memory
     one); a ``pseudonymizer`` given while ``settings.pseudonymize`` is off is applied
@@ -214,7 +224,7 @@ class LLMCoder:
         self, requests: Sequence[CodingRequest], codebook: Codebook
     ) -> list[tuple[str, str]]:
         """The (role, text) messages one call for these requests would send (no call)."""
-        items = [_Item(label=f"P{i + 1}", request=r) for i, r in enumerate(requests)]
+        items = [_Item(label=f"C{i + 1}", request=r) for i, r in enumerate(requests)]
         return self._messages(items, codebook, len(items) > 1)
 
     # ------------------------------------------------------------------ internals
@@ -223,14 +233,14 @@ class LLMCoder:
         try:
             return self._batch(batch, codebook)
         except Exception as exc:  # a bug or an unexpected error must not stop the run
-            log.exception("LLM coder failed on a batch of %d passage(s)", len(batch))
+            log.exception("LLM coder failed on a batch of %d unit(s)", len(batch))
             return [
                 self._set(r, codebook, status="needs_human", reason=f"coder error: {exc!r}")
                 for r in batch
             ]
 
     def _batch(self, batch: list[CodingRequest], codebook: Codebook) -> list[ProposalSet]:
-        items = [_Item(label=f"P{i + 1}", request=r) for i, r in enumerate(batch)]
+        items = [_Item(label=f"C{i + 1}", request=r) for i, r in enumerate(batch)]
         batched = len(items) > 1
         shown = [c.title for c in self._codes(items, codebook)]
         schema = answer_schema(shown, [it.label for it in items] if batched else ())
@@ -300,6 +310,18 @@ class LLMCoder:
                 usage=usage,
                 outcome=([], list(it.earlier)),
             )
+        if it.verdict and it.outcome is not None and call_error is None:
+            valid, invalid = it.outcome
+            return self._set(
+                it.request,
+                codebook,
+                status="needs_human",
+                reason=f"{it.verdict} [asked {asks} time{'s' if asks != 1 else ''}]",
+                raw=self._restore(last_text) if last_text is not None else None,
+                attempts=asks,
+                usage=usage,
+                outcome=(valid, [*it.earlier, *invalid]),
+            )
         if not unanswered and not it.failed:
             valid, invalid = it.outcome or ([], [])
             return self._set(
@@ -343,7 +365,7 @@ class LLMCoder:
         self, items: list[_Item], codebook: Codebook, batched: bool
     ) -> list[tuple[str, str]]:
         codes = self._codes(items, codebook)
-        views = [passage_view(it.label, it.request) for it in items]
+        views = [excerpt_view(it.label, it.request) for it in items]
         if self.pseudonymizer is not None:
             views = [self.pseudonymizer.view(v) for v in views]
             codes = [self.pseudonymizer.code(c) for c in codes]
@@ -360,10 +382,12 @@ class LLMCoder:
         k = self.settings.llm_few_shot
         if k <= 0 or not self.examples:
             return codes
-        texts = {it.request.passage.text for it in items}
+        texts = {" ".join(it.request.unit.text.split()) for it in items}
         out = []
         for code in codes:
-            extra = [e for e in self.examples.get(code.title, []) if e not in texts][:k]
+            extra = [
+                e for e in self.examples.get(code.title, []) if not any(e in t for t in texts)
+            ][:k]
             out.append(
                 code.model_copy(update={"examples": [*code.examples, *extra]}) if extra else code
             )
@@ -375,7 +399,7 @@ class LLMCoder:
         """Parse and validate an answer for ``items``; sets each item's outcome and errors."""
         per_label = _answers(result, [it.label for it in items], batched)
         for it in items:
-            it.errors = []
+            it.errors, it.verdict = [], None
             answer = per_label.get(it.label)
             if isinstance(answer, str):
                 it.errors = [answer]
@@ -383,22 +407,30 @@ class LLMCoder:
                 continue
             raws = [self._restore_raw(r) for r in answer]
             candidates = {c.code.title for c in it.request.candidates} or set(codebook.titles())
-            valid, invalid = check_all(raws, it.request.passage.text, codebook, candidates)
+            valid, invalid, verdict = check_answer(
+                raws,
+                it.request,
+                codebook,
+                candidates,
+                max_code_share=self.settings.implausible_code_share,
+            )
             it.outcome = (valid, invalid)
             it.errors = [p.invalid_reason for p in invalid if p.invalid_reason]
+            it.verdict = verdict
 
     def _restore(self, text: str | None) -> str:
         if text is None:
             return ""
         return self.pseudonymizer.restore(text) if self.pseudonymizer else text
 
-    def _restore_raw(self, raw: RawProposal) -> RawProposal:
+    def _restore_raw(self, raw: RawCode) -> RawCode:
         if self.pseudonymizer is None:
             return raw
-        return RawProposal(
+        restore = self.pseudonymizer.restore
+        return RawCode(
             code=raw.code,
-            rationale=self.pseudonymizer.restore(raw.rationale),
-            evidence=self.pseudonymizer.restore(raw.evidence),
+            quotes=[restore(q) if isinstance(q, str) else q for q in raw.quotes],
+            rationale=restore(raw.rationale) if isinstance(raw.rationale, str) else raw.rationale,
             confidence=raw.confidence,
         )
 
@@ -435,25 +467,25 @@ class LLMCoder:
 
 
 def _answers(result: CallResult, labels: list[str], batched: bool) -> dict[str, Any]:
-    """label -> list[RawProposal], or an error string for that passage."""
+    """label -> list[RawCode], or an error string for that excerpt."""
     if result.parsed is None:
         reason = result.parse_error or "the answer could not be parsed"
         return dict.fromkeys(labels, reason)
     if not batched:
         return {labels[0]: [_raw(c) for c in result.parsed.codes]}
     out: dict[str, Any] = {}
-    for pa in result.parsed.passages:
-        label = pa.passage_id.strip()
+    for ea in result.parsed.excerpts:
+        label = ea.excerpt_id.strip()
         if label in labels and label not in out:
-            out[label] = [_raw(c) for c in pa.codes]
+            out[label] = [_raw(c) for c in ea.codes]
     for label in labels:
-        out.setdefault(label, f"the answer has no entry for passage {label}")
+        out.setdefault(label, f"the answer has no entry for excerpt {label}")
     return out
 
 
-def _raw(c: ProposedCode) -> RawProposal:
-    return RawProposal(
-        code=c.code, rationale=c.rationale, evidence=c.evidence, confidence=c.confidence
+def _raw(c: ProposedCode) -> RawCode:
+    return RawCode(
+        code=c.code, quotes=list(c.quotes), rationale=c.rationale, confidence=c.confidence
     )
 
 
@@ -483,6 +515,7 @@ def _share(usage: Usage, i: int, n: int) -> Usage:
 __all__ = [
     "BatchAnswer",
     "CodingAnswer",
+    "ExcerptAnswer",
     "LLMCoder",
     "ProposedCode",
     "answer_schema",

@@ -2,9 +2,11 @@
 
 Every code is scored by the cosine similarity between the passage embedding and
 the code's indexed vector (``CodeIndex``); the codes above a threshold (at most
-``max_codes``, best first) are proposed. ``calibrate`` picks the threshold that
-maximizes micro-F1 on coded training passages. When a request carries candidates,
-only those are eligible, as for any coder that sees a retrieved shortlist.
+``max_codes``, best first) apply to the sentence, sentence by sentence, and runs of
+adjacent sentences with the same code become one span (``sentence_runs``).
+``calibrate`` picks the threshold that maximizes micro-F1 on coded training passages.
+When a request carries candidates, only those are eligible, as for any coder that
+sees a retrieved shortlist.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from qualflow.coders.sentence_runs import runs_to_proposals, unit_sentences
 from qualflow.index import CodeIndex, Query
-from qualflow.models import Codebook, CodeProposal, CodingRequest, ProposalSet
+from qualflow.models import Codebook, CodingRequest, ProposalSet
 
 DEFAULT_THRESHOLD = 0.25
 """Calibrated on SERDIF highlights (0.26; 0.16 on all sentences): run ``calibrate`` on
@@ -29,16 +32,9 @@ def micro_f1(predicted: Sequence[frozenset[str]], gold: Sequence[frozenset[str]]
     return 2 * tp / (n_pred + n_gold) if n_pred + n_gold else 0.0
 
 
-def whole_passage_proposal(code: str, text: str, rationale: str, confidence: float) -> CodeProposal:
-    """A proposal whose evidence is the whole passage (baseline coders quote no span)."""
-    return CodeProposal(
-        code=code,
-        rationale=rationale,
-        evidence=text,
-        evidence_start=0,
-        evidence_end=len(text),
-        confidence=min(1.0, max(0.0, float(confidence))),
-    )
+def _rationale(code: str, score: float, sentences: int) -> str:
+    where = f"best of {sentences} sentences" if sentences > 1 else "one sentence"
+    return f"cosine similarity {score:.2f} to the code definition ({where})"
 
 
 def check_codebook(index_version: str, codebook: Codebook, coder: str) -> None:
@@ -75,31 +71,31 @@ class SimilarityCoder:
         return [int(i) for i in order if row[i] >= self.threshold]
 
     def propose(self, requests: Sequence[CodingRequest], codebook: Codebook) -> list[ProposalSet]:
+        """Per sentence of each unit, the codes above the threshold; runs of adjacent
+        sentences with the same code become one span."""
         check_codebook(self.index.version, codebook, self.kind)
         if not requests:
             return []
         titles = [c.title for c in self.index.codebook.codes]
-        scores = self.index.scores([r.context for r in requests], with_previous=self.with_previous)
-        out = []
-        for request, row in zip(requests, scores, strict=True):
+        groups = [unit_sentences(r) for r in requests]
+        contexts = [ctx for group in groups for ctx in group]
+        scores = self.index.scores(contexts, with_previous=self.with_previous) if contexts else []
+        out, i = [], 0
+        for request, group in zip(requests, groups, strict=True):
             eligible = None
             if request.candidates:
                 shortlist = {c.code.title for c in request.candidates}
                 eligible = np.array([t in shortlist for t in titles])
-            text = request.passage.text
-            chosen = self.select(row, eligible) if text.strip() else []
-            proposals = [
-                whole_passage_proposal(
-                    titles[i],
-                    text,
-                    f"cosine similarity {row[i]:.2f} to the code definition",
-                    row[i],
-                )
-                for i in chosen
-            ]
+            decisions = []
+            for ctx in group:
+                row = scores[i]
+                i += 1
+                chosen = self.select(row, eligible) if ctx.passage.text.strip() else []
+                decisions.append({titles[j]: float(row[j]) for j in chosen})
+            proposals = runs_to_proposals(request, decisions, _rationale)
             out.append(
                 ProposalSet(
-                    passage_id=request.passage.id,
+                    passage_id=request.unit.id,
                     coder=self.kind,
                     model=self.model,
                     prompt_version=self.prompt_version,

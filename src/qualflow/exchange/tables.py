@@ -149,12 +149,12 @@ def _gold_source(store: Store, spec: str, rest: str) -> CodingSource:
         raise TableError(f"coding source '{spec}': no coder '{coder}' in gold set '{gold_set}'")
     from sqlalchemy import select
 
-    from qualflow.db import GoldCodingRow
+    from qualflow.db import GoldScopeRow
 
     with store.session() as s:
         version = s.scalar(
-            select(GoldCodingRow.codebook_version)
-            .where(GoldCodingRow.gold_set == gold_set, GoldCodingRow.coder == coder)
+            select(GoldScopeRow.codebook_version)
+            .where(GoldScopeRow.gold_set == gold_set, GoldScopeRow.coder == coder)
             .limit(1)
         )
     return CodingSource(spec, f"gold {gold_set} / {coder}", coders[coder], version)
