@@ -2,10 +2,10 @@
 
 ``ScriptedCoder`` implements the ``Coder`` protocol without a model: it applies
 every candidate code whose last title segment occurs in a codable turn of the unit
-(a span on the first occurrence of that word), records every call, and can be told to be slow, to raise,
-to never validate some passages, or to report token usage. It is also reachable
-as an importable coder spec (``tests.coders_fixture:scripted_coder``) so a real
-flow process can be started with it; its behaviour then comes from environment
+(a span on the first occurrence of that word), records every call, and can be told
+to be slow, to raise, to never validate some units, or to report token usage. It is
+also reachable as an importable coder spec (``tests.coders_fixture:scripted_coder``)
+so a real flow process can be started with it; its behaviour then comes from environment
 variables (``QF_TEST_DELAY``, ``QF_TEST_CALL_LOG``, ``QF_TEST_NEVER_VALID``,
 ``QF_TEST_NEVER_VALID_TEXT``, ``QF_TEST_TOKENS``).
 """
