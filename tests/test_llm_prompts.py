@@ -41,8 +41,7 @@ def test_user_prompt_shows_context_speakers_and_definitions():
     req = request("We rarely look at leaderboards.")
     text = prompt.user([c.code for c in req.candidates], [excerpt_view("C1", req)])
     assert (
-        '<turn speaker="Interviewer" role="context">\nHow do you use benchmarks?\n</turn>'
-        in text
+        '<turn speaker="Interviewer" role="context">\nHow do you use benchmarks?\n</turn>' in text
     )
     assert '<turn speaker="Alice">\nWe rarely look at leaderboards.\n</turn>' in text
     assert '<excerpt id="C1">' in text
