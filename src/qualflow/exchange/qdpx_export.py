@@ -653,7 +653,7 @@ def _gold_coder(
         info = kept.get(h.external_id or "", {})
         coding = info.get("codings", {}).get(coding_key(gold.coding.coder, h.code or ""), {})
         notes = [plan.notes[g] for g in coding.get("notes", []) if g in plan.notes]
-        if not coding.get("notes") and h.memo:
+        if not info and h.memo:  # no record of the selection: the memo is all there is
             notes = [
                 ExportNote(
                     guid=guid("note", user.key, h.external_id, h.code, h.memo),
