@@ -183,8 +183,48 @@ def test_read_qdc():
 
 def test_schema_invalid_qdc():
     schema_dir = needs_shared("refi-qda", "Codebook.xsd").parent
-    with pytest.raises(RefiError, match=r"codebook-invalid.qdc: does not validate .* line 6"):
+    with pytest.raises(RefiError, match=r"codebook-invalid.qdc: does not validate .* line 6") as e:
         read_qdc(FIXTURES / "codebook-invalid.qdc", schema_dir=schema_dir)
+    assert "--no-validate" in str(e.value)  # says how to read it anyway
+
+
+def test_taguettes_own_codebook_is_accepted_with_a_notice():
+    """Taguette's "Export codebook > QDC" (the fixture is in the exact form Taguette
+    1.4 writes: uppercase GUIDs, no descriptions, an empty <Sets/> that Codebook.xsd
+    does not allow)."""
+    schema_dir = needs_shared("refi-qda", "Codebook.xsd").parent
+    codebook, notices = read_qdc(FIXTURES / "taguette-codebook.qdc", schema_dir=schema_dir)
+    assert codebook.titles() == [
+        "Positive experience",
+        "Wording not clear",
+        "Additional explanation",
+        "Simple export",
+    ]
+    (notice,) = notices
+    assert "empty <Sets/>" in notice and "Taguette 1.4.1" in notice
+
+
+def test_a_real_schema_error_still_fails_after_tolerance(tmp_path):
+    schema_dir = needs_shared("refi-qda", "Codebook.xsd").parent
+    text = (FIXTURES / "taguette-codebook.qdc").read_text(encoding="utf-8")
+    bad = tmp_path / "bad.qdc"
+    bad.write_text(text.replace(' isCodable="true"', "", 1), encoding="utf-8")
+    with pytest.raises(RefiError, match=r"isCodable.*--no-validate"):
+        read_qdc(bad, schema_dir=schema_dir)
+    codebook, _ = read_qdc(bad, check_schema=False)
+    assert len(codebook.codes) == 4
+
+
+def test_qdc_import_keeps_guids_and_colours_for_exports(store, tmp_path):
+    version, _, _ = import_qdc(store, FIXTURES / "codebook.qdc", schema_dir=find_schema_dir())
+    out = tmp_path / "back.qdc"
+    export_qdc(store.codebook(version), out, schema_dir=find_schema_dir(), store=store)
+    root = etree.fromstring(out.read_bytes())
+    ns = {"c": "urn:QDA-XML:codebook:1.0"}
+    codes = {c.get("name"): c for c in root.iterfind(".//c:Code", ns)}
+    assert codes["selection"].get("guid") == "a0000000-0000-0000-0000-000000000004"
+    assert codes["selection"].get("color") == "#ff8800"
+    assert codes["use"].get("guid") == "a0000000-0000-0000-0000-000000000001"
 
 
 def test_qdc_round_trip(store, tmp_path):
