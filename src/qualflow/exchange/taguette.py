@@ -347,8 +347,10 @@ def read_taguette(path: Path | str, *, project_id: int | None = None) -> Taguett
             },
         )
         project.documents.append(TaguetteDocument(did, dname, _text(created), transcript))
+        offsets = ByteOffsets(transcript.text)
         for row in rows_of[did]:
-            _add_highlight(project, transcript, dname, row, tags_of, tag_titles, coder_of)
+            located = _locate(transcript.text, offsets, *row[1:])
+            _add_highlight(project, transcript, dname, row, located, tags_of, tag_titles, coder_of)
     return project
 
 
@@ -357,13 +359,14 @@ def _add_highlight(
     transcript: Transcript,
     dname: str,
     row: tuple[int, int, int, str],
+    span: tuple[int, int] | str,
     tags_of: dict[int, list[int]],
     tag_titles: dict[int, str],
     coder_of: dict[int, str],
 ) -> None:
-    """Locate one highlight in its document and add it (once per tag)."""
-    hid, start, end, snippet = row
-    span = _locate(transcript.text, ByteOffsets(transcript.text), start, end, snippet)
+    """Add one highlight located in its document (``span``, or why it is not), once per
+    tag."""
+    hid = row[0]
     if isinstance(span, str):
         project.unmatched.append(f"highlight {hid} in '{dname}': {span}")
         return
