@@ -6,8 +6,8 @@ Usage:
 Defaults to ../shared/corpora/serdif-usability/taguette-project.sqlite3. Prints the
 counts (transcripts, codes, highlights, passages coded), the share of highlights whose
 code lands on a passage they overlap, whether the .qdpx validates and re-imports onto
-identical codings, and wall-clock timings of each step (one process, fresh SQLite
-stores in a temporary folder).
+identical codings and the same highlights (codes, exact offsets), and wall-clock
+timings of each step (one process, fresh SQLite stores in a temporary folder).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 
@@ -72,8 +73,18 @@ def main(argv: list[str] | None = None) -> int:
                 for k, v in coding.items()
             }
 
+        def spans(s: Store, source: str) -> Counter:
+            names = {t.id: t.name for t in s.transcripts()}
+            groups: dict[tuple, set] = {}
+            for h in load_highlights(s, source=source):
+                key = (names[h.transcript_id], h.external_id, h.char_start, h.char_end)
+                groups.setdefault(key, set()).update([h.code] if h.code else [])
+            return Counter((k[0], k[2], k[3], frozenset(v)) for k, v in groups.items())
+
         (back_coder,) = fresh.gold("g")
         same = by_span(store, gold[coder]) == by_span(fresh, fresh.gold("g")[back_coder])
+        original_spans = spans(store, result.gold_set)
+        same_spans = original_spans == spans(fresh, "g")
         size = (Path(tmp) / "out.qdpx").stat().st_size
         store.close()
         fresh.close()
@@ -87,8 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  wall time: {t_export:.2f} s")
     print(f"qdpx re-import into a fresh store: {back.summary()}")
     print(f"  wall time: {t_reimport:.2f} s")
-    print(f"round trip identical codings: {same}")
-    return 0 if same else 1
+    print(f"round trip identical passage codings: {same}")
+    n = sum(original_spans.values())
+    print(f"round trip identical highlights (codes and exact offsets): {same_spans} ({n})")
+    return 0 if same and same_spans else 1
 
 
 if __name__ == "__main__":

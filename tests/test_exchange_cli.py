@@ -141,3 +141,47 @@ def test_bad_segmentation_is_a_clear_error(workspace, tmp_path):
         "import", "taguette", make_project(tmp_path), "-w", workspace, "--segmentation", "x"
     )
     assert result.exit_code == 1 and "unknown segmentation mode" in result.output
+
+
+def test_export_notices_project_name_and_codebook_csv(workspace, tmp_path):
+    from tests.test_exchange_qdpx_export import rich_project
+
+    result = run("import", "qdpx", rich_project(tmp_path), "-w", workspace)
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "back.qdpx"
+    result = run("export", "qdpx", out, "-w", workspace)
+    assert result.exit_code == 0, result.output
+    with zipfile.ZipFile(out) as zf:
+        qde = zf.read("project.qde").decode("utf-8")
+    assert 'name="Reiche Studie"' in qde  # the imported project's name, not the folder's
+    assert "1 sets" in result.output and "cleo: 0" in result.output
+    csv_out = tmp_path / "codebook.csv"
+    result = run("export", "codebook", csv_out, "-w", workspace)
+    assert result.exit_code == 0, result.output
+    assert csv_out.read_text(encoding="utf-8").splitlines()[0] == "tag,description"
+    assert "Taguette" in result.output
+
+
+def test_taguette_notices_and_errors_name_the_options(workspace, tmp_path):
+    from tests.test_exchange_taguette import EXPORTED
+
+    result = run("import", "taguette", make_project(tmp_path, *EXPORTED), "-w", workspace)
+    assert result.exit_code == 0, result.output
+    assert "Export project" in result.output and "--project-id" in result.output
+    several = make_project(
+        tmp_path / "two", "INSERT INTO projects VALUES (2, 'Other', '', '2024-01-02 10:00:00')"
+    )
+    result = run("import", "taguette", several, "-w", workspace)
+    assert result.exit_code == 1 and "--project-id" in result.output
+    result = run("import", "taguette", several, "-w", workspace, "--project-id", "1")
+    assert result.exit_code == 0, result.output
+
+
+def test_validation_failure_names_no_validate(workspace):
+    from tests.conftest import needs_shared
+
+    needs_shared("refi-qda", "Codebook.xsd")
+    result = run("import", "qdc", FIXTURES / "codebook-invalid.qdc", "-w", workspace)
+    assert result.exit_code == 1 and "--no-validate" in result.output
+    result = run("import", "qdc", FIXTURES / "taguette-codebook.qdc", "-w", workspace)
+    assert result.exit_code == 0 and "empty <Sets/>" in result.output

@@ -199,9 +199,43 @@ def test_several_projects_need_a_choice(store, tmp_path):
     path = make_project(
         tmp_path, "INSERT INTO projects VALUES (2, 'Other', '', '2024-01-02 10:00:00')"
     )
-    with pytest.raises(TaguetteError, match="several projects"):
+    with pytest.raises(TaguetteError, match="several projects") as err:
         import_taguette(store, path)
+    assert "--project-id" in str(err.value)  # the flag, not the Python argument's name
+    assert "1='Tiny study'" in str(err.value) and "2='Other'" in str(err.value)
     assert import_taguette(store, path, project_id=1).highlights == 6
+
+
+EXPORTED = (
+    "DELETE FROM project_members",
+    "DELETE FROM users",
+    "INSERT INTO users VALUES ('admin', '2024-01-03 10:00:00', NULL, NULL, NULL, NULL, NULL)",
+    "INSERT INTO project_members VALUES (1, 'admin', 'ADMIN')",
+    "UPDATE commands SET user_login = 'admin'",
+)
+
+
+def test_an_exported_project_file_is_detected(store, tmp_path):
+    """Taguette's "Export project" writes every coder as 'admin' (one user without a
+    password, every command and membership rewritten): the import says so and names
+    the way that keeps the coders."""
+    result = import_taguette(store, make_project(tmp_path, *EXPORTED))
+    assert list(result.coders) == ["admin"]
+    (notice,) = [n for n in result.notices if "Export project" in n]
+    assert "'admin'" in notice and "--project-id" in notice and "live Taguette database" in notice
+    # a live database with its own users is not flagged
+    again = import_taguette(store, make_project(tmp_path / "live"), gold_set="live")
+    assert again.notices == []
+
+
+@pytest.mark.shared
+def test_serdif_is_an_exported_project_file():
+    from qualflow.exchange.taguette import read_taguette
+
+    path = needs_shared("corpora", "serdif-usability", "taguette-project.sqlite3")
+    project = read_taguette(path)
+    assert any("Export project" in n for n in project.notices)
+    assert {h.coder for h in project.highlights} == {"admin"}
 
 
 # ---------------------------------------------------------------------- CSV exports

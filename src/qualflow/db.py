@@ -368,6 +368,21 @@ class HighlightRow(Base):
     memo: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
+class ExchangeImportRow(Base):
+    """What an imported project holds beyond codes, texts and codings (GUIDs, colours,
+    memos, sets, users, dates), kept so that an export can give it back. One row per
+    import target (the gold set it filled, or ``codebook:<version>`` for a codebook),
+    replaced when the same target is imported again."""
+
+    __tablename__ = "exchange_imports"
+    target: Mapped[str] = mapped_column(String(200), primary_key=True)
+    format: Mapped[str] = mapped_column(String(40))  # refi-qda | taguette
+    name: Mapped[str] = mapped_column(String(500))
+    path: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    imported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
 # --------------------------------------------------------------------------- engine
 
 

@@ -1,7 +1,8 @@
 """Interoperability commands: ``qualflow import ...`` and ``qualflow export ...``.
 
 Imports: Taguette (project database or CSV exports), REFI-QDA projects (.qdpx) and
-codebooks (.qdc). Exports: REFI-QDA, the paper tables, proposals and decisions.
+codebooks (.qdc). Exports: REFI-QDA, a Taguette codebook CSV, the paper tables,
+proposals and decisions.
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ def import_taguette_cmd(
         raise fail(escape(str(exc))) from exc
     finally:
         store.close()
-    _notices(result.untagged + result.unmatched, result.problems)
+    _notices(result.notices + result.untagged + result.unmatched, result.problems)
     console.print(result.summary(), markup=False)
 
 
@@ -205,7 +206,13 @@ def import_qdc_cmd(
 def export_qdpx_cmd(
     out: Annotated[Path, typer.Argument(help="File to write (.qdpx).")],
     workspace: WorkspaceOption = Path("."),
-    name: Annotated[str | None, typer.Option(help="Project name (default: study name).")] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Project name (default: the name of the project it was imported from, "
+            "else the study name)."
+        ),
+    ] = None,
     codebook_version: Annotated[str | None, typer.Option(help="Codebook version.")] = None,
     run: Annotated[
         list[int] | None, typer.Option("--run", help="Only these runs' proposals.")
@@ -226,7 +233,8 @@ def export_qdpx_cmd(
         report = export_qdpx(
             store,
             out,
-            name=name or settings.study_name,
+            name=name,
+            study_name=settings.study_name,
             codebook_version=codebook_version,
             machine=machine,
             reviewers=reviewers,
@@ -264,6 +272,7 @@ def export_qdc_cmd(
             out,
             schema_dir=_schema_dir(settings, no_validate),
             check_schema=not no_validate,
+            store=store,
         )
     except RefiError as exc:
         raise fail(escape(str(exc))) from exc
@@ -272,6 +281,29 @@ def export_qdc_cmd(
     _notices(notices)
     console.print(
         f"{out}: {len(codebook.codes)} codes of '{codebook.name}' ({codebook.version})",
+        markup=False,
+    )
+
+
+@export_app.command("codebook")
+def export_codebook_cmd(
+    out: Annotated[Path, typer.Argument(help="File to write (.csv).")],
+    workspace: WorkspaceOption = Path("."),
+    codebook_version: Annotated[str | None, typer.Option(help="Codebook version.")] = None,
+) -> None:
+    """Write a stored codebook as the CSV Taguette imports (tag, description)."""
+    from qualflow.exchange.taguette import write_codebook_csv
+
+    _, store = _open(workspace)
+    try:
+        codebook = store.codebook(codebook_version)
+    finally:
+        store.close()
+    if codebook is None:
+        raise fail("no such codebook in the store" if codebook_version else "no codebook yet")
+    n = write_codebook_csv(codebook, out)
+    console.print(
+        f"{out}: {n} codes of '{codebook.name}' ({codebook.version}) as Taguette's codebook CSV",
         markup=False,
     )
 

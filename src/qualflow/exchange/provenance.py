@@ -8,7 +8,10 @@ version and codebook version, time, rationale, evidence and confidence, and for
 decisions the reviewer, the action, the codes before and after, and the provenance of
 the proposal acted on.
 
-JSONL keeps lists as lists; CSV joins them with ``"; "``.
+JSONL keeps lists as lists; CSV joins them with ``"; "``. Every CSV cell goes through
+``qualflow.cells.safe_cell``: a memo or quote starting with ``=`` (or ``+``, ``-``,
+``@``, a tab, a carriage return) gets a leading apostrophe, so a spreadsheet shows it
+as text instead of running it as a formula.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from qualflow.cells import safe_cell
 from qualflow.db import (
     DecisionRow,
     PassageRow,
@@ -242,12 +246,12 @@ def _json_default(value: Any) -> Any:
 
 def _csv_value(value: Any) -> Any:
     if isinstance(value, list):
-        return "; ".join(str(v) for v in value)
+        value = "; ".join(str(v) for v in value)
     if isinstance(value, datetime):
         return value.isoformat()
     if value is None:
         return ""
-    return value
+    return safe_cell(value)
 
 
 def write_records(

@@ -1,33 +1,33 @@
-"""REFI-QDA: read and write ``.qdc`` codebooks and ``.qdpx`` projects.
+"""REFI-QDA: read and write ``.qdc`` codebooks, read and import ``.qdpx`` projects.
 
 The exchange standard of NVivo, ATLAS.ti, MAXQDA, QualCoder and others
 (www.qdasoftware.org). A ``.qdc`` is one XML file (namespace
 ``urn:QDA-XML:codebook:1.0``); a ``.qdpx`` is a zip holding ``project.qde`` (namespace
-``urn:QDA-XML:project:1.0``) and a ``sources/`` folder with the documents.
+``urn:QDA-XML:project:1.0``) and a ``sources/`` folder with the documents. Writing a
+project is ``qualflow.exchange.qdpx_export``.
 
 Decisions made here (see docs/interop.md):
 
 - Code hierarchy: nested ``<Code>`` elements become dot-joined titles
-  (``rq1_definition.concepts.logic``), qualflow's own hierarchy convention; on export
-  each dotted title becomes a nested code, and ancestors that are not codes themselves
-  are written with ``isCodable="false"`` (and skipped again on import). A code name
-  that itself contains a dot is kept and reported, since it reads as two levels.
+  (``rq1_definition.concepts.logic``), qualflow's own hierarchy convention; codes with
+  ``isCodable="false"`` are folders: part of the path, not codes. A code name that
+  itself contains a dot is kept and reported, since it reads as two levels.
 - Text: a ``TextSource``'s plain text (``plainTextPath`` inside ``sources/`` or
   ``PlainTextContent``) is stored verbatim as the transcript text, so that
   ``startPosition``/``endPosition`` (Unicode code points, per the standard) line up
   without any mapping, whatever the line endings. Sources with only rich text (DOCX),
   PDFs, pictures, audio and video are skipped with the reason reported.
-- Users: each ``<User>`` is a coder. On import, each user's codings become a gold
-  coder (named after the user) in one gold set; a user's passages without any
-  selection, in the sources that user coded, count as "no code" (the standard has no
-  way to say "looked at it, no code applies"). On export, every machine coder (coder
-  kind + model + prompt version), every human reviewer and every gold coder is its own
-  ``<User>``, so that other tools can compare them; a machine coding carries a
-  ``<Note>`` (via ``NoteRef``) with its rationale, evidence, confidence, model, prompt
-  version and codebook version.
-- Selections: on export, one ``PlainTextSelection`` per coded passage (its exact span)
-  holding one ``Coding`` per (user, code). GUIDs are derived from content (uuid5), so
-  exporting twice gives the same file.
+- Codings are spans: each user is a coder whose selections become ``Span`` objects
+  with their exact offsets (``RefiProject.span_codings``), stored as highlights and as
+  a gold coder (``qualflow.exchange.spans``). A user's scope is the whole text of each
+  source they coded; when they marked text explicitly as "no code applies" (a
+  selection without a coding described so, as qualflow writes it), their scope in
+  that source is the text of their selections.
+- What qualflow has no model for (GUIDs, colours, folder descriptions, memos, sets,
+  users who coded nothing, dates and creating users) is kept with the import
+  (``qualflow.exchange.records``) and written back by the export.
+- Known harmless deviations of real tools are accepted with a notice (Taguette's
+  codebook has an empty ``<Sets/>``, which the schema does not allow).
 - Validation against the official schemas: ``Settings.refi_schema_dir``, else
   ``../shared/refi-qda`` when present, else skipped with a notice in the result.
 """
@@ -40,28 +40,53 @@ import logging
 import re
 import uuid
 import zipfile
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from qualflow.exchange.records import ImportRecord, coding_key, save_import_record
+from qualflow.exchange.spans import (
+    merge_ranges,
+    restrict,
+    retarget,
+    save_gold_spans,
+    scope_record,
+)
 from qualflow.exchange.taguette import label_speakers
-from qualflow.highlights import Highlight, map_highlights, passages_by_ids, save_highlights
-from qualflow.models import Code, Codebook, Coding, Passage, Transcript, utcnow
+from qualflow.highlights import Highlight
+from qualflow.models import Code, Codebook, Range, Span, SpanCoding, Transcript, utcnow
 from qualflow.store import DuplicateTranscriptError, Store
 
 if TYPE_CHECKING:
     from lxml import etree
+
+    from qualflow.exchange.qdpx_export import RefiExport
 
 log = logging.getLogger(__name__)
 
 NS_PROJECT = "urn:QDA-XML:project:1.0"
 NS_CODEBOOK = "urn:QDA-XML:codebook:1.0"
 SCHEMA_FILES = {"project": "Project.xsd", "codebook": "Codebook.xsd"}
+NO_CODE_APPLIES = "no code applies"
+"""Description of a selection without a coding that marks an explicit judgement."""
 _GUID_NS = uuid.UUID("5b0f0d5e-8d0e-4d55-9a52-6a1f0c3e7a11")
 _XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+# Containers the schemas require to hold at least one child; an empty one holds
+# nothing, so it is dropped before validation (Taguette writes an empty <Sets/>).
+_CONTAINERS = {
+    "Users",
+    "Codes",
+    "Variables",
+    "Cases",
+    "Sources",
+    "Notes",
+    "Links",
+    "Sets",
+    "Graphs",
+}
+NO_VALIDATE_HINT = "to read it anyway, skip the schema check with --no-validate"
 
 Kind = Literal["project", "codebook"]
 
@@ -115,9 +140,17 @@ def _parse_xml(data: bytes, label: str) -> etree._Element:
         raise RefiError(f"{label}: not well-formed XML: line {line}: {exc.msg}") from exc
 
 
-def validate(root: etree._Element, kind: Kind, schema_dir: Path | None, label: str) -> str | None:
-    """Check ``root`` against the schema; raise ``RefiError`` naming the line and the
-    message if invalid; return a notice (and validate nothing) when no schema is known."""
+def validate(
+    root: etree._Element,
+    kind: Kind,
+    schema_dir: Path | None,
+    label: str,
+    *,
+    hint: str | None = NO_VALIDATE_HINT,
+) -> str | None:
+    """Check ``root`` against the schema; raise ``RefiError`` naming the line, the
+    message and (``hint``) how to read the file anyway if invalid; return a notice (and
+    validate nothing) when no schema is known."""
     if schema_dir is None:
         notice = (
             f"{label}: not validated against the REFI-QDA schema (none found: set "
@@ -134,10 +167,66 @@ def validate(root: etree._Element, kind: Kind, schema_dir: Path | None, label: s
         f"{label}: does not validate against {SCHEMA_FILES[kind]}: "
         + "; ".join(errors)
         + (f" (and {more} more)" if more > 0 else "")
+        + (f"; {hint}" if hint else "")
     )
 
 
+def tolerate(root: etree._Element, label: str) -> list[str]:
+    """Remove known harmless deviations of real tools from ``root``; one notice each.
+
+    An empty container (``<Sets/>``, ``<Notes/>``...) holds nothing, but the schemas
+    want at least one child in it: Taguette's ``codebook.qdc`` ends with ``<Sets/>``.
+    """
+    notices = []
+    for el in list(root.iter()):
+        name = _local(el)
+        if name in _CONTAINERS and not any(_local(c) for c in el):
+            parent = el.getparent()
+            if parent is not None:
+                parent.remove(el)
+                notices.append(
+                    f"{label}: empty <{name}/> ignored (the schema wants at least one "
+                    f"element in it; {_origin_hint(root)}it holds nothing)"
+                )
+    return notices
+
+
+def _origin_hint(root: etree._Element) -> str:
+    origin = root.get("origin") or ""
+    return f"written by {origin}; " if origin else ""
+
+
 # ---------------------------------------------------------------------- parsed project
+
+
+@dataclass
+class Stamps:
+    """Who made an element and when, as the file says (ISO text, GUIDs)."""
+
+    creating_user: str | None = None
+    created: str | None = None
+    modifying_user: str | None = None
+    modified: str | None = None
+
+    @classmethod
+    def of(cls, el: etree._Element, user_attr: str = "creatingUser") -> Stamps:
+        modifying = "modifyingUserGUID" if user_attr.endswith("GUID") else "modifyingUser"
+        return cls(
+            el.get(user_attr),
+            el.get("creationDateTime"),
+            el.get(modifying),
+            el.get("modifiedDateTime"),
+        )
+
+    def record(self) -> dict[str, str]:
+        return _compact(
+            {
+                "creatingUser": self.creating_user,
+                "creationDateTime": self.created,
+                "modifyingUser": self.modifying_user,
+                "modifiedDateTime": self.modified,
+            }
+        )
 
 
 @dataclass
@@ -147,6 +236,8 @@ class RefiCode:
     title: str
     description: str
     codable: bool
+    color: str | None = None
+    note_guids: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -161,11 +252,21 @@ class RefiUser:
 
 
 @dataclass
+class RefiNote:
+    guid: str
+    name: str | None
+    text: str
+    stamps: Stamps = field(default_factory=Stamps)
+
+
+@dataclass
 class RefiCoding:
     guid: str
     code_guid: str
     user_guid: str | None
     notes: list[str] = field(default_factory=list)
+    note_guids: list[str] = field(default_factory=list)
+    created: str | None = None
 
 
 @dataclass
@@ -175,6 +276,16 @@ class RefiSelection:
     end: int
     user_guid: str | None
     codings: list[RefiCoding] = field(default_factory=list)
+    name: str | None = None
+    description: str | None = None
+    note_guids: list[str] = field(default_factory=list)
+    stamps: Stamps = field(default_factory=Stamps)
+
+    @property
+    def marks_no_code(self) -> bool:
+        """A selection without a coding that says "no code applies" (qualflow writes
+        these for explicit judgements; the standard has no other way to say it)."""
+        return not self.codings and (self.description or "").strip().lower() == NO_CODE_APPLIES
 
 
 @dataclass
@@ -184,6 +295,33 @@ class RefiSource:
     text: str | None
     origin: str
     selections: list[RefiSelection] = field(default_factory=list)
+    description: str | None = None
+    note_guids: list[str] = field(default_factory=list)
+    stamps: Stamps = field(default_factory=Stamps)
+
+    @property
+    def transcript_name(self) -> str:
+        return Path(self.name).stem if Path(self.name).suffix.lower() == ".txt" else self.name
+
+    _transcript: Transcript | None = field(default=None, repr=False, compare=False)
+
+    def transcript(self, path: str) -> Transcript:
+        """This source's text as a transcript (verbatim text, paragraphs as turns)."""
+        if self._transcript is None:
+            self._transcript = source_transcript(
+                self.transcript_name, self.text or "", f"{path}#{self.guid}"
+            )
+        return self._transcript
+
+
+@dataclass
+class RefiSet:
+    guid: str
+    name: str
+    description: str | None = None
+    code_guids: list[str] = field(default_factory=list)
+    source_guids: list[str] = field(default_factory=list)
+    note_guids: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -196,6 +334,11 @@ class RefiProject:
     codes: list[RefiCode] = field(default_factory=list)
     sources: list[RefiSource] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
+    description: str | None = None
+    stamps: Stamps = field(default_factory=Stamps)
+    note_guids: list[str] = field(default_factory=list)
+    notes: dict[str, RefiNote] = field(default_factory=dict)
+    sets: list[RefiSet] = field(default_factory=list)
 
     def codebook(self) -> Codebook:
         """The codable codes as a qualflow codebook (titles are dotted paths)."""
@@ -215,6 +358,84 @@ class RefiProject:
         user = self.users.get(guid)
         return user.label if user else guid
 
+    def highlights(self, problems: list[str] | None = None) -> list[Highlight]:
+        """Every coding as a highlight (one per coding, offsets as in the file) and
+        every selection without a coding as a highlight without a code. The transcript
+        id is the one ``RefiSource.transcript`` gives. Codings of unknown codes are
+        left out and reported in ``problems``."""
+        titles = self.code_titles()
+        out: list[Highlight] = []
+        for src in self.sources:
+            tid = src.transcript(self.path).id
+            text = src.text or ""
+            for sel in src.selections:
+                base = dict(
+                    transcript_id=tid,
+                    char_start=sel.start,
+                    char_end=sel.end,
+                    snippet=text[sel.start : sel.end],
+                    external_id=sel.guid,
+                )
+                sel_notes = [self.notes[g].text for g in sel.note_guids if g in self.notes]
+                if not sel.codings:
+                    memo = "\n\n".join(n for n in sel_notes if n) or None
+                    out.append(Highlight(**base, coder=self.user_label(sel.user_guid), memo=memo))
+                for coding in sel.codings:
+                    title = titles.get(coding.code_guid)
+                    if title is None:
+                        if problems is not None:
+                            problems.append(
+                                f"selection {sel.guid}: coding {coding.guid} refers to unknown "
+                                f"code {coding.code_guid}"
+                            )
+                        continue
+                    memo = "\n\n".join(n for n in coding.notes if n) or None
+                    out.append(
+                        Highlight(
+                            **base, code=title, coder=self.user_label(coding.user_guid), memo=memo
+                        )
+                    )
+        return out
+
+    def span_codings(self) -> list[SpanCoding]:
+        """One ``SpanCoding`` per user who coded: their codings as exact spans, their
+        scope the whole text of each source they coded, or, in a source where they
+        marked text as "no code applies", the text of their selections there."""
+        titles = self.code_titles()
+        spans: dict[str, list[Span]] = {}
+        ranges: dict[str, dict[str, list[Range]]] = {}
+        marked: dict[str, set[str]] = {}
+        lengths: dict[str, int] = {}
+        for src in self.sources:
+            tid = src.transcript(self.path).id
+            lengths[tid] = len(src.text or "")
+            for sel in src.selections:
+                users = {self.user_label(c.user_guid) for c in sel.codings}
+                users = users or {self.user_label(sel.user_guid)}
+                for user in users:
+                    spans.setdefault(user, [])
+                    ranges.setdefault(user, {}).setdefault(tid, []).append((sel.start, sel.end))
+                    if sel.marks_no_code:
+                        marked.setdefault(user, set()).add(tid)
+                for coding in sel.codings:
+                    title = titles.get(coding.code_guid)
+                    if title is not None:
+                        user = self.user_label(coding.user_guid)
+                        spans[user].append(Span(tid, sel.start, sel.end, title))
+        out = []
+        for user in sorted(spans):
+            scope = {
+                tid: merge_ranges(r) if tid in marked.get(user, ()) else [(0, lengths[tid])]
+                for tid, r in ranges[user].items()
+            }
+            out.append(SpanCoding(coder=user, spans=spans[user], scope=scope))
+        return out
+
+
+def _compact(values: dict[str, Any]) -> dict[str, Any]:
+    """The values that are set (for the import record)."""
+    return {k: v for k, v in values.items() if v not in (None, "", [], {})}
+
 
 def _local(el: etree._Element) -> str:
     tag = el.tag
@@ -228,6 +449,10 @@ def _children(el: etree._Element, name: str) -> list[etree._Element]:
 def _child_text(el: etree._Element, name: str) -> str | None:
     found = _children(el, name)
     return (found[0].text or "") if found else None
+
+
+def _refs(el: etree._Element, name: str = "NoteRef") -> list[str]:
+    return [r.get("targetGUID", "") for r in _children(el, name)]
 
 
 def _codes(parent: etree._Element, prefix: str, out: list[RefiCode], notices: list[str]) -> None:
@@ -246,6 +471,8 @@ def _codes(parent: etree._Element, prefix: str, out: list[RefiCode], notices: li
                 title=title,
                 description=(_child_text(el, "Description") or "").strip(),
                 codable=el.get("isCodable", "true").strip().lower() in {"true", "1"},
+                color=el.get("color"),
+                note_guids=_refs(el),
             )
         )
         _codes(el, title, out, notices)
@@ -263,6 +490,27 @@ def _codebook_codes(root: etree._Element, notices: list[str]) -> list[RefiCode]:
     return codes
 
 
+def _sets(root: etree._Element) -> list[RefiSet]:
+    """The project's (or a codebook's) sets; a codebook's ``MemberCode`` names its code
+    with ``guid``, a project's with ``targetGUID``."""
+    books = [root] if _local(root) == "CodeBook" else [root, *_children(root, "CodeBook")]
+    return [
+        RefiSet(
+            guid=el.get("guid", ""),
+            name=el.get("name", ""),
+            description=_child_text(el, "Description"),
+            code_guids=[
+                m.get("targetGUID") or m.get("guid", "") for m in _children(el, "MemberCode")
+            ],
+            source_guids=_refs(el, "MemberSource"),
+            note_guids=_refs(el, "MemberNote"),
+        )
+        for book in books
+        for holder in _children(book, "Sets")
+        for el in _children(holder, "Set")
+    ]
+
+
 # ---------------------------------------------------------------------- reading
 
 
@@ -270,6 +518,15 @@ def read_qdc(
     path: Path | str, *, schema_dir: Path | None = None, check_schema: bool = True
 ) -> tuple[Codebook, list[str]]:
     """A ``.qdc`` codebook file as a qualflow codebook, plus notices."""
+    codebook, _, notices = read_qdc_codes(path, schema_dir=schema_dir, check_schema=check_schema)
+    return codebook, notices
+
+
+def read_qdc_codes(
+    path: Path | str, *, schema_dir: Path | None = None, check_schema: bool = True
+) -> tuple[Codebook, RefiProject, list[str]]:
+    """A ``.qdc`` as a qualflow codebook, the file's codes, folders and sets as read
+    (GUIDs, colours, folder descriptions; a project without sources), and notices."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -278,17 +535,18 @@ def read_qdc(
     root = _parse_xml(data, str(path))
     if _local(root) != "CodeBook":
         raise RefiError(f"{path}: root element is <{_local(root)}>, a .qdc has <CodeBook>")
-    notices: list[str] = []
+    notices = tolerate(root, str(path))
     if check_schema:
         notice = validate(root, "codebook", schema_dir, str(path))
         notices += [notice] if notice else []
     codes = _codebook_codes(root, notices)
     project = RefiProject(name=path.stem, origin=root.get("origin", ""), path=str(path))
     project.codes = codes
+    project.sets = _sets(root)
     codebook = project.codebook()
     if not codebook.codes:
         raise RefiError(f"{path}: the codebook holds no codable code")
-    return codebook, notices
+    return codebook, project, notices
 
 
 def read_qdpx(
@@ -298,7 +556,8 @@ def read_qdpx(
     check_schema: bool = True,
     strict: bool = True,
 ) -> RefiProject:
-    """Read a ``.qdpx`` project: codes, users, text sources and their coded selections.
+    """Read a ``.qdpx`` project: codes, users, notes, sets, text sources and their
+    selections.
 
     With ``strict``, selections whose offsets fall outside their source's text raise
     ``RefiError`` (naming each selection's GUID); otherwise they are skipped and
@@ -334,7 +593,11 @@ def _read_project(
         origin=root.get("origin", ""),
         path=str(path),
         creating_user=root.get("creatingUserGUID"),
+        description=_child_text(root, "Description"),
+        stamps=Stamps.of(root, "creatingUserGUID"),
+        note_guids=_refs(root),
     )
+    project.notices += tolerate(root, label)
     if check_schema:
         notice = validate(root, "project", schema_dir, label)
         project.notices += [notice] if notice else []
@@ -344,7 +607,8 @@ def _read_project(
                 u.get("guid", ""), u.get("name"), u.get("id")
             )
     project.codes = _codebook_codes(root, project.notices)
-    notes = _notes(zf, root, main)
+    project.notes = _notes(zf, root, main)
+    project.sets = _sets(root)
     out_of_range: list[str] = []
     for holder in _children(root, "Sources"):
         for el in holder:
@@ -360,7 +624,7 @@ def _read_project(
             if source is None:
                 continue
             for sel in _children(el, "PlainTextSelection"):
-                selection = _selection(sel, notes)
+                selection = _selection(sel, project.notes)
                 n = len(source.text or "")
                 if not 0 <= selection.start <= selection.end <= n:
                     out_of_range.append(
@@ -376,11 +640,24 @@ def _read_project(
                     "whole source skipped (only coded selections are imported)"
                 )
             project.sources.append(source)
+    project.notices += _not_imported(root)
     if out_of_range:
         if strict:
             raise RefiError(f"{label}: " + "; ".join(out_of_range))
         project.notices.extend(out_of_range)
     return project
+
+
+def _not_imported(root: etree._Element) -> list[str]:
+    """One notice per kind of element qualflow does not import, with counts."""
+    counts = {
+        "Cases (qualflow's cases are its participants)": len(root.findall(".//{*}Case")),
+        "Variables": len(root.findall(".//{*}Variables/{*}Variable")),
+        "variable values of sources": len(root.findall(".//{*}TextSource/{*}VariableValue")),
+        "Links": len(root.findall(".//{*}Link")),
+        "Graphs": len(root.findall(".//{*}Graph")),
+    }
+    return [f"{n} {what} not imported" for what, n in counts.items() if n]
 
 
 def _zip_text(zf: zipfile.ZipFile, member: str) -> str | None:
@@ -441,11 +718,19 @@ def _text_source(
     if not text.strip():
         notices.append(f"source '{name}' skipped: its plain text is empty")
         return None
-    return RefiSource(guid=guid, name=name, text=text, origin=origin)
+    return RefiSource(
+        guid=guid,
+        name=name,
+        text=text,
+        origin=origin,
+        description=_child_text(el, "Description"),
+        note_guids=_refs(el),
+        stamps=Stamps.of(el),
+    )
 
 
-def _notes(zf: zipfile.ZipFile, root: etree._Element, main: str) -> dict[str, str]:
-    out: dict[str, str] = {}
+def _notes(zf: zipfile.ZipFile, root: etree._Element, main: str) -> dict[str, RefiNote]:
+    out: dict[str, RefiNote] = {}
     for holder in _children(root, "Notes"):
         for note in _children(holder, "Note"):
             text = _child_text(note, "PlainTextContent")
@@ -454,29 +739,42 @@ def _notes(zf: zipfile.ZipFile, root: etree._Element, main: str) -> dict[str, st
                     text = _zip_text(zf, member)
                     if text is not None:
                         break
-            out[note.get("guid", "")] = text or ""
+            guid = note.get("guid", "")
+            out[guid] = RefiNote(guid, note.get("name"), text or "", Stamps.of(note))
     return out
 
 
-def _selection(sel: etree._Element, notes: dict[str, str]) -> RefiSelection:
+def _selection(sel: etree._Element, notes: dict[str, RefiNote]) -> RefiSelection:
     guid = sel.get("guid", "")
     try:
         start, end = int(sel.get("startPosition", "")), int(sel.get("endPosition", ""))
     except ValueError as exc:
         raise RefiError(f"selection {guid}: startPosition/endPosition are not integers") from exc
-    out = RefiSelection(guid=guid, start=start, end=end, user_guid=sel.get("creatingUser"))
-    sel_notes = [notes.get(r.get("targetGUID", ""), "") for r in _children(sel, "NoteRef")]
+    out = RefiSelection(
+        guid=guid,
+        start=start,
+        end=end,
+        user_guid=sel.get("creatingUser"),
+        name=sel.get("name"),
+        description=_child_text(sel, "Description"),
+        note_guids=_refs(sel),
+        stamps=Stamps.of(sel),
+    )
+    sel_notes = [notes[g].text if g in notes else "" for g in out.note_guids]
     for c in _children(sel, "Coding"):
         refs = _children(c, "CodeRef")
         if not refs:
             continue
-        coding_notes = [notes.get(r.get("targetGUID", ""), "") for r in _children(c, "NoteRef")]
+        note_guids = _refs(c)
+        coding_notes = [notes[g].text if g in notes else "" for g in note_guids]
         out.codings.append(
             RefiCoding(
                 guid=c.get("guid", ""),
                 code_guid=refs[0].get("targetGUID", ""),
                 user_guid=c.get("creatingUser") or out.user_guid,
                 notes=[n for n in coding_notes + sel_notes if n],
+                note_guids=note_guids,
+                created=c.get("creationDateTime"),
             )
         )
     return out
@@ -500,6 +798,7 @@ class RefiImport:
     selections: int = 0
     codings: int = 0
     coders: dict[str, int] = field(default_factory=dict)
+    span_codings: list[SpanCoding] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -590,7 +889,9 @@ def import_qdpx(
     code_interviewer: bool = False,
     strict: bool = True,
 ) -> RefiImport:
-    """Import a ``.qdpx`` project: sources -> transcripts, codebook, codings -> gold.
+    """Import a ``.qdpx`` project: sources -> transcripts, codebook, each user's codings
+    -> a gold coder (exact spans, see ``qualflow.exchange.spans``), and what qualflow has
+    no model for -> the import record.
 
     A source whose text equals a stored current transcript's text reuses that
     transcript (so a project qualflow exported comes back onto the same passages).
@@ -610,27 +911,21 @@ def import_qdpx(
         codes=len(codebook.codes),
         notices=list(project.notices),
     )
-    titles = project.code_titles()
     by_text = {t.text: t for t in store.transcripts()}
-    highlights: list[Highlight] = []
-    passages: dict[str, list[Passage]] = {}
+    moved: dict[str, str] = {}  # transcript id the source would get -> the one it got
     for src in project.sources:
-        text = src.text or ""
-        transcript = by_text.get(text) or source_transcript(
-            Path(src.name).stem if Path(src.name).suffix.lower() == ".txt" else src.name,
-            text,
-            f"{path}#{src.guid}",
-        )
-        made = segment(
+        made = src.transcript(str(path))
+        transcript = by_text.get(made.text) or made
+        passages = segment(
             transcript,
             mode=segmentation,
             interviewer_speakers=tuple(interviewer_speakers),
             code_interviewer=code_interviewer,
         )
         try:
-            if transcript.text in by_text:
-                store.add_passages(made)
-            elif store.save_transcript(transcript, made) == "new_version":
+            if transcript is not made:
+                store.add_passages(passages)
+            elif store.save_transcript(transcript, passages) == "new_version":
                 result.notices.append(
                     f"source '{src.name}': stored as a new version of transcript "
                     f"'{transcript.name}' (the previous version is no longer current)"
@@ -638,60 +933,169 @@ def import_qdpx(
         except DuplicateTranscriptError as exc:
             result.problems.append(f"source '{src.name}': not imported: {exc}")
             continue
+        moved[made.id] = transcript.id
         result.transcripts.append(transcript.id)
-        passages[transcript.id] = store.passages(
-            transcript_id=transcript.id, segmentation=mode_name(segmentation)
-        )
-        for sel in src.selections:
-            result.selections += 1
-            for coding in sel.codings:
-                title = titles.get(coding.code_guid)
-                if title is None:
-                    result.problems.append(
-                        f"selection {sel.guid}: coding {coding.guid} refers to unknown code "
-                        f"{coding.code_guid}"
-                    )
-                    continue
-                result.codings += 1
-                highlights.append(
-                    Highlight(
-                        transcript_id=transcript.id,
-                        char_start=sel.start,
-                        char_end=sel.end,
-                        code=title,
-                        coder=project.user_label(coding.user_guid),
-                        snippet=text[sel.start : sel.end],
-                        external_id=sel.guid,
-                        memo="\n\n".join(coding.notes) or None,
-                    )
-                )
-    save_highlights(store, f"refi:{project.name}", highlights)
-    for coder, coding in _codings_per_coder(passages, highlights, min_overlap).items():
-        store.save_gold(result.gold_set, coder, coding, result.codebook_version)
-        result.coders[coder] = sum(1 for codes in coding.values() if codes)
+        result.selections += len(src.selections)
+    highlights = [
+        h.model_copy(update={"transcript_id": moved[h.transcript_id]})
+        for h in project.highlights(result.problems)
+        if h.transcript_id in moved
+    ]
+    result.codings = sum(1 for h in highlights if h.code is not None)
+    kept = set(moved.values())
+    result.span_codings = [restrict(retarget(c, moved), kept) for c in project.span_codings()]
+    result.coders = save_gold_spans(
+        store,
+        result.gold_set,
+        result.span_codings,
+        highlights,
+        codebook_version=result.codebook_version,
+        segmentation=segmentation,
+        min_overlap=min_overlap,
+    )
+    save_import_record(
+        store,
+        ImportRecord(
+            result.gold_set,
+            "refi-qda",
+            project.name,
+            str(path),
+            project_record(project, moved, result.span_codings),
+        ),
+    )
     return result
 
 
-def _codings_per_coder(
-    passages: dict[str, list[Passage]], highlights: list[Highlight], min_overlap: float
-) -> dict[str, Coding]:
-    """Each coder's codings over the passages of the transcripts that coder coded."""
-    by_coder: dict[str, list[Highlight]] = defaultdict(list)
-    for h in highlights:
-        by_coder[h.coder].append(h)
-    out: dict[str, Coding] = {}
-    for coder, hs in sorted(by_coder.items()):
-        scope = [p for tid in dict.fromkeys(h.transcript_id for h in hs) for p in passages[tid]]
-        out[coder] = map_highlights(scope, hs, min_overlap=min_overlap)
-    return out
+def project_record(
+    project: RefiProject, moved: dict[str, str], codings: list[SpanCoding]
+) -> dict[str, Any]:
+    """What the project holds beyond texts, codes and codings, for the import record
+    (``qualflow.exchange.records``); sources are keyed by the transcript they became."""
+    titles = project.code_titles()
+    tid_of = {
+        src.guid: moved[src.transcript(project.path).id]
+        for src in project.sources
+        if src.transcript(project.path).id in moved
+    }
+    selections: dict[str, Any] = {}
+    for src in project.sources:
+        if src.guid not in tid_of:
+            continue
+        for sel in src.selections:
+            codings_rec = {
+                coding_key(project.user_label(c.user_guid), titles[c.code_guid]): _compact(
+                    {"guid": c.guid, "creationDateTime": c.created, "notes": c.note_guids}
+                )
+                for c in sel.codings
+                if c.code_guid in titles
+            }
+            selections[sel.guid] = _compact(
+                {
+                    "guid": sel.guid,
+                    "name": sel.name,
+                    "description": sel.description,
+                    "notes": sel.note_guids,
+                    "codings": codings_rec,
+                    **sel.stamps.record(),
+                }
+            )
+    referenced = {g for c in project.codes for g in c.note_guids}
+    referenced |= {g for src in project.sources for g in src.note_guids}
+    referenced |= {g for src in project.sources for s in src.selections for g in s.note_guids}
+    referenced |= {
+        g
+        for src in project.sources
+        for s in src.selections
+        for c in s.codings
+        for g in c.note_guids
+    }
+    referenced |= {g for st in project.sets for g in st.note_guids}
+    return {
+        "project": _compact(
+            {
+                "name": project.name,
+                "origin": project.origin,
+                "description": project.description,
+                "notes": project.note_guids,
+                **project.stamps.record(),
+            }
+        ),
+        "users": [
+            _compact({"guid": u.guid, "name": u.name, "id": u.id, "label": u.label})
+            for u in project.users.values()
+        ],
+        "codes": _codes_record(project),
+        "sources": {
+            tid_of[src.guid]: _compact(
+                {
+                    "guid": src.guid,
+                    "name": src.name,
+                    "description": src.description,
+                    "notes": src.note_guids,
+                    **src.stamps.record(),
+                }
+            )
+            for src in project.sources
+            if src.guid in tid_of
+        },
+        "selections": selections,
+        "notes": {
+            g: _compact({"name": n.name, "text": n.text, **n.stamps.record()})
+            for g, n in project.notes.items()
+        },
+        "free_notes": [
+            g for g in project.notes if g not in referenced and g not in project.note_guids
+        ],
+        "sets": _sets_record(project, tid_of),
+        "scopes": scope_record(codings),
+    }
+
+
+def _codes_record(project: RefiProject) -> dict[str, Any]:
+    return {
+        c.title: _compact(
+            {
+                "guid": c.guid,
+                "color": c.color,
+                "description": c.description,
+                "codable": c.codable,
+                "notes": c.note_guids,
+            }
+        )
+        for c in project.codes
+    }
+
+
+def _sets_record(project: RefiProject, tid_of: dict[str, str]) -> list[dict[str, Any]]:
+    titles = project.code_titles()
+    return [
+        _compact(
+            {
+                "guid": st.guid,
+                "name": st.name,
+                "description": st.description,
+                "codes": [titles[g] for g in st.code_guids if g in titles],
+                "sources": [tid_of[g] for g in st.source_guids if g in tid_of],
+                "notes": st.note_guids,
+            }
+        )
+        for st in project.sets
+    ]
 
 
 def import_qdc(
     store: Store, path: Path | str, *, schema_dir: Path | None = None, check_schema: bool = True
 ) -> tuple[str, Codebook, list[str]]:
-    """Store a ``.qdc`` codebook; returns (version, codebook, notices)."""
-    codebook, notices = read_qdc(path, schema_dir=schema_dir, check_schema=check_schema)
-    return store.save_codebook(codebook), codebook, notices
+    """Store a ``.qdc`` codebook, with its codes' GUIDs and colours and its folders'
+    descriptions kept for exports; returns (version, codebook, notices)."""
+    codebook, read, notices = read_qdc_codes(path, schema_dir=schema_dir, check_schema=check_schema)
+    version = store.save_codebook(codebook)
+    record = {"codes": _codes_record(read), "sets": _sets_record(read, {})}
+    target = f"codebook:{version}"
+    save_import_record(
+        store, ImportRecord(target, "refi-qda-codebook", codebook.name, str(path), record)
+    )
+    return version, codebook, notices
 
 
 # ---------------------------------------------------------------------- writing
@@ -707,95 +1111,127 @@ def _clean(text: str) -> str:
     return _XML_BAD.sub("", text)
 
 
-def _stamp(when: datetime | None) -> str:
+def _stamp(when: datetime | str | None) -> str:
+    """An ``xsd:dateTime`` (now when None; ISO text as kept by an import record)."""
+    if isinstance(when, str):
+        when = datetime.fromisoformat(when.replace("Z", "+00:00"))
     when = when or utcnow()
     if when.tzinfo is None:
         return when.strftime("%Y-%m-%dT%H:%M:%SZ")
     return when.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+_RGB = re.compile(r"#([A-Fa-f0-9]{6}|[A-Fa-f0-9]{3})")
+
+
 @dataclass
-class ExportUser:
-    key: str
-    name: str
-    kind: str  # machine | reviewer | gold
+class CodeNode:
+    """One ``<Code>`` to write: a code of the codebook or a folder on the way to one."""
+
+    title: str
+    guid: str
+    codable: bool
+    description: str = ""
+    color: str | None = None
+    note_guids: list[str] = field(default_factory=list)
+    children: list[CodeNode] = field(default_factory=list)
 
     @property
-    def guid(self) -> str:
-        return guid("user", self.key)
+    def name(self) -> str:
+        return self.title.rsplit(".", 1)[-1]
+
+    def walk(self) -> list[CodeNode]:
+        return [self, *(n for c in self.children for n in c.walk())]
 
 
-@dataclass
-class ExportCoding:
-    passage_id: str
-    code: str
-    user: ExportUser
-    note: str | None = None
-    created_at: datetime | None = None
-
-
-@dataclass
-class RefiExport:
-    path: str
-    sources: int = 0
-    codes: int = 0
-    selections: int = 0
-    codings: int = 0
-    notes: int = 0
-    users: dict[str, int] = field(default_factory=dict)
-    notices: list[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        users = ", ".join(f"{u}: {n}" for u, n in self.users.items()) or "none"
-        return (
-            f"{self.path}: {self.sources} sources, {self.codes} codes, {self.selections} "
-            f"selections, {self.codings} codings, {self.notes} notes; codings per user: {users}"
-        )
-
-
-def _code_tree(codebook: Codebook, extra: set[str]) -> dict[str, dict]:
-    """Nested dict of title segments; every node knows its full title."""
-    tree: dict[str, dict] = {}
+def code_nodes(
+    codebook: Codebook, extra: set[str], known: dict[str, dict[str, Any]] | None = None
+) -> list[CodeNode]:
+    """The code tree to write: each dotted title becomes nested codes, ancestors that
+    are not codes are folders (``isCodable="false"``). ``known`` (title -> GUID, colour,
+    description, as an import kept them) gives codes and folders their original GUIDs
+    and colours and folders their descriptions; a code's description is the codebook's."""
+    known = known or {}
+    roots: list[CodeNode] = []
+    nodes: dict[str, CodeNode] = {}
+    codable = set(codebook.titles()) | extra
     for title in [*codebook.titles(), *sorted(extra - set(codebook.titles()))]:
-        node = tree
-        for part in title.split("."):
-            node = node.setdefault(part, {})
-    return tree
+        parts = title.split(".")
+        for depth in range(1, len(parts) + 1):
+            path = ".".join(parts[:depth])
+            if path in nodes:
+                continue
+            info = known.get(path, {})
+            code = codebook.get(path)
+            color = info.get("color")
+            node = CodeNode(
+                title=path,
+                guid=info.get("guid") or guid("code", path),
+                codable=path in codable,
+                description=code.description if code else (info.get("description") or ""),
+                color=color if color and _RGB.fullmatch(color) else None,
+                note_guids=list(info.get("notes", [])),
+            )
+            nodes[path] = node
+            (nodes[".".join(parts[: depth - 1])].children if depth > 1 else roots).append(node)
+    return roots
 
 
-def _codes_xml(
+def codes_xml(
     parent: etree._Element,
-    tree: dict[str, dict],
-    codebook: Codebook,
-    extra: set[str],
+    nodes: list[CodeNode],
     ns: str,
-    prefix: str = "",
+    *,
+    note_refs: set[str] | None = None,
 ) -> None:
+    """Write ``nodes`` as nested ``<Code>`` elements; NoteRefs (project files only) to
+    the notes in ``note_refs``."""
     from lxml import etree
 
-    for name, children in tree.items():
-        title = f"{prefix}.{name}" if prefix else name
-        code = codebook.get(title)
-        codable = code is not None or title in extra
-        el = etree.SubElement(
-            parent,
-            f"{{{ns}}}Code",
-            guid=guid("code", title),
-            name=_clean(name),
-            isCodable="true" if codable else "false",
-        )
-        if code is not None and code.description:
-            etree.SubElement(el, f"{{{ns}}}Description").text = _clean(code.description)
-        _codes_xml(el, children, codebook, extra, ns, title)
+    for node in nodes:
+        attrs = {
+            "guid": node.guid,
+            "name": _clean(node.name),
+            "isCodable": "true" if node.codable else "false",
+        }
+        if node.color:
+            attrs["color"] = node.color
+        el = etree.SubElement(parent, f"{{{ns}}}Code", **attrs)
+        if node.description:
+            etree.SubElement(el, f"{{{ns}}}Description").text = _clean(node.description)
+        for g in node.note_guids if note_refs is not None else ():
+            if g in note_refs:
+                etree.SubElement(el, f"{{{ns}}}NoteRef", targetGUID=g)
+        codes_xml(el, node.children, ns, note_refs=note_refs)
 
 
-def codebook_xml(codebook: Codebook, *, origin: str = "qualflow") -> bytes:
-    """A ``.qdc`` document for a codebook."""
+def codebook_xml(
+    codebook: Codebook,
+    *,
+    origin: str = "qualflow",
+    known: dict[str, dict[str, Any]] | None = None,
+    sets: list[dict[str, Any]] | None = None,
+) -> bytes:
+    """A ``.qdc`` document for a codebook (GUIDs, colours, folder descriptions and code
+    sets from ``known``/``sets`` when an import kept them)."""
     from lxml import etree
 
-    root = etree.Element(f"{{{NS_CODEBOOK}}}CodeBook", nsmap={None: NS_CODEBOOK}, origin=origin)
-    codes = etree.SubElement(root, f"{{{NS_CODEBOOK}}}Codes")
-    _codes_xml(codes, _code_tree(codebook, set()), codebook, set(), NS_CODEBOOK)
+    ns = NS_CODEBOOK
+    root = etree.Element(f"{{{ns}}}CodeBook", nsmap={None: ns}, origin=origin)
+    codes = etree.SubElement(root, f"{{{ns}}}Codes")
+    nodes = code_nodes(codebook, set(), known)
+    codes_xml(codes, nodes, ns)
+    by_title = {n.title: n.guid for root_node in nodes for n in root_node.walk()}
+    kept = [s for s in sets or [] if any(t in by_title for t in s.get("codes", []))]
+    if kept:
+        holder = etree.SubElement(root, f"{{{ns}}}Sets")
+        for s in kept:
+            el = etree.SubElement(holder, f"{{{ns}}}Set", guid=s["guid"], name=_clean(s["name"]))
+            if s.get("description"):
+                etree.SubElement(el, f"{{{ns}}}Description").text = _clean(s["description"])
+            for t in s.get("codes", []):
+                if t in by_title:
+                    etree.SubElement(el, f"{{{ns}}}MemberCode", guid=by_title[t])
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
 
 
@@ -805,269 +1241,25 @@ def export_qdc(
     *,
     schema_dir: Path | None = None,
     check_schema: bool = True,
+    store: Store | None = None,
 ) -> list[str]:
-    """Write a ``.qdc`` codebook (validated when a schema is known); returns notices."""
-    data = codebook_xml(codebook)
+    """Write a ``.qdc`` codebook (validated when a schema is known); returns notices.
+    With ``store``, codes keep the GUIDs and colours an import gave them."""
+    from qualflow.exchange.qdpx_export import known_codes
+
+    known, sets = known_codes(store) if store is not None else ({}, [])
+    data = codebook_xml(codebook, known=known, sets=sets)
     notices: list[str] = []
     if check_schema:
-        notice = validate(_parse_xml(data, str(path)), "codebook", schema_dir, str(path))
+        root = _parse_xml(data, str(path))
+        notice = validate(root, "codebook", schema_dir, str(path), hint=None)
         notices += [notice] if notice else []
     Path(path).write_bytes(data)
     return notices
 
 
-def collect_codings(
-    store: Store,
-    *,
-    machine: bool = True,
-    reviewers: bool = True,
-    gold: bool = True,
-    run_ids: list[int] | None = None,
-    gold_sets: list[str] | None = None,
-) -> list[ExportCoding]:
-    """Every coding in the store, each with the user (coder) it belongs to."""
-    out: list[ExportCoding] = []
-    if machine:
-        sets = (
-            [ps for rid in run_ids for ps in store.proposal_sets(run_id=rid)]
-            if run_ids is not None
-            else store.proposal_sets()
-        )
-        for ps in sets:
-            if ps.status != "ok":
-                continue
-            pv = ps.prompt_version[:12]
-            user = ExportUser(
-                key=f"machine:{ps.coder}:{ps.model}:{ps.prompt_version}",
-                name=f"{ps.model} [{ps.coder}" + (f", prompt {pv}]" if pv else "]"),
-                kind="machine",
-            )
-            for p in ps.proposals:
-                note = "\n".join(
-                    [
-                        "qualflow machine coding",
-                        f"code: {p.code}",
-                        f"coder: {ps.coder}",
-                        f"model: {ps.model}",
-                        f"prompt version: {ps.prompt_version or '-'}",
-                        f"codebook version: {ps.codebook_version}",
-                        f"confidence: {p.confidence:.2f}",
-                        f"rationale: {p.rationale}",
-                        f"evidence: {p.evidence}",
-                    ]
-                )
-                out.append(ExportCoding(ps.passage_id, p.code, user, note, ps.created_at))
-    if reviewers:
-        from qualflow.review.decisions import reviewer_codings
+def export_qdpx(store: Store, path: Path | str, **options: Any) -> RefiExport:
+    """Write the study as a ``.qdpx``; see ``qualflow.exchange.qdpx_export.export_qdpx``."""
+    from qualflow.exchange.qdpx_export import export_qdpx as export
 
-        for username, coding in sorted(reviewer_codings(store).items()):
-            user = ExportUser(key=f"reviewer:{username}", name=username, kind="reviewer")
-            out += [
-                ExportCoding(pid, code, user) for pid, codes in coding.items() for code in codes
-            ]
-    if gold:
-        for gs in gold_sets if gold_sets is not None else store.gold_sets():
-            for coder, coding in sorted(store.gold(gs).items()):
-                user = ExportUser(key=f"gold:{gs}:{coder}", name=f"{coder} [{gs}]", kind="gold")
-                out += [
-                    ExportCoding(pid, code, user) for pid, codes in coding.items() for code in codes
-                ]
-    return out
-
-
-def project_xml(
-    store: Store,
-    codings: list[ExportCoding],
-    *,
-    name: str,
-    codebook: Codebook | None = None,
-    transcripts: list[Transcript] | None = None,
-    origin: str = "qualflow",
-) -> tuple[bytes, dict[str, bytes], RefiExport]:
-    """The ``project.qde`` XML and the ``sources/`` files of an export."""
-    from lxml import etree
-
-    ns = NS_PROJECT
-    q = lambda tag: f"{{{ns}}}{tag}"  # noqa: E731
-    transcripts = transcripts if transcripts is not None else store.transcripts()
-    report = RefiExport(path="")
-    codebook = codebook or Codebook(name=name, codes=[])
-    wanted = {t.id for t in transcripts}
-    passages = {
-        p.id: p
-        for p in passages_by_ids(store, (c.passage_id for c in codings))
-        if p.transcript_id in wanted
-    }
-    codings = [c for c in codings if c.passage_id in passages]
-    extra = {c.code for c in codings} - set(codebook.titles())
-    if extra:
-        report.notices.append(
-            f"{len(extra)} codes used in codings are not in codebook '{codebook.name}' "
-            f"({', '.join(sorted(extra)[:5])}{'...' if len(extra) > 5 else ''}); exported as codes"
-        )
-    users = {c.user.key: c.user for c in codings}
-    now = _stamp(None)
-    root = etree.Element(
-        q("Project"),
-        nsmap={None: ns, "xsi": "http://www.w3.org/2001/XMLSchema-instance"},
-        name=_clean(name),
-        origin=origin,
-        creationDateTime=now,
-    )
-    if users:
-        users_el = etree.SubElement(root, q("Users"))
-        for u in users.values():
-            etree.SubElement(
-                users_el, q("User"), guid=u.guid, name=_clean(u.name), id=_clean(u.key)
-            )
-    titles = [*codebook.titles(), *sorted(extra)]
-    if titles:
-        book = etree.SubElement(root, q("CodeBook"))
-        codes_el = etree.SubElement(book, q("Codes"))
-        _codes_xml(codes_el, _code_tree(codebook, extra), codebook, extra, ns)
-    report.codes = len(titles)
-    _cases(store, root, transcripts, q)
-    by_passage: dict[str, list[ExportCoding]] = defaultdict(list)
-    for c in codings:
-        by_passage[c.passage_id].append(c)
-    files: dict[str, bytes] = {}
-    notes: list[tuple[str, ExportCoding]] = []
-    sources_el = etree.SubElement(root, q("Sources")) if transcripts else None
-    for t in transcripts:
-        sguid = guid("source", t.id)
-        files[f"sources/{sguid}.txt"] = t.text.encode("utf-8")
-        src = etree.SubElement(
-            sources_el,
-            q("TextSource"),
-            guid=sguid,
-            name=_clean(t.name),
-            plainTextPath=f"internal://{sguid}.txt",
-        )
-        mine = sorted(
-            (passages[pid] for pid in by_passage if passages[pid].transcript_id == t.id),
-            key=lambda p: (p.char_start, p.char_end, p.id),
-        )
-        for p in mine:
-            sel = etree.SubElement(
-                src,
-                q("PlainTextSelection"),
-                guid=guid("selection", p.id),
-                name=f"{p.segmentation} {p.index}",
-                startPosition=str(p.char_start),
-                endPosition=str(p.char_end),
-            )
-            report.selections += 1
-            seen: set[tuple[str, str]] = set()
-            for c in sorted(by_passage[p.id], key=lambda c: (c.user.key, c.code)):
-                if (c.user.key, c.code) in seen:
-                    continue
-                seen.add((c.user.key, c.code))
-                cguid = guid("coding", p.id, c.user.key, c.code)
-                attrs = {"guid": cguid, "creatingUser": c.user.guid}
-                if c.created_at is not None:
-                    attrs["creationDateTime"] = _stamp(c.created_at)
-                coding = etree.SubElement(sel, q("Coding"), **attrs)
-                etree.SubElement(coding, q("CodeRef"), targetGUID=guid("code", c.code))
-                if c.note:
-                    nguid = guid("note", cguid)
-                    etree.SubElement(coding, q("NoteRef"), targetGUID=nguid)
-                    notes.append((nguid, c))
-                report.codings += 1
-                report.users[c.user.name] = report.users.get(c.user.name, 0) + 1
-    report.sources = len(transcripts)
-    if notes:
-        notes_el = etree.SubElement(root, q("Notes"))
-        for nguid, c in notes:
-            note = etree.SubElement(
-                notes_el,
-                q("Note"),
-                guid=nguid,
-                name=_clean(f"rationale: {c.code}"),
-                creatingUser=c.user.guid,
-                creationDateTime=_stamp(c.created_at),
-            )
-            etree.SubElement(note, q("PlainTextContent")).text = _clean(c.note or "")
-        report.notes = len(notes)
-    data = etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
-    return data, files, report
-
-
-def _cases(store: Store, root: etree._Element, transcripts: list[Transcript], q) -> None:
-    """Participants as Cases (with their attributes as Variables) linked to sources."""
-    from lxml import etree
-
-    people = {p.id: p for p in store.participants()}
-    used = sorted({t.participant_id for t in transcripts if t.participant_id in people})
-    if not used:
-        return
-    keys = sorted({k for pid in used for k in people[pid].attributes})
-    if keys:
-        variables = etree.SubElement(root, q("Variables"))
-        for k in keys:
-            etree.SubElement(
-                variables,
-                q("Variable"),
-                guid=guid("variable", k),
-                name=_clean(k),
-                typeOfVariable="Text",
-            )
-    cases = etree.SubElement(root, q("Cases"))
-    for pid in used:
-        case = etree.SubElement(cases, q("Case"), guid=guid("case", pid), name=_clean(pid))
-        for k in keys:
-            if k in people[pid].attributes:
-                vv = etree.SubElement(case, q("VariableValue"))
-                etree.SubElement(vv, q("VariableRef"), targetGUID=guid("variable", k))
-                etree.SubElement(vv, q("TextValue")).text = _clean(str(people[pid].attributes[k]))
-        for t in transcripts:
-            if t.participant_id == pid:
-                etree.SubElement(case, q("SourceRef"), targetGUID=guid("source", t.id))
-
-
-def export_qdpx(
-    store: Store,
-    path: Path | str,
-    *,
-    name: str = "qualflow study",
-    codebook_version: str | None = None,
-    machine: bool = True,
-    reviewers: bool = True,
-    gold: bool = True,
-    run_ids: list[int] | None = None,
-    gold_sets: list[str] | None = None,
-    transcript_ids: list[str] | None = None,
-    schema_dir: Path | None = None,
-    check_schema: bool = True,
-) -> RefiExport:
-    """Write a study as a ``.qdpx``: sources, codebook, every coder's codings."""
-    path = Path(path)
-    codebook = store.codebook(codebook_version) if codebook_version else store.codebook()
-    if codebook_version and codebook is None:
-        raise RefiError(f"no codebook with version {codebook_version} in the store")
-    transcripts = store.transcripts()
-    if transcript_ids is not None:
-        wanted = set(transcript_ids)
-        transcripts = [t for t in transcripts if t.id in wanted or t.name in wanted]
-    codings = collect_codings(
-        store,
-        machine=machine,
-        reviewers=reviewers,
-        gold=gold,
-        run_ids=run_ids,
-        gold_sets=gold_sets,
-    )
-    data, files, report = project_xml(
-        store, codings, name=name, codebook=codebook, transcripts=transcripts
-    )
-    report.path = str(path)
-    if check_schema:
-        notice = validate(_parse_xml(data, str(path)), "project", schema_dir, f"{path}!project.qde")
-        report.notices += [notice] if notice else []
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("project.qde", data)
-        for member, content in files.items():
-            zf.writestr(member, content)
-    tmp.replace(path)
-    return report
+    return export(store, path, **options)

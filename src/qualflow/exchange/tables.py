@@ -5,8 +5,9 @@
   participants (distinct participants among those passages).
 - ``participant_matrix``: participants (with their attributes, e.g. area and role) by
   codes; a cell is the number of that participant's passages carrying the code.
-- ``quotes_by_code``: the passages carrying each code, with participant id, ready to
-  quote in a findings section.
+- ``quotes_by_code``: the passages carrying each code, with participant id and the
+  speaker of the line (so an interviewer's line is not taken for the participant's),
+  ready to quote in a findings section.
 
 A coding source is named by a short spec (``resolve_source``):
 ``gold:SET`` or ``gold:SET:CODER``, ``run:ID``, ``review`` (every reviewer's finished
@@ -15,17 +16,25 @@ passages, codes united per passage) or ``review:USERNAME``.
 A passage's participant is its transcript's ``participant_id``; a transcript without
 one counts as its own participant under the transcript name (marked with ``?``), so
 nothing is silently dropped.
+
+Writers: CSV and XLSX cells go through ``qualflow.cells.safe_cell`` (a quote starting
+with ``=`` must not run as a formula); XLSX text cells are strings, never formulas, and
+keep their text verbatim (a formula-like one gets the cell's quote-prefix flag, the
+XLSX form of the leading apostrophe). Markdown cells escape what Markdown or HTML
+would render (``*``, ``_``, backticks, ``|``, ``<``...), so rendered quotes are verbatim.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qualflow.cells import safe_cell, safe_row
 from qualflow.highlights import passages_by_ids
 from qualflow.models import Codebook, Coding, Passage
 from qualflow.store import Store
@@ -323,7 +332,15 @@ def quotes_by_code(
     titles, extra = _ordered_codes(codebook, set(by_code))
     table = Table(
         title=f"Quotes by code: {source.label}",
-        columns=["code", "description", "participant", "transcript", "passage", "quote"],
+        columns=[
+            "code",
+            "description",
+            "participant",
+            "speaker",
+            "transcript",
+            "passage",
+            "quote",
+        ],
         group_by="code",
     )
     for title in [*titles, *extra]:
@@ -337,6 +354,7 @@ def quotes_by_code(
                     "code": title,
                     "description": code.description if code else "",
                     "participant": c.participant,
+                    "speaker": c.passage.speaker or "",
                     "transcript": c.transcript,
                     "passage": c.passage.index,
                     "quote": " ".join(c.passage.text.split()),
@@ -410,12 +428,25 @@ def to_csv(table: Table) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=table.columns, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(table.rows)
+    writer.writerows(safe_row(row) for row in table.rows)
     return buf.getvalue()
 
 
+_MD_SPECIAL = re.compile(r"([\\`*_~\[\]|#!])")
+_HTML = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+
+
+def md_escape(value: Any) -> str:
+    """Text for a Markdown table cell that renders as itself: Markdown's special
+    characters backslash-escaped, ``&``, ``<`` and ``>`` as entities (no HTML, no
+    entity), line breaks as spaces."""
+    text = " ".join(str(value).splitlines())
+    text = _MD_SPECIAL.sub(r"\\\1", text)
+    return "".join(_HTML.get(ch, ch) for ch in text)
+
+
 def _md_cell(value: Any) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    return md_escape(value)
 
 
 def to_markdown(table: Table) -> str:
@@ -449,11 +480,11 @@ def to_xlsx(table: Table, path: Path) -> None:
     wb = Workbook()
     ws = wb.active
     ws.title = table.title.split(":")[0][:31]
-    ws.append(table.columns)
+    xlsx_row(ws, 1, table.columns)
     for cell in ws[1]:
         cell.font = Font(bold=True)
-    for row in table.rows:
-        ws.append([row.get(c, "") for c in table.columns])
+    for i, row in enumerate(table.rows, start=2):
+        xlsx_row(ws, i, [row.get(c, "") for c in table.columns])
     ws.freeze_panes = "A2"
     for i, col in enumerate(table.columns, start=1):
         width = max([len(str(col)), *(len(str(r.get(col, ""))) for r in table.rows)])
@@ -464,7 +495,20 @@ def to_xlsx(table: Table, path: Path) -> None:
                 cell.alignment = Alignment(wrap_text=True, vertical="top")
     if table.notes:
         notes = wb.create_sheet("notes")
-        notes.append([table.title])
-        for note in table.notes:
-            notes.append([note])
+        for i, note in enumerate([table.title, *table.notes], start=1):
+            xlsx_row(notes, i, [note])
     wb.save(path)
+
+
+def xlsx_row(ws: Any, row: int, values: list[Any]) -> None:
+    """Write one row of cells: text as a string cell (never a formula) kept verbatim,
+    with the quote-prefix flag when ``safe_cell`` finds it formula-like; numbers as
+    numbers."""
+    for col, value in enumerate(values, start=1):
+        cell = ws.cell(row=row, column=col)
+        if isinstance(value, str):
+            cell.value = value
+            cell.data_type = "s"
+            cell.quotePrefix = safe_cell(value) != value
+        else:
+            cell.value = value

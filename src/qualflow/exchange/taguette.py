@@ -10,10 +10,12 @@ other readers), and offsets are converted from bytes to code points. Turns are t
 block elements (paragraphs, headings), stripped of surrounding blanks, with exact
 offsets: ``text[turn.char_start:turn.char_end] == turn.text``.
 
-Tags become a flat codebook (a tag path is the code title), highlights become rows
-of the ``highlights`` table and, mapped onto the passages with
-``qualflow.highlights.map_highlights``, a gold coder's codings. A highlight without a
-tag is reported, never turned into a code.
+Tags become a flat codebook (a tag path is the code title). Each Taguette user's
+highlights become a ``SpanCoding`` with exact offsets (``read_taguette`` gives them
+without touching the store), stored as a gold coder by ``qualflow.exchange.spans``
+(highlights, plus their projection onto passages for passage-level readers). A
+highlight without a tag is reported, never turned into a code. What qualflow has no
+model for (project description, logins, dates) goes to the import record, for exports.
 """
 
 from __future__ import annotations
@@ -26,14 +28,23 @@ import io
 import itertools
 import re
 import sqlite3
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 
-from qualflow.highlights import Highlight, coding_by_coder, save_highlights
-from qualflow.models import Code, Codebook, Passage, Transcript, Turn
+from qualflow.cells import safe_cell
+from qualflow.exchange.records import ImportRecord, save_import_record
+from qualflow.exchange.spans import (
+    codings_from_highlights,
+    restrict,
+    save_gold_spans,
+    scope_record,
+)
+from qualflow.highlights import Highlight
+from qualflow.models import Code, Codebook, Passage, SpanCoding, Transcript, Turn
 from qualflow.store import DuplicateTranscriptError, Store
 
 Segmenter = Callable[..., list[Passage]]
@@ -87,7 +98,9 @@ class TaguetteImport:
     coders: dict[str, int] = field(default_factory=dict)
     passages: int = 0
     coded_passages: int = 0
+    span_codings: list[SpanCoding] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         return (
@@ -225,7 +238,182 @@ def document_transcript(
     )
 
 
-# ---------------------------------------------------------------------- database import
+# ---------------------------------------------------------------------- database: reading
+
+
+@dataclass
+class TaguetteDocument:
+    """One document of the project: its id, name, creation time and transcript."""
+
+    id: int
+    name: str
+    created: str | None
+    transcript: Transcript
+
+
+@dataclass
+class TaguetteProject:
+    """A Taguette project as read from its database, before anything is stored.
+
+    ``highlights`` holds one entry per (highlight, tag) with exact code-point offsets
+    (a highlight without a tag has ``code=None``); ``span_codings`` gives the same as
+    one ``SpanCoding`` per coder.
+    """
+
+    path: str
+    id: int
+    name: str
+    description: str
+    created: str | None
+    codebook: Codebook
+    documents: list[TaguetteDocument] = field(default_factory=list)
+    highlights: list[Highlight] = field(default_factory=list)
+    highlight_dates: dict[str, str] = field(default_factory=dict)
+    logins: list[str] = field(default_factory=list)
+    default_coder: str = "taguette"
+    located: int = 0
+    untagged: list[str] = field(default_factory=list)
+    unmatched: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+
+    def span_codings(self) -> list[SpanCoding]:
+        """One coding per Taguette user, with exact spans. With one user, the scope is
+        every document (not highlighted = no code); with several, each user's scope is
+        the documents that user highlighted in (colleagues often split the documents)."""
+        texts = {d.transcript.id: len(d.transcript.text) for d in self.documents}
+        coders = sorted({h.coder for h in self.highlights}) or [self.default_coder]
+        if len(coders) == 1:
+            scopes = {coders[0]: {tid: [(0, n)] for tid, n in texts.items()}}
+        else:
+            scopes = {c: {} for c in coders}
+            for h in self.highlights:
+                scopes[h.coder][h.transcript_id] = [(0, texts[h.transcript_id])]
+        return codings_from_highlights(self.highlights, scopes)
+
+
+def read_taguette(path: Path | str, *, project_id: int | None = None) -> TaguetteProject:
+    """Read a Taguette project database: documents as transcripts (verbatim text),
+    tags as a codebook, highlights with exact offsets and their authors."""
+    path = Path(path)
+    db = _open_taguette(path)
+    try:
+        pid, pname, description, created = _project(db, path, project_id)
+        codebook, tag_titles = _codebook(db, pid, pname, path)
+        project = TaguetteProject(
+            path=str(path),
+            id=pid,
+            name=pname,
+            description=description or "",
+            created=created,
+            codebook=codebook,
+            default_coder=_default_coder(db, pid),
+        )
+        project.logins = _logins(db, pid)
+        coder_of, project.highlight_dates = _highlight_authors(db, pid)
+        if _is_exported_file(db):
+            project.notices.append(
+                f"{path}: a Taguette 'Export project' file: Taguette writes every coder "
+                "as 'admin' into it, so all highlights come in as one coder, 'admin'. If "
+                "several people coded, import the live Taguette database (the server's "
+                "database file) with --project-id to keep each coder"
+            )
+        docs = db.execute(
+            "SELECT id, name, filename, description, contents, created FROM documents "
+            "WHERE project_id = ? ORDER BY id",
+            (pid,),
+        ).fetchall()
+        tags_of = _tags_of(db, pid)
+        rows_of: dict[int, list[tuple[int, int, int, str]]] = defaultdict(list)
+        for hid, did, start, end, snippet in db.execute(
+            "SELECT h.id, h.document_id, h.start_offset, h.end_offset, h.snippet "
+            "FROM highlights h JOIN documents d ON d.id = h.document_id "
+            "WHERE d.project_id = ? ORDER BY h.document_id, h.start_offset, h.id",
+            (pid,),
+        ):
+            rows_of[did].append((hid, start, end, snippet))
+    finally:
+        db.close()
+    for did, dname, filename, description, contents, created in docs:
+        transcript = document_transcript(
+            name=Path(dname or filename or f"document-{did}").stem,
+            contents=contents or "",
+            source_path=f"{path}#document={did}",
+            metadata={
+                "taguette_document_id": str(did),
+                "taguette_filename": filename or "",
+                "taguette_project": pname,
+                **({"description": description} if description else {}),
+            },
+        )
+        project.documents.append(TaguetteDocument(did, dname, _text(created), transcript))
+        offsets = ByteOffsets(transcript.text)
+        for row in rows_of[did]:
+            located = _locate(transcript.text, offsets, *row[1:])
+            _add_highlight(project, transcript, dname, row, located, tags_of, tag_titles, coder_of)
+    return project
+
+
+def _add_highlight(
+    project: TaguetteProject,
+    transcript: Transcript,
+    dname: str,
+    row: tuple[int, int, int, str],
+    span: tuple[int, int] | str,
+    tags_of: dict[int, list[int]],
+    tag_titles: dict[int, str],
+    coder_of: dict[int, str],
+) -> None:
+    """Add one highlight located in its document (``span``, or why it is not), once per
+    tag."""
+    hid = row[0]
+    if isinstance(span, str):
+        project.unmatched.append(f"highlight {hid} in '{dname}': {span}")
+        return
+    cs, ce = span
+    tids = tags_of.get(hid, [])
+    project.located += 1
+    if not tids:
+        project.untagged.append(
+            f"highlight {hid} in '{dname}' [{cs}:{ce}] has no tag: "
+            "kept as a highlight, not as a code"
+        )
+    for tid in tids or [None]:
+        title = tag_titles.get(tid) if tid is not None else None
+        if tid is not None and title is None:
+            project.problems.append(f"highlight {hid}: unknown tag id {tid}")
+            continue
+        project.highlights.append(
+            Highlight(
+                transcript_id=transcript.id,
+                char_start=cs,
+                char_end=ce,
+                code=title,
+                coder=coder_of.get(hid, project.default_coder),
+                snippet=transcript.text[cs:ce],
+                external_id=str(hid),
+            )
+        )
+
+
+def _tags_of(db: sqlite3.Connection, pid: int) -> dict[int, list[int]]:
+    tags_of: dict[int, list[int]] = defaultdict(list)
+    for hid, tid in db.execute(
+        "SELECT ht.highlight_id, ht.tag_id FROM highlight_tags ht "
+        "JOIN highlights h ON h.id = ht.highlight_id "
+        "JOIN documents d ON d.id = h.document_id WHERE d.project_id = ? "
+        "ORDER BY ht.highlight_id, ht.tag_id",
+        (pid,),
+    ):
+        tags_of[hid].append(tid)
+    return tags_of
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+# ---------------------------------------------------------------------- database: import
 
 
 def import_taguette(
@@ -243,75 +431,34 @@ def import_taguette(
     """Import a Taguette project database into the store.
 
     Documents become transcripts (segmented with ``qualflow.segment.segment`` unless
-    ``segmenter`` is given), tags a codebook, highlights rows of the ``highlights``
-    table and gold codings in ``gold_set`` (default ``taguette:<project name>``), one
-    gold coder per Taguette user who made highlights.
+    ``segmenter`` is given), tags a codebook, and each Taguette user who made highlights
+    a gold coder in ``gold_set`` (default ``taguette:<project name>``) with exact spans
+    (``qualflow.exchange.spans``); project, document and highlight details go to the
+    import record for exports.
     """
     from qualflow.segment import mode_name
 
-    path = Path(path)
     segmentation = mode_name(segmentation)
-    db = _open_taguette(path)
-    try:
-        project = _project(db, path, project_id)
-        pid, pname = project
-        gold = gold_set or f"taguette:{pname}"
-        result = TaguetteImport(
-            source=str(path),
-            project=pname,
-            gold_set=gold,
-            codebook_version="",
-            segmentation=segmentation,
-        )
-        codebook, tag_titles = _codebook(db, pid, pname, path)
-        result.codebook_version = store.save_codebook(codebook)
-        result.codes = len(codebook.codes)
-        default_coder = _default_coder(db, pid)
-        coder_of = _highlight_authors(db, pid)
-        docs = db.execute(
-            "SELECT id, name, filename, description, contents FROM documents "
-            "WHERE project_id = ? ORDER BY id",
-            (pid,),
-        ).fetchall()
-        tags_of: dict[int, list[int]] = defaultdict(list)
-        for hid, tid in db.execute(
-            "SELECT ht.highlight_id, ht.tag_id FROM highlight_tags ht "
-            "JOIN highlights h ON h.id = ht.highlight_id "
-            "JOIN documents d ON d.id = h.document_id WHERE d.project_id = ? "
-            "ORDER BY ht.highlight_id, ht.tag_id",
-            (pid,),
-        ):
-            tags_of[hid].append(tid)
-        rows_of: dict[int, list[tuple[int, int, int, str]]] = defaultdict(list)
-        for hid, did, start, end, snippet in db.execute(
-            "SELECT h.id, h.document_id, h.start_offset, h.end_offset, h.snippet "
-            "FROM highlights h JOIN documents d ON d.id = h.document_id "
-            "WHERE d.project_id = ? ORDER BY h.document_id, h.start_offset, h.id",
-            (pid,),
-        ):
-            rows_of[did].append((hid, start, end, snippet))
-    finally:
-        db.close()
-
+    project = read_taguette(path, project_id=project_id)
+    gold = gold_set or f"taguette:{project.name}"
+    result = TaguetteImport(
+        source=str(path),
+        project=project.name,
+        gold_set=gold,
+        codebook_version=store.save_codebook(project.codebook),
+        segmentation=segmentation,
+        codes=len(project.codebook.codes),
+        untagged=list(project.untagged),
+        unmatched=list(project.unmatched),
+        problems=list(project.problems),
+        notices=list(project.notices),
+    )
     segment_fn = segmenter or _default_segmenter()
-    source = f"taguette:{pname}"
     participant_ids = [p.id for p in store.participants()]
-    all_passages: list[Passage] = []
-    all_highlights: list[Highlight] = []
-    for did, dname, filename, description, contents in docs:
-        name = Path(dname or filename or f"document-{did}").stem
-        transcript = document_transcript(
-            name=name,
-            contents=contents or "",
-            source_path=f"{path}#document={did}",
-            metadata={
-                "taguette_document_id": str(did),
-                "taguette_filename": filename or "",
-                "taguette_project": pname,
-                **({"description": description} if description else {}),
-            },
-        )
-        transcript.participant_id = _match_participant(name, participant_ids)
+    stored: set[str] = set()
+    for doc in project.documents:
+        transcript = doc.transcript
+        transcript.participant_id = _match_participant(transcript.name, participant_ids)
         passages = segment_fn(
             transcript,
             mode=segmentation,
@@ -321,86 +468,96 @@ def import_taguette(
         try:
             outcome = store.save_transcript(transcript, passages)
         except DuplicateTranscriptError as exc:
-            result.problems.append(f"document {did} '{dname}': not imported: {exc}")
+            result.problems.append(f"document {doc.id} '{doc.name}': not imported: {exc}")
             result.unmatched.extend(
-                f"highlight {hid}: its document {did} was not imported" for hid, *_ in rows_of[did]
+                f"highlight {h}: its document {doc.id} was not imported"
+                for h in dict.fromkeys(
+                    h.external_id for h in project.highlights if h.transcript_id == transcript.id
+                )
             )
             continue
         if outcome == "new_version":
             result.problems.append(
-                f"document {did} '{dname}': stored as a new version of transcript '{name}' "
-                "(the previous version, e.g. ingested from the original file, is no longer "
-                "current)"
+                f"document {doc.id} '{doc.name}': stored as a new version of transcript "
+                f"'{transcript.name}' (the previous version, e.g. ingested from the original "
+                "file, is no longer current)"
             )
         if transcript.participant_id:
             store.set_participant(transcript.id, transcript.participant_id)
+        stored.add(transcript.id)
         result.transcripts.append(transcript.id)
-        stored = store.passages(transcript_id=transcript.id, segmentation=segmentation)
-        all_passages.extend(stored or passages)
-        offsets = ByteOffsets(transcript.text)
-        for hid, start, end, snippet in rows_of[did]:
-            span = _locate(transcript.text, offsets, start, end, snippet)
-            if isinstance(span, str):
-                result.unmatched.append(f"highlight {hid} in '{dname}': {span}")
-                continue
-            cs, ce = span
-            tids = tags_of.get(hid, [])
-            result.highlights += 1
-            if not tids:
-                result.untagged.append(
-                    f"highlight {hid} in '{dname}' [{cs}:{ce}] has no tag: "
-                    "kept as a highlight, not as a code"
-                )
-            for tid in tids or [None]:
-                title = tag_titles.get(tid) if tid is not None else None
-                if tid is not None and title is None:
-                    result.problems.append(f"highlight {hid}: unknown tag id {tid}")
-                    continue
-                result.tag_links += title is not None
-                all_highlights.append(
-                    Highlight(
-                        transcript_id=transcript.id,
-                        char_start=cs,
-                        char_end=ce,
-                        code=title,
-                        coder=coder_of.get(hid, default_coder),
-                        snippet=transcript.text[cs:ce],
-                        external_id=str(hid),
-                    )
-                )
-    save_highlights(store, source, all_highlights)
-    _save_gold(store, result, all_passages, all_highlights, min_overlap)
+        result.passages += len(
+            store.passages(transcript_id=transcript.id, segmentation=segmentation) or passages
+        )
+    highlights = [h for h in project.highlights if h.transcript_id in stored]
+    result.highlights = len({(h.transcript_id, h.external_id) for h in highlights})
+    result.tag_links = sum(1 for h in highlights if h.code is not None)
+    result.span_codings = [restrict(c, stored) for c in project.span_codings()]
+    result.coders = save_gold_spans(
+        store,
+        gold,
+        result.span_codings,
+        highlights,
+        codebook_version=result.codebook_version,
+        segmentation=segmentation,
+        min_overlap=min_overlap,
+    )
+    result.coded_passages = max(result.coders.values(), default=0)
+    save_import_record(
+        store,
+        ImportRecord(gold, "taguette", project.name, str(path), _record(project, result)),
+    )
     return result
 
 
-def _save_gold(
-    store: Store,
-    result: TaguetteImport,
-    passages: list[Passage],
-    highlights: list[Highlight],
-    min_overlap: float,
-) -> None:
-    """One gold coder per Taguette user. With one user, every passage counts (not
-    highlighted = no code); with several, each user's coding covers the documents that
-    user highlighted in (colleagues often split the documents between them)."""
-    result.passages = len(passages)
-    codings = coding_by_coder(passages, highlights, min_overlap=min_overlap)
-    if not codings and passages:
-        codings = {"taguette": {p.id: frozenset() for p in passages}}
-    if len(codings) > 1:
-        seen: dict[str, set[str]] = defaultdict(set)
-        for h in highlights:
-            seen[h.coder].add(h.transcript_id)
-        where = {p.id: p.transcript_id for p in passages}
-        codings = {
-            coder: {pid: c for pid, c in coding.items() if where[pid] in seen[coder]}
-            for coder, coding in codings.items()
-        }
-    for coder, coding in codings.items():
-        store.save_gold(result.gold_set, coder, coding, result.codebook_version)
-        coded = sum(1 for codes in coding.values() if codes)
-        result.coders[coder] = coded
-        result.coded_passages = max(result.coded_passages, coded)
+TAGUETTE_GUIDS = uuid.UUID("51B2B2B7-27EB-4ECB-9D56-E75B0A0496C2")
+"""Taguette's own namespace for the GUIDs of its codebook export (``codebook.qdc``)."""
+
+
+def tag_guid(path: str) -> str:
+    """The GUID Taguette itself gives a tag in its ``codebook.qdc``."""
+    return str(uuid.uuid5(TAGUETTE_GUIDS, path)).upper()
+
+
+def user_guid(login: str) -> str:
+    """A stable GUID for a Taguette login (Taguette has none)."""
+    return str(uuid.uuid5(TAGUETTE_GUIDS, f"user:{login}"))
+
+
+def _record(project: TaguetteProject, result: TaguetteImport) -> dict:
+    """Project, users, documents and highlight details for the import record."""
+    coders = {h.coder for h in project.highlights} | set(result.coders)
+    logins = list(dict.fromkeys([*project.logins, *sorted(coders)]))
+    users = [{"guid": user_guid(u), "name": u, "label": u} for u in logins]
+    guid_of = {u["name"]: u["guid"] for u in users}
+    selections: dict[str, dict[str, str]] = {}
+    for h in project.highlights:
+        if h.external_id and h.external_id not in selections:
+            selections[h.external_id] = {"creatingUser": guid_of[h.coder]}
+            if h.external_id in project.highlight_dates:
+                selections[h.external_id]["creationDateTime"] = project.highlight_dates[
+                    h.external_id
+                ]
+    return {
+        "project": {
+            k: v
+            for k, v in {
+                "name": project.name,
+                "description": project.description,
+                "creationDateTime": project.created,
+            }.items()
+            if v
+        },
+        "users": users,
+        "codes": {c.title: {"guid": tag_guid(c.title)} for c in project.codebook.codes},
+        "sources": {
+            d.transcript.id: {"creationDateTime": d.created}
+            for d in project.documents
+            if d.transcript.id in result.transcripts and d.created
+        },
+        "selections": selections,
+        "scopes": scope_record(result.span_codings),
+    }
 
 
 def _locate(
@@ -442,18 +599,27 @@ def _open_taguette(path: Path) -> sqlite3.Connection:
     return db
 
 
-def _project(db: sqlite3.Connection, path: Path, project_id: int | None) -> tuple[int, str]:
-    rows = db.execute("SELECT id, name FROM projects ORDER BY id").fetchall()
+def _project(
+    db: sqlite3.Connection, path: Path, project_id: int | None
+) -> tuple[int, str, str, str | None]:
+    rows = [
+        (pid, name, desc, _text(created))
+        for pid, name, desc, created in db.execute(
+            "SELECT id, name, description, created FROM projects ORDER BY id"
+        )
+    ]
     if project_id is not None:
-        for pid, name in rows:
-            if pid == project_id:
-                return pid, name
+        for row in rows:
+            if row[0] == project_id:
+                return row
         raise TaguetteError(f"{path}: no project with id {project_id}")
     if not rows:
         raise TaguetteError(f"{path}: the database holds no project")
     if len(rows) > 1:
-        listing = ", ".join(f"{pid}={name!r}" for pid, name in rows)
-        raise TaguetteError(f"{path}: several projects ({listing}); choose one with project_id")
+        listing = ", ".join(f"{pid}={name!r}" for pid, name, _, _ in rows)
+        raise TaguetteError(
+            f"{path}: several projects ({listing}); choose one with --project-id ID"
+        )
     return rows[0]
 
 
@@ -504,31 +670,61 @@ def _default_coder(db: sqlite3.Connection, pid: int) -> str:
     return next(iter(logins)) if len(logins) == 1 else "taguette"
 
 
-def _highlight_authors(db: sqlite3.Connection, pid: int) -> dict[int, str]:
-    """Highlight id -> login of the user whose last ``highlight_add`` made it.
+def _logins(db: sqlite3.Connection, pid: int) -> list[str]:
+    """The project's members (users who may have coded nothing)."""
+    try:
+        return [
+            r[0]
+            for r in db.execute(
+                "SELECT user_login FROM project_members WHERE project_id = ? ORDER BY user_login",
+                (pid,),
+            )
+        ]
+    except sqlite3.Error:
+        return []
+
+
+def _is_exported_file(db: sqlite3.Connection) -> bool:
+    """Whether the database is a file Taguette's "Export project" wrote: Taguette then
+    creates one user, ``admin``, without a password, and rewrites every command and
+    membership to it, so the coders are lost in the file."""
+    try:
+        users = db.execute("SELECT login, hashed_password FROM users").fetchall()
+        members = {r[0] for r in db.execute("SELECT user_login FROM project_members")}
+    except sqlite3.Error:
+        return False
+    return users == [("admin", None)] and members <= {"admin"}
+
+
+def _highlight_authors(db: sqlite3.Connection, pid: int) -> tuple[dict[int, str], dict[str, str]]:
+    """Highlight id -> login of the user whose last ``highlight_add`` made it, and
+    highlight id (text) -> the time of that command.
 
     A live Taguette database keeps these ids; an exported project renumbers its
-    highlights (the commands then hold other ids), and ``_default_coder`` applies.
+    highlights and rewrites every login to ``admin`` (see ``_is_exported_file``).
     """
     import json
 
     authors: dict[int, str] = {}
+    dates: dict[str, str] = {}
     try:
         rows = db.execute(
-            "SELECT user_login, payload FROM commands WHERE project_id = ? "
+            "SELECT user_login, payload, date FROM commands WHERE project_id = ? "
             "AND payload LIKE '%highlight_add%' ORDER BY id",
             (pid,),
         ).fetchall()
     except sqlite3.Error:
-        return authors
-    for login, payload in rows:
+        return authors, dates
+    for login, payload, date in rows:
         try:
             data = json.loads(payload)
         except (TypeError, ValueError):
             continue
         if isinstance(data, dict) and isinstance(data.get("highlight_id"), int):
             authors[data["highlight_id"]] = login
-    return authors
+            if date is not None:
+                dates[str(data["highlight_id"])] = str(date)
+    return authors, dates
 
 
 def _match_participant(name: str, ids: list[str]) -> str | None:
@@ -574,6 +770,26 @@ def read_codebook_csv(path: Path | str, *, name: str | None = None) -> Codebook:
     if not codes:
         raise TaguetteError(f"{path}: no tags")
     return Codebook(name=name or path.stem, source=str(path), codes=codes)
+
+
+def codebook_csv(codebook: Codebook) -> str:
+    """A codebook as the CSV Taguette imports ("Import codebook"): ``tag`` and
+    ``description`` columns, one row per code (the dotted title as the tag path).
+    Cells that a spreadsheet would run as a formula are neutralised (``safe_cell``)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["tag", "description"])
+    for code in codebook.codes:
+        writer.writerow([safe_cell(code.title), safe_cell(code.description)])
+    return buf.getvalue()
+
+
+def write_codebook_csv(codebook: Codebook, path: Path | str) -> int:
+    """Write ``codebook_csv`` to ``path`` (UTF-8); returns the number of codes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(codebook_csv(codebook), encoding="utf-8")
+    return len(codebook.codes)
 
 
 def import_taguette_csv(
@@ -666,17 +882,27 @@ def import_taguette_csv(
             )
     touched = {h.transcript_id for h in highlights}
     result.transcripts = sorted(touched)
-    passages = [
-        p
-        for tid in sorted(touched)
-        for p in store.passages(transcript_id=tid, segmentation=segmentation)
-    ]
+    passages = sum(
+        len(store.passages(transcript_id=tid, segmentation=segmentation)) for tid in touched
+    )
     if touched and not passages:
         result.problems.append(
             f"no passages with segmentation '{segmentation}' for the matched transcripts"
         )
-    save_highlights(store, f"taguette-csv:{highlights_csv.name}", highlights)
-    _save_gold(store, result, passages, highlights, min_overlap)
+    result.passages = passages
+    lengths = {t.id: len(t.text) for t in by_name.values() if t.id in touched}
+    scope = {tid: [(0, n)] for tid, n in lengths.items()}
+    result.span_codings = codings_from_highlights(highlights, {coder: scope})
+    result.coders = save_gold_spans(
+        store,
+        gold,
+        result.span_codings,
+        highlights,
+        codebook_version=result.codebook_version,
+        segmentation=segmentation,
+        min_overlap=min_overlap,
+    )
+    result.coded_passages = max(result.coders.values(), default=0)
     return result
 
 

@@ -1,0 +1,301 @@
+"""What a REFI-QDA export keeps, and the notice for everything it cannot keep."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import pytest
+from lxml import etree
+
+from qualflow.exchange.refiqda import export_qdpx, find_schema_dir, import_qdpx
+from qualflow.models import Code, Codebook, CodeProposal, ProposalSet
+from tests.fixtures.exchange.study import CODEBOOK, build_study
+
+FIXTURES = Path(__file__).parent / "fixtures" / "exchange"
+RICH = FIXTURES / "refi-rich"
+NS = {"q": "urn:QDA-XML:project:1.0"}
+ANA, BO, CLEO = (
+    "11111111-1111-1111-1111-111111111111",
+    "22222222-2222-2222-2222-222222222222",
+    "33333333-3333-3333-3333-333333333333",
+)
+
+
+def rich_project(tmp_path: Path) -> Path:
+    path = tmp_path / "rich.qdpx"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.write(RICH / "project.qde", "project.qde")
+        zf.write(RICH / "sources" / "morning.txt", "sources/morning.txt")
+    return path
+
+
+def exported(tmp_path: Path, store, **options) -> tuple[etree._Element, object]:
+    out = tmp_path / "out.qdpx"
+    report = export_qdpx(store, out, schema_dir=find_schema_dir(), **options)
+    with zipfile.ZipFile(out) as zf:
+        return etree.fromstring(zf.read("project.qde")), report
+
+
+def one(root: etree._Element, path: str) -> etree._Element:
+    (el,) = root.findall(path, NS)
+    return el
+
+
+@pytest.fixture
+def rich(store, tmp_path):
+    """The hand-written rich project imported, then exported again."""
+    import_qdpx(store, rich_project(tmp_path), schema_dir=find_schema_dir())
+    root, report = exported(tmp_path, store, study_name="ws")
+    return root, report
+
+
+def test_code_guids_colours_and_folder_description_come_back(rich):
+    root, _ = rich
+    folder = one(root, ".//q:Code[@name='routine']")
+    assert folder.get("guid") == "a1000000-0000-0000-0000-000000000001"
+    assert folder.get("isCodable") == "false" and folder.get("color") == "#112233"
+    assert (
+        folder.findtext("q:Description", namespaces=NS) == "Folder: when and how often they look."
+    )
+    morning = one(folder, "q:Code[@name='morning']")
+    assert morning.get("guid") == "a1000000-0000-0000-0000-000000000002"
+    assert morning.get("color") == "#ff8800"
+    assert one(root, ".//q:Code[@name='choice']").get("color") == "#0a0"
+    # the code memo is still the code's
+    (ref,) = morning.findall("q:NoteRef", NS)
+    assert ref.get("targetGUID") == "e1000000-0000-0000-0000-000000000004"
+
+
+def test_source_guid_description_and_dates_come_back(rich):
+    root, _ = rich
+    src = one(root, ".//q:TextSource")
+    assert src.get("guid") == "b1000000-0000-0000-0000-000000000001"
+    assert src.get("creatingUser") == ANA
+    assert src.get("creationDateTime") == "2023-05-01T09:05:00Z"
+    assert src.findtext("q:Description", namespaces=NS) == "Interview with Zoë, recorded in May."
+
+
+def test_users_keep_guid_name_and_id_and_idle_users_stay(rich):
+    root, report = rich
+    users = {u.get("guid"): (u.get("name"), u.get("id")) for u in root.iterfind(".//q:User", NS)}
+    assert users == {ANA: ("ana", "A"), BO: ("bo", "B"), CLEO: ("cleo", "C")}
+    assert report.users == {"ana": 1, "bo": 1, "cleo": 0}
+
+
+def test_selections_and_codings_keep_guids_users_dates_and_memos(rich):
+    root, _ = rich
+    notes = {n.get("guid"): n for n in root.iterfind(".//q:Note", NS)}
+    first = one(root, ".//q:PlainTextSelection[@guid='c1000000-0000-0000-0000-000000000001']")
+    assert (first.get("startPosition"), first.get("endPosition")) == ("60", "96")
+    assert first.get("name") == "morning" and first.get("creatingUser") == ANA
+    assert first.get("creationDateTime") == "2023-05-03T08:00:00Z"
+    coding = one(first, "q:Coding")
+    assert coding.get("guid") == "d1000000-0000-0000-0000-000000000001"
+    assert coding.get("creatingUser") == ANA
+    assert coding.get("creationDateTime") == "2023-05-03T08:00:01Z"
+    ref = one(coding, "q:NoteRef").get("targetGUID")
+    assert ref == "e1000000-0000-0000-0000-000000000001"
+    assert notes[ref].findtext("q:PlainTextContent", namespaces=NS) == (
+        "She checks it with breakfast."
+    )
+    assert notes[ref].get("creatingUser") == ANA
+    second = one(root, ".//q:PlainTextSelection[@guid='c1000000-0000-0000-0000-000000000002']")
+    assert second.get("creatingUser") == BO
+    # the selection memo stays on the selection, not copied onto its coding
+    assert [r.get("targetGUID") for r in second.findall("q:NoteRef", NS)] == [
+        "e1000000-0000-0000-0000-000000000005"
+    ]
+    assert one(second, "q:Coding").findall("q:NoteRef", NS) == []
+
+
+def test_project_name_description_memos_and_sets_come_back(rich):
+    root, report = rich
+    assert root.get("name") == "Reiche Studie"  # not the workspace's study name
+    assert root.get("creatingUserGUID") == ANA
+    assert root.get("creationDateTime") == "2023-05-01T09:00:00Z"
+    assert root.findtext("q:Description", namespaces=NS) == (
+        "A constructed project to test what an export keeps."
+    )
+    assert [r.get("targetGUID") for r in root.findall("q:NoteRef", NS)] == [
+        "e1000000-0000-0000-0000-000000000002"
+    ]
+    notes = {n.get("guid") for n in root.iterfind(".//q:Note", NS)}
+    assert notes == {f"e1000000-0000-0000-0000-00000000000{i}" for i in range(1, 6)}
+    s = one(root, ".//q:Set")
+    assert (s.get("guid"), s.get("name")) == ("f1000000-0000-0000-0000-000000000001", "first round")
+    assert s.findtext("q:Description", namespaces=NS) == "Codes and sources of the first round."
+    assert [m.get("targetGUID") for m in s.findall("q:MemberCode", NS)] == [
+        "a1000000-0000-0000-0000-000000000002"
+    ]
+    assert [m.get("targetGUID") for m in s.findall("q:MemberSource", NS)] == [
+        "b1000000-0000-0000-0000-000000000001"
+    ]
+    assert report.sets == 1 and report.notes == 5
+
+
+def test_reimport_into_the_original_project_merges(store, tmp_path, rich):
+    """Everything the original tool knows is found again by its GUID: no element of the
+    original is new in the export, so a tool merging by GUID adds nothing twice."""
+    root, _ = rich
+    original = etree.parse(str(RICH / "project.qde")).getroot()
+
+    def guids(r, tag):
+        return {el.get("guid") for el in r.iterfind(f".//q:{tag}", NS)}
+
+    for tag in ("User", "Code", "TextSource", "PlainTextSelection", "Coding", "Note", "Set"):
+        assert guids(original, tag) == guids(root, tag), tag
+
+
+def test_an_explicit_name_wins(store, tmp_path):
+    import_qdpx(store, rich_project(tmp_path), schema_dir=find_schema_dir())
+    root, _ = exported(tmp_path, store, name="Neu")
+    assert root.get("name") == "Neu"
+
+
+# ---------------------------------------------------------------------- qualflow's own coders
+
+
+def test_reviewer_no_code_and_memo_are_written(store, tmp_path):
+    from sqlalchemy import select
+
+    from qualflow.db import UserRow
+    from qualflow.review.decisions import decide, state
+
+    handles = build_study(store)
+    team = handles["passages"]["team"]
+    with store.session() as s:
+        rita = s.scalar(select(UserRow.id).where(UserRow.username == "rita"))
+    daily = handles["passages"]["daily"]
+    v = state(store, rita, daily.id).version
+    decide(store, rita, daily.id, "memo", version=v, memo="=she means every weekday")
+    root, _ = exported(tmp_path, store, name="mini")
+    rita_guid = next(
+        u.get("guid") for u in root.iterfind(".//q:User", NS) if u.get("name") == "rita"
+    )
+    mine = [
+        s
+        for s in root.iterfind(".//q:PlainTextSelection", NS)
+        if s.get("creatingUser") == rita_guid
+    ]
+    empty = [s for s in mine if s.find("q:Coding", NS) is None]
+    assert [(int(s.get("startPosition")), int(s.get("endPosition"))) for s in empty] == [
+        (team.char_start, team.char_end)
+    ]
+    assert empty[0].findtext("q:Description", namespaces=NS) == "no code applies"
+    assert empty[0].get("creationDateTime")
+    # the memo is a note by rita on her selection of that passage
+    (on_daily,) = [s for s in mine if int(s.get("startPosition")) == daily.char_start]
+    ref = one(on_daily, "q:NoteRef").get("targetGUID")
+    note = one(root, f".//q:Note[@guid='{ref}']")
+    assert note.findtext("q:PlainTextContent", namespaces=NS) == "=she means every weekday"
+    assert note.get("creatingUser") == rita_guid and note.get("creationDateTime")
+    for coding in on_daily.findall("q:Coding", NS):
+        assert coding.get("creationDateTime")
+
+
+def test_users_who_coded_nothing_and_gold_coder_names(store, tmp_path):
+    from qualflow.review.auth import add_user
+
+    build_study(store)
+    add_user(store, "sam", "password123")  # a reviewer who has not finished anything
+    root, report = exported(tmp_path, store, name="mini")
+    names = {u.get("name") for u in root.iterfind(".//q:User", NS)}
+    assert {"sam", "rita", "ann"} <= names  # ann: the gold coder keeps her name
+    assert report.users["sam"] == 0
+
+
+def test_same_name_twice_is_told_apart(store, tmp_path):
+    from qualflow.review.auth import add_user
+
+    handles = build_study(store)
+    add_user(store, "ann", "password123")  # a reviewer called like the gold coder
+    root, report = exported(tmp_path, store, name="mini")
+    names = sorted(u.get("name") for u in root.iterfind(".//q:User", NS))
+    assert names.count("ann") == 1 and len([n for n in names if n.startswith("ann")]) == 2
+    assert any("called 'ann'" in n for n in report.notices)
+    assert handles
+
+
+def test_one_notice_per_kind_of_dropped_element_with_counts(store, tmp_path):
+    from sqlalchemy import select
+
+    from qualflow.db import UserRow
+    from qualflow.review.decisions import decide, state
+    from qualflow.store import ProposalKey
+
+    handles = build_study(store)
+    rich = Codebook(
+        name="mini+",
+        codes=[
+            *CODEBOOK.codes[:3],
+            Code(title="zz_intro", description="Background talk.", inclusion="About themselves."),
+            Code(title="zz_other", description="Other.", examples=["x"]),
+        ],
+    )
+    version = store.save_codebook(rich)
+    key = ProposalKey("llm", "gpt-4o-mini", "prompt-abc123", version)
+    run = store.start_run(key)
+    ps = handles["passages"]
+    store.save_proposal_set(
+        ProposalSet(
+            passage_id=ps["naive"].id,
+            coder="llm",
+            model="gpt-4o-mini",
+            prompt_version="prompt-abc123",
+            codebook_version=version,
+            status="needs_human",
+            invalid=[
+                CodeProposal(code="nope", rationale="r", evidence="e", confidence=0.5, valid=False),
+                CodeProposal(code="nah", rationale="r", evidence="e", confidence=0.5, valid=False),
+            ],
+        ),
+        run_id=run,
+    )
+    with store.session() as s:
+        rita = s.scalar(select(UserRow.id).where(UserRow.username == "rita"))
+    v = state(store, rita, ps["policy"].id).version
+    v = decide(store, rita, ps["policy"].id, "flag", version=v).version
+    _, report = exported(tmp_path, store, name="mini")
+    notices = report.notices
+
+    def notice(fragment: str) -> str:
+        (found,) = [n for n in notices if fragment in n]
+        return found
+
+    assert notice("inclusion/exclusion criteria and examples").startswith(
+        "inclusion/exclusion criteria and examples of 2 codes"
+    )
+    assert notice("needs_human").startswith("1 machine answers")
+    assert notice("invalid machine proposals").startswith("2 invalid")
+    assert notice("not finished").startswith("1 passages in review")
+    assert notice("review flags").startswith("1 review flags")
+    assert "the review log (" in notice("review log")
+    assert notice("speaker names").startswith("speaker names of 8 turns in 2 transcripts")
+    assert len(notices) == len(set(notices))
+
+
+def test_independent_reader_finds_every_selections_user(store, tmp_path):
+    """What pyqdpx does: look up each selection's creatingUser among the Users; a
+    selection without one is skipped ("User with GUID None not found")."""
+    import_qdpx(store, rich_project(tmp_path), schema_dir=find_schema_dir())
+    build_study(store)
+    root, _ = exported(tmp_path, store)
+    users = {u.get("guid") for u in root.iterfind(".//q:User", NS)}
+    sels = list(root.iterfind(".//q:PlainTextSelection", NS))
+    assert sels and all(s.get("creatingUser") in users for s in sels)
+    assert all(c.get("creatingUser") in users for c in root.iterfind(".//q:Coding", NS))
+
+
+@pytest.mark.shared
+def test_qc_demo_selections_without_creating_user_get_one(store, tmp_path):
+    from tests.conftest import needs_shared
+
+    path = needs_shared("refi-qda", "qc-demo.qdpx")
+    import_qdpx(store, path, schema_dir=find_schema_dir())
+    root, report = exported(tmp_path, store)
+    assert root.get("name") == "qc project"
+    cp = one(root, ".//q:User").get("guid")
+    assert cp == "39633935-3331-3962-6632-373436373264"  # the original user's GUID
+    assert {s.get("creatingUser") for s in root.iterfind(".//q:PlainTextSelection", NS)} == {cp}
+    assert report.codings == 205 and report.selections == 158
