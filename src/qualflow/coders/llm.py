@@ -227,6 +227,13 @@ class LLMCoder:
         items = [_Item(label=f"C{i + 1}", request=r) for i, r in enumerate(requests)]
         return self._messages(items, codebook, len(items) > 1)
 
+    def schema(self, requests: Sequence[CodingRequest], codebook: Codebook) -> type[BaseModel]:
+        """The answer model one call for these requests would send (its JSON schema,
+        with the enum of the code titles shown, is part of every request)."""
+        items = [_Item(label=f"C{i + 1}", request=r) for i, r in enumerate(requests)]
+        shown = [c.title for c in self._codes(items, codebook)]
+        return answer_schema(shown, [it.label for it in items] if len(items) > 1 else ())
+
     # ------------------------------------------------------------------ internals
 
     def _safe_batch(self, batch: list[CodingRequest], codebook: Codebook) -> list[ProposalSet]:

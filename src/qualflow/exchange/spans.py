@@ -6,11 +6,10 @@ the file, without any passage in between; the writer turns them back into select
 with the same offsets. So no coding crosses the sentence grid on its way in or out.
 
 The store wiring is one function per direction, ``save_gold_spans`` and
-``load_gold_spans``. Today they keep spans in the ``highlights`` table (source = the
-gold set), each coder's scope with the import record (``exchange_imports``), and, for
-the modules that still read passage codings, the spans projected onto the passages of
-the scope (``qualflow.highlights.map_highlights``) in ``gold_codings``. When gold moves
-to span tables, only these two functions change.
+``load_gold_spans``: a gold coder's spans and scope live in the store's span gold
+(``gold_spans``, ``gold_scopes``), and the tool's own rows behind them (ids, snippets,
+memos, highlights without a code) in the ``highlights`` table (source = the gold set),
+so an export can give them back.
 """
 
 from __future__ import annotations
@@ -20,9 +19,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from qualflow.db import GoldCodingRow
+from qualflow.db import GoldScopeRow
 from qualflow.highlights import Highlight, load_highlights, map_highlights, save_highlights
 from qualflow.models import Passage, Range, Span, SpanCoding, Transcript
 from qualflow.store import Store
@@ -111,18 +110,18 @@ def save_gold_spans(
     segmentation: str,
     min_overlap: float = 0.5,
 ) -> dict[str, int]:
-    """Store a gold set given as spans; returns coder -> passages carrying a code.
+    """Store a gold set given as spans; returns coder -> grid passages carrying a code.
 
-    ``highlights`` are the rows behind the spans (with the tool's ids, snippets and
-    memos; uncoded ones too); they replace the set's highlights on the transcripts they
-    touch. Each coder's scope is kept with the import record (``scope_record``), and
-    the spans are projected onto the passages of ``segmentation`` that the scope
-    touches, for the passage-level readers of ``gold_codings``.
+    Each coder's spans and scope go to the store's span gold; ``highlights`` are the
+    rows behind the spans (with the tool's ids, snippets and memos; uncoded ones too)
+    and replace the set's highlights on the transcripts they touch. The count is of
+    the passages of ``segmentation`` that the spans code by ``map_highlights``'s rule.
     """
     save_highlights(store, gold_set, highlights)
     passages: dict[str, list[Passage]] = {}
     coded: dict[str, int] = {}
     for coding in codings:
+        store.save_gold_coding(gold_set, coding, codebook_version)
         scoped: list[Passage] = []
         for tid, ranges in coding.scope.items():
             if tid not in passages:
@@ -139,7 +138,6 @@ def save_gold_spans(
             for s in coding.spans
         ]
         passage_coding = map_highlights(scoped, mine, min_overlap=min_overlap)
-        store.save_gold(gold_set, coding.coder, passage_coding, codebook_version)
         coded[coding.coder] = sum(1 for codes in passage_coding.values() if codes)
     return coded
 
@@ -180,61 +178,42 @@ class GoldCoderSpans:
 def load_gold_spans(
     store: Store, gold_set: str, scopes: dict[str, dict[str, list[list[int]]]] | None = None
 ) -> list[GoldCoderSpans]:
-    """Every coder of a gold set as spans: the stored highlights when the set has them
-    (exact offsets), else a span over each coded passage. ``scopes`` is the scope kept
-    by the import (``scope_record``); without it a highlight coder's scope is the whole
-    text of the transcripts its passages lie in."""
+    """Every coder of a gold set as spans, from the store's span gold. When the set came
+    from a span format, the spans are those of its highlight rows, in their order, so
+    ``highlights[i]`` stays the row behind ``coding.spans[i]``. ``scopes`` (the scope
+    an import recorded) is used only for coders the store holds no scope for."""
+    stored = store.gold_codings(gold_set)
     with store.session() as s:
-        rows = s.execute(
-            select(
-                GoldCodingRow.coder,
-                GoldCodingRow.passage_id,
-                GoldCodingRow.codes,
-                GoldCodingRow.created_at,
-            ).where(GoldCodingRow.gold_set == gold_set)
-        ).all()
-    by_coder: dict[str, dict[str, list[str]]] = defaultdict(dict)
-    created: dict[str, datetime] = {}
-    for coder, pid, codes, when in rows:
-        by_coder[coder][pid] = list(codes or [])
-        if when is not None and (coder not in created or when < created[coder]):
-            created[coder] = when
+        created = dict(
+            s.execute(
+                select(GoldScopeRow.coder, func.min(GoldScopeRow.created_at))
+                .where(GoldScopeRow.gold_set == gold_set)
+                .group_by(GoldScopeRow.coder)
+            )
+            .tuples()
+            .all()
+        )
     highlights: dict[str, list[Highlight]] = defaultdict(list)
     for h in load_highlights(store, source=gold_set):
         highlights[h.coder].append(h)
-    from qualflow.highlights import passages_by_ids
-
-    wanted = {pid for coding in by_coder.values() for pid in coding}
-    passages = {p.id: p for p in passages_by_ids(store, wanted)}
-    lengths = _text_lengths(store, {p.transcript_id for p in passages.values()})
     out: list[GoldCoderSpans] = []
-    for coder in sorted(set(by_coder) | set(highlights)):
+    for coder in sorted(set(stored) | set(highlights)):
+        coding = stored.get(coder) or SpanCoding(coder=coder)
+        if not coding.scope:
+            coding.scope = _stored_scope((scopes or {}).get(coder)) or {}
         mine = highlights.get(coder, [])
         coded = [h for h in mine if h.code is not None]
         if mine:
-            scope = _stored_scope((scopes or {}).get(coder))
-            if scope is None:
-                tids = {passages[pid].transcript_id for pid in by_coder[coder] if pid in passages}
-                tids |= {h.transcript_id for h in mine}
-                scope = {tid: [(0, lengths[tid])] for tid in tids if tid in lengths}
-            coding = SpanCoding(coder, [s for h in coded if (s := span_of(h))], scope)
-            out.append(
-                GoldCoderSpans(
-                    gold_set,
-                    coding,
-                    coded,
-                    [h for h in mine if h.code is None],
-                    created.get(coder),
-                )
+            coding = SpanCoding(coder, [sp for h in coded if (sp := span_of(h))], coding.scope)
+        out.append(
+            GoldCoderSpans(
+                gold_set,
+                coding,
+                coded,
+                [h for h in mine if h.code is None],
+                created.get(coder),
             )
-        else:
-            out.append(
-                GoldCoderSpans(
-                    gold_set,
-                    _passage_spans(coder, by_coder[coder], passages),
-                    created_at=created.get(coder),
-                )
-            )
+        )
     return out
 
 
@@ -242,38 +221,3 @@ def _stored_scope(raw: dict[str, list[list[int]]] | None) -> dict[str, list[Rang
     if raw is None:
         return None
     return {tid: [(int(a), int(b)) for a, b in ranges] for tid, ranges in raw.items()}
-
-
-def _passage_spans(
-    coder: str, coding: dict[str, list[str]], passages: dict[str, Passage]
-) -> SpanCoding:
-    """A passage coding as spans: one span per (passage, code), the passages as scope."""
-    spans: list[Span] = []
-    scope: dict[str, list[Range]] = defaultdict(list)
-    for pid, codes in coding.items():
-        p = passages.get(pid)
-        if p is None:
-            continue
-        scope[p.transcript_id].append((p.char_start, p.char_end))
-        spans += [Span(p.transcript_id, p.char_start, p.char_end, c) for c in sorted(codes)]
-    spans.sort()
-    return SpanCoding(coder, spans, {tid: merge_ranges(r) for tid, r in scope.items()})
-
-
-def _text_lengths(store: Store, transcript_ids: set[str]) -> dict[str, int]:
-    from sqlalchemy import func
-
-    from qualflow.db import TranscriptRow
-
-    if not transcript_ids:
-        return {}
-    with store.session() as s:
-        return dict(
-            s.execute(
-                select(TranscriptRow.id, func.length(TranscriptRow.text)).where(
-                    TranscriptRow.id.in_(sorted(transcript_ids))
-                )
-            )
-            .tuples()
-            .all()
-        )
