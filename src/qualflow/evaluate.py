@@ -556,8 +556,8 @@ def describe_learning(entries: Sequence[Mapping[str, Any]]) -> list[str]:
             text = (
                 f"runs {runs}: trained as {t.get('model') or '?'} on "
                 f"{', '.join(t.get('sources') or []) or 'unnamed sources'}; "
-                f"{len(t.get('transcripts') or [])} transcripts "
-                f"({_names(t.get('transcripts'))}), {t.get('units', '?')} units, "
+                f"{_count(t.get('transcripts'), 'transcript')} ({_names(t.get('transcripts'))}), "
+                f"{t.get('units', '?')} units, "
                 f"labels {t.get('label_hash') or '?'}"
             )
             if t.get("note"):
@@ -570,10 +570,15 @@ def describe_learning(entries: Sequence[Mapping[str, Any]]) -> list[str]:
         if f:
             text += (
                 f"; few-shot examples, {f.get('per_code', '?')} per code, from "
-                f"{len(f.get('transcripts') or [])} transcripts ({_names(f.get('transcripts'))})"
+                f"{_count(f.get('transcripts'), 'transcript')} ({_names(f.get('transcripts'))})"
             )
         lines.append(text)
     return lines
+
+
+def _count(items: Sequence[Any] | None, noun: str) -> str:
+    n = len(items or [])
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _names(names: Sequence[str] | None, limit: int = 8) -> str:

@@ -477,7 +477,7 @@ def render_markdown(results: dict[str, Any], *, max_rows: int = 30) -> str:
         "",
         f"Coder learned from: {'; '.join(learned_lines(results))}.",
         "",
-        f"Scope: {s['passages']} passages ({coverage_text(results) or 'coverage not recorded'}); "
+        f"Scope: {s['passages']} passages, {coverage_text(results) or 'coverage not recorded'}; "
         f"codebook {s.get('codebook')} "
         f"`{s.get('codebook_version')}`; coder `{s['coder']}` (model `{s.get('model') or '-'}`, "
         f"prompt `{s.get('prompt_version') or '-'}`); reference `{s['reference']}`; "

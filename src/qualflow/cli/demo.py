@@ -307,7 +307,7 @@ def _human_baseline_note(reports: list, humans: list[str]) -> None:
     shown = next((r for r in reports if r is not None), None)
     note = shown.results["scope"].get("human_baseline") if shown else None
     if humans and note and not note.startswith("no human"):
-        console.print(f"human baseline: {note} (the review app's double-coded share)")
+        console.print(f"human baseline: {note} (the review app's double-coded share)", markup=False)
         return
     console.print(
         "human baseline: no human baseline measured. The example gold set is constructed "
@@ -316,7 +316,8 @@ def _human_baseline_note(reports: list, humans: list[str]) -> None:
         "review app (blind to each other and to the machine) and press Done; run the "
         "demo again and the report shows their agreement next to the machine's (in a "
         "study: `qualflow assign --double 0.2 --blind-machine`, then an experiment "
-        "with humans: [reviewer:NAME, reviewer:NAME])."
+        "with humans: [reviewer:NAME, reviewer:NAME]).",
+        markup=False,
     )
 
 
