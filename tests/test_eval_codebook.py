@@ -218,3 +218,40 @@ def test_gold_delete(ws, tmp_path):
     missing = run("gold", "delete", "examples", "-w", ws, "--yes")
     assert missing.exit_code == 1 and "no gold set 'examples'" in missing.output
     assert "gold sets: keep" in missing.output
+
+
+# --------------------------------------------------------------------------- the store
+
+
+def _exercise_workspace_facts(store) -> None:
+    from qualflow.models import Code, Codebook
+
+    book = Codebook(name="facts", codes=[Code(title="a"), Code(title="b")])
+    assert store.set_active_codebook(book) == book.version
+    assert store.active_codebook().titles() == ["a", "b"]
+    with pytest.raises(KeyError, match="no codebook version"):
+        store.set_active_codebook("0000not-stored")
+    assert store.active_codebook().version == book.version
+    store.set_gold_origin("facts-set", "ann", "constructed")
+    assert store.gold_origin("facts-set", "ann") == "constructed"
+    store.set_gold_origin("facts-set", "ann", None)
+    assert store.gold_origin("facts-set", "ann") is None
+
+
+def test_workspace_facts_on_sqlite(store):
+    _exercise_workspace_facts(store)
+
+
+@pytest.mark.postgres
+def test_workspace_facts_on_postgres():
+    from tests.conftest import POSTGRES_URL
+
+    if not POSTGRES_URL:
+        pytest.skip("QUALFLOW_TEST_POSTGRES_URL not set (make test starts a local server)")
+    from qualflow.store import Store
+
+    store = Store.open(POSTGRES_URL)
+    try:
+        _exercise_workspace_facts(store)
+    finally:
+        store.close()
