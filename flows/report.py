@@ -97,7 +97,11 @@ def compare_all(
     outputs = []
     refs = references(store)
     for key in latest_keys(store, runs):
-        coder = key_coding(store, key)
+        try:
+            coder = key_coding(store, key)
+        except EvalError as exc:  # e.g. every answer of the key went to needs_human
+            outputs.append({"name": slug(f"{key.coder}-{key.model}"), "error": str(exc)})
+            continue
         book = store.codebook(key.codebook_version)
         for ref, humans in refs:
             if not set(ref.coding) & set(coder.coding):

@@ -327,7 +327,9 @@ def _proposals(
         rows = _one_coding(spec, coder, pin, rows)
     ok = {r.passage_id: r for r in rows if r.status == "ok"}  # newest wins
     if not ok:
-        raise EvalError(f"'{spec}': no proposal sets found")
+        handed = len({r.passage_id for r in rows})
+        detail = f" with an answer ({handed} passages went to needs_human)" if handed else ""
+        raise EvalError(f"'{spec}': no proposal sets found{detail}")
     first = next(iter(ok.values()))
     resolved = Resolved(
         spec,
