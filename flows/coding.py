@@ -235,7 +235,8 @@ def code_transcripts(
             relative to the workspace). Ignored when ``files`` is given.
         files: Explicit transcript files instead of an inbox.
         workspace: Workspace folder (qualflow.toml, data/).
-        codebook: Codebook name or file (default: the workspace setting).
+        codebook: Codebook name or file (default: the workspace's active codebook, else
+            the ``codebook`` setting).
         coder: ``llm``, ``similarity``, ``learned`` or an importable ``module:callable``.
         batch_size: Passages per batch task (default: llm_batch_size for the LLM coder,
             i.e. one LLM call per task; 32 for coders without LLM calls).
@@ -263,7 +264,10 @@ def code_transcripts(
             ingested = ingest_sources(store, settings, sources)
             transcript_ids = ingested["transcript_ids"]
             failures = [pipeline.Failure(**f) for f in ingested["failures"]]
-        book = pipeline.run_codebook(settings, codebook)
+        # no codebook given: the workspace's active codebook, else the settings' one
+        book = (None if codebook else store.active_codebook()) or pipeline.run_codebook(
+            settings, codebook
+        )
         store.save_codebook(book)
         index = None
         if needs_index(coder, settings):

@@ -48,36 +48,35 @@ def latest_keys(store: Store, limit: int) -> list[ProposalKey]:
 
 
 def key_coding(store: Store, key: ProposalKey) -> Any:
-    """A proposal key's valid codes per passage (needs_human passages left out)."""
-    from qualflow.evaluate import Resolved
+    """A proposal key's answers (valid codes per answered passage), with what its coder
+    learned from; unanswered passages count as no code in the report."""
+    from qualflow.evaluate import resolve_key
 
-    sets = [ps for ps in store.proposal_sets(key=key) if ps.status == "ok"]
-    return Resolved(
-        name=f"{key.coder}:{key.model}" + (f"@{key.prompt_version}" if key.prompt_version else ""),
-        coding={ps.passage_id: ps.codes for ps in sets},
-        model=key.model,
-        prompt_version=key.prompt_version,
-        codebook_version=key.codebook_version,
-        confidences=[(ps.passage_id, p.code, p.confidence) for ps in sets for p in ps.proposals],
-    )
+    return resolve_key(store, key)
 
 
 def references(store: Store) -> list[tuple[Any, list[Any]]]:
     """Each human reference with the other humans of its group (for the human baseline):
     every coder of every gold set, and every reviewer's finished decisions."""
-    from qualflow.evaluate import Resolved
+    from qualflow.evaluate import Resolved, resolve, transcript_names
 
     groups: list[list[Any]] = []
     for gold_set in sorted(store.gold_sets()):
         coders = store.gold(gold_set)
-        groups.append([Resolved(f"{gold_set}:{c}", coders[c]) for c in sorted(coders)])
+        groups.append([resolve(store, f"gold:{gold_set}:{c}") for c in sorted(coders)])
     try:
         from qualflow.review.decisions import reviewer_codings
     except ImportError:  # the review app is optional here
         reviewer_codings = None
     if reviewer_codings is not None:
         reviewed = reviewer_codings(store)
-        group = [Resolved(f"reviewer:{n}", c) for n, c in sorted(reviewed.items()) if c]
+        group = [
+            Resolved(
+                f"reviewer:{n}", c, origin="reviewer", unit_transcripts=transcript_names(store, c)
+            )
+            for n, c in sorted(reviewed.items())
+            if c
+        ]
         if group:
             groups.append(group)
     return [(ref, [h for h in group if h is not ref]) for group in groups for ref in group]
@@ -98,7 +97,11 @@ def compare_all(
     outputs = []
     refs = references(store)
     for key in latest_keys(store, runs):
-        coder = key_coding(store, key)
+        try:
+            coder = key_coding(store, key)
+        except EvalError as exc:  # e.g. every answer of the key went to needs_human
+            outputs.append({"name": slug(f"{key.coder}-{key.model}"), "error": str(exc)})
+            continue
         book = store.codebook(key.codebook_version)
         for ref, humans in refs:
             if not set(ref.coding) & set(coder.coding):

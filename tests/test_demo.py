@@ -1,5 +1,6 @@
 """The README's first command, end to end: `qualflow demo` on examples/ (similarity coder)."""
 
+import json
 import os
 import stat
 import subprocess
@@ -36,9 +37,15 @@ def test_demo_runs_the_whole_job_and_is_incremental(tmp_path: Path):
     out = first.stdout
     assert "6 new" in out or "new" in out
     assert "160/160 records imported" in out
-    assert "similarity" in out and "inferior" in out  # the honest verdict vs the humans
+    assert "constructed example data (not human): constructed-a, constructed-b" in out
+    # the constructed example gold set is never read as a human baseline
+    assert "human baseline: no human baseline measured" in out
+    assert "inferior" not in out and "non-inferior" not in out
+    assert "double-coded: blind to each other and to the machine" in out
     report = ws / "reports" / "demo-similarity.json"
     assert report.is_file() and (ws / "reports" / "demo-similarity.html").is_file()
+    results = json.loads(report.read_text())
+    assert results["human_baseline"] is None and results["coverage"]["share"] > 0
     accounts = ws / "data" / "demo-accounts.txt"
     assert stat.S_IMODE(accounts.stat().st_mode) == 0o600
     assert {line.split("\t")[0] for line in accounts.read_text().splitlines()} == {
@@ -47,9 +54,47 @@ def test_demo_runs_the_whole_job_and_is_incremental(tmp_path: Path):
         "reviewer-2",
     }
 
+    double_coded = _review_the_double_coded_share(ws)
     second = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "assigned 0 new passages" in second.stdout  # nothing handed out twice
     assert "Coded by this run             0" in second.stdout or "nothing to code" in (
         second.stdout.lower()
     )
+    # once both reviewers coded the double-coded share, that is the human baseline
+    assert (
+        "human baseline: measured: reviewer:reviewer-1, reviewer:reviewer-2 on "
+        f"{double_coded} passages"
+    ) in second.stdout
+    results = json.loads(report.read_text())
+    assert results["human_baseline"]["humans"] == ["reviewer:reviewer-1", "reviewer:reviewer-2"]
+
+
+def _review_the_double_coded_share(ws: Path) -> int:
+    """Both demo reviewers finish their blind codings of the double-coded passages, as
+    they would in the review app; they disagree on every third passage."""
+    from sqlalchemy import select
+
+    from qualflow.db import AssignmentRow, UserRow
+    from qualflow.review.decisions import decide
+    from qualflow.settings import load_settings
+    from qualflow.store import open_store
+
+    store = open_store(load_settings(ws))
+    try:
+        with store.session() as s:
+            users = dict(s.execute(select(UserRow.username, UserRow.id)).all())
+            double = sorted(
+                set(s.scalars(select(AssignmentRow.passage_id).where(AssignmentRow.double_coded)))
+            )
+        assert double, "the demo assigns a double-coded share"
+        for i, pid in enumerate(double):
+            for name in ("reviewer-1", "reviewer-2"):
+                if i % 3 == 0 and name == "reviewer-2":
+                    decide(store, users[name], pid, "add", version=0, code="05.gaps.issues")
+                else:
+                    decide(store, users[name], pid, "no_code", version=0)
+                decide(store, users[name], pid, "done", version=1)
+    finally:
+        store.close()
+    return len(double)

@@ -172,9 +172,11 @@ def test_resolve_specs(store):
 
 def test_project_experiments_file_is_valid():
     exps = ev.load_experiments()
-    assert {"examples-similarity", "examples-humans"} <= set(exps)
+    assert {"examples-similarity", "examples-constructed-pair"} <= set(exps)
     e = exps["examples-similarity"]
-    assert e.humans and e.baseline == "previous" and e.reference.startswith("gold:")
+    assert e.baseline == "previous" and e.reference == "gold:examples:constructed-a"
+    # the constructed example gold set is never listed as human coders
+    assert not any("examples" in h for x in exps.values() for h in x.humans)
 
 
 def test_experiments_file_errors(tmp_path):
@@ -189,7 +191,7 @@ def test_experiments_file_errors(tmp_path):
 
 @pytest.mark.slow
 def test_eval_cli_on_the_examples_gold_set(tmp_path):
-    """`qualflow eval examples-humans`: real ingest of examples/, JSONL import, reports;
+    """`qualflow eval examples-constructed-pair`: real ingest of examples/, JSONL import, reports;
     a second run reads the first as 'previous'."""
     from typer.testing import CliRunner
 
@@ -197,14 +199,16 @@ def test_eval_cli_on_the_examples_gold_set(tmp_path):
 
     runner = CliRunner()
     out = tmp_path / "out"
-    res = runner.invoke(app, ["eval", "examples-humans", "--out", str(out), "--n-boot", "200"])
+    name = "examples-constructed-pair"
+    res = runner.invoke(app, ["eval", name, "--out", str(out), "--n-boot", "200"])
     assert res.exit_code == 0, res.output
-    data = json.loads((out / "examples-humans.json").read_text())
+    data = json.loads((out / f"{name}.json").read_text())
     assert data["scope"]["passages"] >= 75  # every participant sentence of examples/
     assert not data["problems"], data["problems"]
     pooled = data["agreement"]["overall"]["pooled_kappa"]
     assert 0.4 < pooled["value"] < 0.95 and pooled["low"] < pooled["value"] < pooled["high"]
-    assert (out / "examples-humans.html").is_file() and (out / "examples-humans.md").is_file()
+    assert (out / f"{name}.html").is_file() and (out / f"{name}.md").is_file()
+    assert data["scope"]["human_baseline"].startswith("no human baseline measured")
     listed = runner.invoke(app, ["eval", "--list"])
     assert "examples-similarity" in listed.output
     bad = runner.invoke(app, ["eval", "nope", "--out", str(out)])

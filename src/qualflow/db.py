@@ -383,6 +383,18 @@ class ExchangeImportRow(Base):
     imported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
+# --------------------------------------------------------------------------- workspace
+
+
+class WorkspaceMetaRow(Base):
+    """A small fact about the workspace (key -> JSON value), e.g. the active codebook."""
+
+    __tablename__ = "workspace_meta"
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSON, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
 # --------------------------------------------------------------------------- engine
 
 

@@ -4,11 +4,26 @@ An experiment names codings by *spec* strings, resolved against the store:
 
 - ``gold:SET:CODER`` one coder of a gold set (``gold:SET`` if the set has one coder);
 - ``run:ID`` a coding run's valid codes (with each proposal's confidence);
-- ``proposals:KIND`` the newest proposal set per passage of a coder kind
-  (``similarity``, ``learned``, ``llm``, ...) under the experiment's codebook version;
+- ``proposals:KIND`` every answer of a coder kind (``similarity``, ``learned``,
+  ``llm``, ...) under the experiment's codebook version. It must mean one coding:
+  when answers of that kind come from several proposal keys (another model,
+  threshold or prompt) the spec is an error listing them, and
+  ``proposals:KIND:MODEL`` (or ``proposals:KIND:MODEL@PROMPT_VERSION``) names one;
 - ``reviewer:NAME`` a reviewer's finished review decisions;
 - ``previous`` (baseline only) the coder's coding stored in the previous results
   file of the same experiment, for regression tracking.
+
+Rules every report follows (see docs/agreement.md):
+
+- every reference unit counts: a unit outside the coder's answered scope (never
+  coded, failed, needs_human) is scored as "no code"; coverage stands beside the
+  headline figures and the answered-only figures come second, labelled;
+- what the coder learned from (``runs.params["training"]`` and ``["few_shot"]``) is
+  printed, and a coder that learned from the reference's transcripts is refused
+  unless the overlap is explicitly allowed (then the report header warns);
+- the human baseline comes only from real human coders (reviewers, human gold
+  coders), never from machine codings or constructed example data; without two,
+  the report says "no human baseline measured".
 
 Before it evaluates, an experiment may ingest transcripts, import gold JSONL files and
 run coders (``prepare``); evaluation itself only reads codings (the data path is
@@ -19,7 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +49,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "qualflow.eval/1"
+SCHEMA = "qualflow.eval/2"
 RESULTS_KEYS = (
     "schema",
     "experiment",
@@ -50,8 +65,17 @@ RESULTS_KEYS = (
     "cooccurrence",
     "problems",
     "coding",
+    "coverage",
+    "answered_only",
+    "training",
+    "warnings",
 )
-"""Top-level keys of every results JSON (tests pin them; add, never rename)."""
+"""Top-level keys of every results JSON (tests pin them; add, never rename).
+
+Schema 2: ``agreement`` counts every reference unit (unanswered = no code);
+``answered_only`` holds the figures over answered units, ``coverage`` the share
+answered, ``training`` what the coder learned from, ``warnings`` the header
+warnings (an allowed train/test overlap)."""
 
 
 class EvalError(ValueError):
@@ -83,6 +107,7 @@ class Experiment:
     min_support: int = 5
     bins: int = 5
     cluster_by: str | None = None  # "participant" or "transcript": resample those
+    allow_overlap: bool = False  # report a coder that learned from the reference text
 
     @classmethod
     def from_mapping(cls, name: str, data: Mapping[str, Any], source: str = "") -> Experiment:
@@ -120,9 +145,24 @@ def load_experiments(path: Path | str | None = None) -> dict[str, Experiment]:
 # --------------------------------------------------------------------------- codings
 
 
+class LeakError(EvalError):
+    """The compared coder learned from the reference's own transcripts (or passages)."""
+
+
 @dataclass
 class Resolved:
-    """A coding with its provenance (and, for machine coders, per-tag confidences)."""
+    """A coding with its provenance (and, for machine coders, per-tag confidences).
+
+    ``origin`` says what kind of coder this is: ``machine`` (runs, proposals,
+    ``previous``), ``reviewer`` (the review app), ``gold`` (a gold set coder),
+    ``constructed`` (a gold coder whose data declares it constructed example data, not
+    human coding); empty means "as the caller says" (a caller listing it among the
+    humans vouches for it). ``answered`` is the coder's answered scope: the units it
+    gave an answer for (None: the coding's own units). ``needs_human`` are units it
+    handed to a human instead. ``learned_from`` holds one entry per distinct training
+    provenance of the runs behind the coding (``runs``, ``training``, ``few_shot``,
+    ``recorded``). ``unit_transcripts`` maps the coding's units to transcript names.
+    """
 
     name: str
     coding: Coding
@@ -130,6 +170,21 @@ class Resolved:
     prompt_version: str = ""
     codebook_version: str = ""
     confidences: list[tuple[str, str, float]] = field(default_factory=list)
+    origin: str = ""
+    answered: frozenset[str] | None = None
+    needs_human: frozenset[str] = frozenset()
+    learned_from: list[dict[str, Any]] = field(default_factory=list)
+    unit_transcripts: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def scope(self) -> frozenset[str]:
+        """The units this coder answered (its coding's units unless given)."""
+        return self.answered if self.answered is not None else frozenset(self.coding)
+
+    @property
+    def is_human(self) -> bool:
+        """May this coding stand as a human coder in a human baseline?"""
+        return self.origin not in {"machine", "constructed"}
 
 
 def resolve(
@@ -142,32 +197,63 @@ def resolve(
     """The coding a spec names (see the module docstring); EvalError if it names none."""
     kind, _, rest = spec.partition(":")
     if kind == "gold":
-        return _gold(store, spec, rest)
-    if kind == "run":
+        resolved = _gold(store, spec, rest)
+    elif kind == "run":
         if not rest.isdigit():
             raise EvalError(f"'{spec}': a run spec is run:<id>")
-        return _proposals(store, spec, run_id=int(rest))
-    if kind == "proposals":
-        if not rest:
+        resolved = _proposals(store, spec, run_id=int(rest))
+    elif kind == "proposals":
+        coder, _, pin = rest.partition(":")
+        if not coder:
             raise EvalError(f"'{spec}': say which coder kind, e.g. proposals:similarity")
-        return _proposals(store, spec, coder=rest, codebook_version=codebook_version)
-    if kind == "reviewer":
+        resolved = _proposals(
+            store, spec, coder=coder, pin=pin or None, codebook_version=codebook_version
+        )
+    elif kind == "reviewer":
         from qualflow.review.decisions import reviewer_codings
 
         codings = reviewer_codings(store)
         if rest not in codings:
             raise EvalError(f"'{spec}': no finished review by '{rest}' (have {sorted(codings)})")
-        return Resolved(spec, codings[rest])
-    if kind == "previous":
-        if not previous:
-            raise EvalError("'previous': no previous results file for this experiment")
-        stored = previous.get("coding", {}).get("coder") or {}
-        return Resolved(
-            f"previous ({previous.get('created_at', '?')})",
-            {pid: frozenset(cs) for pid, cs in stored.items()},
-            model=previous.get("scope", {}).get("model", ""),
-        )
-    raise EvalError(f"'{spec}': unknown coding spec (gold:, run:, proposals:, reviewer:)")
+        resolved = Resolved(spec, codings[rest], origin="reviewer")
+    elif kind == "previous":
+        resolved = _previous(previous)
+    else:
+        raise EvalError(f"'{spec}': unknown coding spec (gold:, run:, proposals:, reviewer:)")
+    resolved.unit_transcripts = transcript_names(store, resolved.coding)
+    return resolved
+
+
+def _previous(previous: Mapping[str, Any] | None) -> Resolved:
+    if not previous:
+        raise EvalError("'previous': no previous results file for this experiment")
+    stored = previous.get("coding", {}).get("coder") or {}
+    return Resolved(
+        f"previous ({previous.get('created_at', '?')})",
+        {pid: frozenset(cs) for pid, cs in stored.items()},
+        model=previous.get("scope", {}).get("model", ""),
+        origin="machine",
+        learned_from=list((previous.get("training") or {}).get("coder") or []),
+    )
+
+
+def transcript_names(store: Store, units: Iterable[str]) -> dict[str, str]:
+    """Unit (passage) id -> name of its transcript, for the units the store knows."""
+    from sqlalchemy import select
+
+    from qualflow.db import PassageRow, TranscriptRow
+
+    ids = list(units)
+    out: dict[str, str] = {}
+    with store.session() as s:
+        for i in range(0, len(ids), 5000):
+            q = (
+                select(PassageRow.id, TranscriptRow.name)
+                .join(TranscriptRow, TranscriptRow.id == PassageRow.transcript_id)
+                .where(PassageRow.id.in_(ids[i : i + 5000]))
+            )
+            out.update({pid: name for pid, name in s.execute(q).tuples()})
+    return out
 
 
 def _gold(store: Store, spec: str, rest: str) -> Resolved:
@@ -181,7 +267,23 @@ def _gold(store: Store, spec: str, rest: str) -> Resolved:
         coder = next(iter(codings))
     if coder not in codings:
         raise EvalError(f"'{spec}': no coder '{coder}' in gold set (have {sorted(codings)})")
-    return Resolved(f"{gold_set}:{coder}", codings[coder])
+    origin = "constructed" if store.gold_origin(gold_set, coder) == "constructed" else "gold"
+    return Resolved(f"{gold_set}:{coder}", codings[coder], origin=origin)
+
+
+@dataclass
+class _Candidate:
+    """One distinct coding a ``proposals:`` spec could mean (one proposal key)."""
+
+    model: str
+    prompt_version: str
+    codebook_version: str
+    runs: set[int] = field(default_factory=set)
+    passages: set[str] = field(default_factory=set)
+
+    def pinned(self, coder: str, ambiguous_prompt: bool) -> str:
+        suffix = f"@{self.prompt_version}" if ambiguous_prompt and self.prompt_version else ""
+        return f"proposals:{coder}:{self.model}{suffix}"
 
 
 def _proposals(
@@ -190,41 +292,301 @@ def _proposals(
     *,
     run_id: int | None = None,
     coder: str | None = None,
+    pin: str | None = None,
     codebook_version: str | None = None,
 ) -> Resolved:
+    """A run's, or a coder kind's, answers: ok sets are the coding, needs_human noted.
+
+    ``proposals:KIND`` must mean one coding: when the stored proposal sets of that kind
+    come from several coders (another model, another threshold or prompt, hence another
+    proposal key) it is an error listing them, unless ``pin`` (``MODEL`` or
+    ``MODEL@PROMPT_VERSION``) picks one.
+    """
     from sqlalchemy import select
 
-    from qualflow.db import ProposalRow, ProposalSetRow
+    from qualflow.db import ProposalSetRow
 
     with store.session() as s:
-        q = select(ProposalSetRow).where(ProposalSetRow.status == "ok")
+        q = select(
+            ProposalSetRow.id,
+            ProposalSetRow.passage_id,
+            ProposalSetRow.status,
+            ProposalSetRow.model,
+            ProposalSetRow.prompt_version,
+            ProposalSetRow.codebook_version,
+            ProposalSetRow.run_id,
+        ).where(ProposalSetRow.status.in_(["ok", "needs_human"]))
         if run_id is not None:
             q = q.where(ProposalSetRow.run_id == run_id)
         if coder is not None:
             q = q.where(ProposalSetRow.coder == coder)
         if codebook_version:
             q = q.where(ProposalSetRow.codebook_version == codebook_version)
-        sets = {r.passage_id: r for r in s.scalars(q.order_by(ProposalSetRow.id))}  # newest wins
-        if not sets:
-            raise EvalError(f"'{spec}': no proposal sets found")
-        ids = [r.id for r in sets.values()]
-        props = s.scalars(
-            select(ProposalRow).where(ProposalRow.set_id.in_(ids), ProposalRow.valid.is_(True))
-        ).all()
-        first = next(iter(sets.values()))
-        resolved = Resolved(
-            spec,
-            {pid: frozenset() for pid in sets},
-            model=first.model,
-            prompt_version=first.prompt_version,
-            codebook_version=first.codebook_version,
-        )
-    codes: dict[str, set[str]] = {}
-    for p in props:
-        codes.setdefault(p.passage_id, set()).add(p.code)
-        resolved.confidences.append((p.passage_id, p.code, float(p.confidence)))
-    resolved.coding.update({pid: frozenset(cs) for pid, cs in codes.items() if pid in sets})
+        rows = s.execute(q.order_by(ProposalSetRow.id)).all()
+    if run_id is None and coder is not None:
+        rows = _one_coding(spec, coder, pin, rows)
+    ok = {r.passage_id: r for r in rows if r.status == "ok"}  # newest wins
+    if not ok:
+        handed = len({r.passage_id for r in rows})
+        detail = f" with an answer ({handed} passages went to needs_human)" if handed else ""
+        raise EvalError(f"'{spec}': no proposal sets found{detail}")
+    first = next(iter(ok.values()))
+    resolved = Resolved(
+        spec,
+        {pid: frozenset() for pid in ok},
+        model=first.model,
+        prompt_version=first.prompt_version,
+        codebook_version=first.codebook_version,
+        origin="machine",
+        needs_human=frozenset(r.passage_id for r in rows if r.status == "needs_human") - set(ok),
+    )
+    _add_codes(store, resolved, [r.id for r in ok.values()])
+    resolved.learned_from = learned_from(store, {r.run_id for r in rows if r.run_id is not None})
+    if run_id is None:
+        _refuse_mixed_training(spec, resolved.learned_from)
     return resolved
+
+
+def _one_coding(spec: str, coder: str, pin: str | None, rows: Sequence[Any]) -> list[Any]:
+    """The rows of the one coding ``spec`` means; EvalError listing them when several."""
+    groups: dict[tuple[str, str, str], _Candidate] = {}
+    for r in rows:
+        key = (r.model, r.prompt_version, r.codebook_version)
+        group = groups.setdefault(key, _Candidate(*key))
+        group.passages.add(r.passage_id)
+        if r.run_id is not None:
+            group.runs.add(r.run_id)
+    chosen = list(groups)
+    if pin is not None:
+        chosen = [k for k in groups if k[0] == pin] or [
+            k for k in groups if f"{k[0]}@{k[1]}" == pin
+        ]
+        if not chosen:
+            raise EvalError(
+                f"'{spec}': no proposal sets of model '{pin}' "
+                f"(have {sorted({f'{k[0]}@{k[1]}' if k[1] else k[0] for k in groups})})"
+            )
+    if len(chosen) > 1:
+        models = [k[0] for k in chosen]
+        lines = []
+        for k in chosen:
+            g = groups[k]
+            pinned = g.pinned(coder, models.count(k[0]) > 1)
+            lines.append(
+                f"  {pinned}  (model {g.model}, prompt {g.prompt_version or '-'}, codebook "
+                f"{g.codebook_version}, {len(g.passages)} passages, runs "
+                f"{', '.join(map(str, sorted(g.runs))) or '-'})"
+            )
+        raise EvalError(
+            f"'{spec}' matches {len(chosen)} different codings (another model, threshold, "
+            "prompt or codebook each makes its own); name one:\n" + "\n".join(lines)
+        )
+    keep = set(chosen)
+    return [r for r in rows if (r.model, r.prompt_version, r.codebook_version) in keep]
+
+
+def _add_codes(store: Store, resolved: Resolved, set_ids: list[int]) -> None:
+    from sqlalchemy import select
+
+    from qualflow.db import ProposalRow
+
+    codes: dict[str, set[str]] = {}
+    with store.session() as s:
+        for i in range(0, len(set_ids), 5000):
+            props = s.scalars(
+                select(ProposalRow).where(
+                    ProposalRow.set_id.in_(set_ids[i : i + 5000]), ProposalRow.valid.is_(True)
+                )
+            ).all()
+            for p in props:
+                codes.setdefault(p.passage_id, set()).add(p.code)
+                resolved.confidences.append((p.passage_id, p.code, float(p.confidence)))
+    resolved.coding.update(
+        {pid: frozenset(cs) for pid, cs in codes.items() if pid in resolved.coding}
+    )
+
+
+def learned_from(store: Store, run_ids: Iterable[int]) -> list[dict[str, Any]]:
+    """What the coders of these runs learned from, one entry per distinct provenance.
+
+    Reads ``runs.params["training"]`` and ``["few_shot"]`` (written by the coding run).
+    ``recorded`` is False for runs that carry no ``training`` key at all.
+    """
+    from sqlalchemy import select
+
+    from qualflow.db import RunRow
+
+    ids = sorted(set(run_ids))
+    if not ids:
+        return []
+    entries: dict[str, dict[str, Any]] = {}
+    with store.session() as s:
+        for run in s.scalars(select(RunRow).where(RunRow.id.in_(ids)).order_by(RunRow.id)):
+            params = run.params or {}
+            entry = {
+                "training": params.get("training"),
+                "few_shot": params.get("few_shot"),
+                "recorded": "training" in params,
+            }
+            key = json.dumps(entry, sort_keys=True, default=str)
+            entries.setdefault(key, {"runs": [], **entry})["runs"].append(run.id)
+    return list(entries.values())
+
+
+def _refuse_mixed_training(spec: str, entries: Sequence[Mapping[str, Any]]) -> None:
+    """Runs of one proposal key whose coders were trained on different labels."""
+    trained = [e for e in entries if e.get("training")]
+    hashes = {(e["training"].get("model"), e["training"].get("label_hash")) for e in trained}
+    if len(hashes) > 1:
+        lines = [
+            f"  runs {', '.join(map(str, e['runs']))}: {e['training'].get('model')} "
+            f"(labels {e['training'].get('label_hash')})"
+            for e in trained
+        ]
+        raise EvalError(
+            f"'{spec}' mixes answers of coders trained on different labels; "
+            "name one run (run:ID):\n" + "\n".join(lines)
+        )
+
+
+def resolve_key(store: Store, key: Any) -> Resolved:
+    """Everything stored under one proposal key (coder, model, prompt, codebook)."""
+    pin = f"{key.model}@{key.prompt_version}" if key.prompt_version else key.model
+    resolved = resolve(store, f"proposals:{key.coder}:{pin}", codebook_version=key.codebook_version)
+    suffix = f"@{key.prompt_version}" if key.prompt_version else ""
+    resolved.name = f"{key.coder}:{key.model}{suffix}"
+    return resolved
+
+
+# --------------------------------------------------------------------------- the rules
+
+
+NO_HUMAN_BASELINE = "no human baseline measured"
+UNANSWERED_RULE = "reference units outside the coder's answered scope count as no code"
+
+
+def count_unanswered_as_no_code(
+    units: Sequence[str], coding: Coding, answered: Container[str]
+) -> Coding:
+    """The coding over every reference unit: a unit outside the answered scope (never
+    coded, failed, handed to a human) carries no code, i.e. every code it should have
+    had is a miss. Units are opaque ids: passages today, sentences under spans."""
+    empty: frozenset[str] = frozenset()
+    return {u: coding.get(u, empty) if u in answered else empty for u in units}
+
+
+def coverage(units: Sequence[str], coder: Resolved) -> dict[str, Any]:
+    """Share of the reference units the coder answered, and why the others are not."""
+    scope = coder.scope
+    answered = sum(1 for u in units if u in scope and u in coder.coding)
+    needs_human = sum(1 for u in units if u in coder.needs_human and u not in scope)
+    return {
+        "coder": coder.name,
+        "reference_units": len(units),
+        "answered": answered,
+        "share": answered / len(units) if units else None,
+        "needs_human": needs_human,
+        "not_answered": len(units) - answered - needs_human,
+        "rule": UNANSWERED_RULE,
+    }
+
+
+def learned_overlap(
+    reference: Resolved, units: Sequence[str], coder: Resolved, role: str
+) -> dict[str, Any] | None:
+    """Reference transcripts (or passages) the coder learned from, with the sources."""
+    names = {reference.unit_transcripts[u] for u in units if u in reference.unit_transcripts}
+    unit_set = set(units)
+    transcripts: set[str] = set()
+    passages: set[str] = set()
+    sources: list[str] = []
+    for entry in coder.learned_from:
+        for part in ("training", "few_shot"):
+            info = entry.get(part) or {}
+            hit = names & set(info.get("transcripts") or [])
+            shown = unit_set & set(info.get("passages") or [])
+            if hit or shown:
+                transcripts |= hit
+                passages |= shown
+                sources.append(_describe_source(part, info, entry.get("runs")))
+    if not transcripts and not passages:
+        return None
+    return {
+        "role": role,
+        "coder": coder.name,
+        "transcripts": sorted(transcripts),
+        "passages": len(passages),
+        "sources": sources,
+    }
+
+
+def _learned_transcripts(coder: Resolved) -> set[str]:
+    return {
+        name
+        for entry in coder.learned_from
+        for part in ("training", "few_shot")
+        for name in ((entry.get(part) or {}).get("transcripts") or [])
+    }
+
+
+def _describe_source(part: str, info: Mapping[str, Any], runs: Any) -> str:
+    on = f"runs {', '.join(map(str, runs))}" if runs else "its runs"
+    if part == "training":
+        given = ", ".join(info.get("sources") or []) or "unnamed sources"
+        return f"training of {info.get('model') or 'the coder'} ({given}; {on})"
+    return f"few-shot examples ({info.get('per_code', '?')} per code; {on})"
+
+
+def leak_message(overlap: Mapping[str, Any], reference: str) -> str:
+    what = ", ".join(overlap["transcripts"]) or f"{overlap['passages']} reference passages"
+    return (
+        f"{overlap['role']} '{overlap['coder']}' learned from the reference's own text: "
+        f"transcripts {what} of '{reference}' (via {'; '.join(overlap['sources'])}). "
+        "Agreement on text a coder learned from is inflated."
+    )
+
+
+def describe_learning(entries: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Human-readable lines: what a coder learned from (for every report header)."""
+    if not entries:
+        return ["nothing recorded (not a machine run, or no runs behind this coding)"]
+    lines = []
+    for e in entries:
+        runs = ", ".join(map(str, e.get("runs") or [])) or "-"
+        t = e.get("training")
+        if t:
+            text = (
+                f"runs {runs}: trained as {t.get('model') or '?'} on "
+                f"{', '.join(t.get('sources') or []) or 'unnamed sources'}; "
+                f"{_count(t.get('transcripts'), 'transcript')} ({_names(t.get('transcripts'))}), "
+                f"{t.get('units', '?')} units, "
+                f"labels {t.get('label_hash') or '?'}"
+            )
+            if t.get("note"):
+                text += f"; {t['note']}"
+        elif e.get("recorded"):
+            text = f"runs {runs}: no training data"
+        else:
+            text = f"runs {runs}: training not recorded"
+        f = e.get("few_shot")
+        if f:
+            text += (
+                f"; few-shot examples, {f.get('per_code', '?')} per code, from "
+                f"{_count(f.get('transcripts'), 'transcript')} ({_names(f.get('transcripts'))})"
+            )
+        lines.append(text)
+    return lines
+
+
+def _count(items: Sequence[Any] | None, noun: str) -> str:
+    n = len(items or [])
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _names(names: Sequence[str] | None, limit: int = 8) -> str:
+    names = list(names or [])
+    shown = ", ".join(names[:limit])
+    return shown + (f", … {len(names) - limit} more" if len(names) > limit else "") or "-"
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -244,6 +606,18 @@ def cooccurrence(
     return matrix
 
 
+@dataclass
+class _Setup:
+    """What every section of a report shares: the units, the codes and the bootstrap."""
+
+    units: list[str]
+    codes: list[str] | None
+    n_boot: int
+    seed: int
+    min_support: int
+    clusters: Mapping[str, Any] | None
+
+
 def evaluate(
     reference: Resolved,
     coder: Resolved,
@@ -261,43 +635,53 @@ def evaluate(
     description: str = "",
     scope: Mapping[str, Any] | None = None,
     clusters: Mapping[str, Any] | None = None,
+    allow_overlap: bool = False,
 ) -> dict[str, Any]:
     """Every figure of a report, as a JSON-ready dict (keys: ``RESULTS_KEYS``).
 
-    ``humans``: human coders for the human baseline (human-human next to
-    machine-human); the reference counts as one of them when not listed. With fewer
-    than two humans there is no baseline (and the report says so by omission).
-    ``clusters`` (passage id -> participant, say) resamples clusters, not passages.
+    The units are the reference's (restricted to ``passages`` when given). Headline
+    figures count every one of them: a unit the coder did not answer (never coded,
+    failed, needs_human) carries no code (``count_unanswered_as_no_code``), and the
+    coverage stands beside them; the figures over answered units only come second.
+
+    A coder (or baseline) that learned from the reference's transcripts is refused
+    (``LeakError``) unless ``allow_overlap``; then the report carries the warning.
+
+    ``humans``: human coders for the human baseline. Only real ones count (not machine
+    codings, not constructed example data); the reference joins them when it is human.
+    With fewer than two, the report says ``NO_HUMAN_BASELINE``. ``clusters`` (unit ->
+    participant, say) resamples clusters, not units.
     """
-    codes = codebook.titles() if codebook else None
-    categories: Any = codebook if codebook else True
-    pair = ag.compare(
-        reference.coding,
-        coder.coding,
-        name_a=reference.name,
-        name_b=coder.name,
-        codes=codes,
-        n_boot=n_boot,
-        seed=seed,
-        min_support=min_support,
-        categories=categories,
-        passages=passages,
-        clusters=clusters,
-    )
-    shared = ag.shared_passages(reference.coding, coder.coding)
+    units = sorted(reference.coding)
     if passages is not None:
         keep = set(passages)
-        shared = [p for p in shared if p in keep]
-    if not shared:
+        units = [u for u in units if u in keep]
+    answered = [u for u in units if u in coder.scope and u in coder.coding]
+    if not answered:
         raise EvalError(
             f"'{reference.name}' and '{coder.name}' have no passage in common: "
             "check the segmentation and the transcripts of both"
         )
-    problems: list[str] = []
-    if pair.only_a:
-        problems.append(f"{pair.only_a} passages coded by {reference.name} only (left out)")
-    if pair.only_b:
-        problems.append(f"{pair.only_b} passages coded by {coder.name} only (left out)")
+    overlaps, warnings = _check_learning(reference, units, coder, baseline, allow_overlap)
+    setup = _Setup(
+        units, codebook.titles() if codebook else None, n_boot, seed, min_support, clusters
+    )
+    full = count_unanswered_as_no_code(units, coder.coding, coder.scope)
+    pair = ag.compare(
+        reference.coding,
+        full,
+        name_a=reference.name,
+        name_b=coder.name,
+        codes=setup.codes,
+        n_boot=n_boot,
+        seed=seed,
+        min_support=min_support,
+        categories=codebook if codebook else True,
+        passages=units,
+        clusters=clusters,
+    )
+    cover = coverage(units, coder)
+    problems = _coverage_problems(reference, coder, cover)
     out: dict[str, Any] = dict.fromkeys(RESULTS_KEYS)
     out.update(
         schema=SCHEMA,
@@ -305,75 +689,27 @@ def evaluate(
         description=description,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         agreement=pair.to_dict(),
+        coverage=cover,
+        answered_only=_answered_only(reference, coder, answered, setup, cover),
+        training={
+            "coder": coder.learned_from,
+            "coder_lines": describe_learning(coder.learned_from),
+            "baseline": baseline.learned_from if baseline else None,
+            "overlap": overlaps,
+            "allow_overlap": allow_overlap,
+        },
+        warnings=warnings,
         problems=problems,
     )
-    if humans and reference.name not in {h.name for h in humans}:
-        humans = [reference, *humans]  # the reference is one of the human coders
-    human_codings = {h.name: {p: h.coding[p] for p in shared if p in h.coding} for h in humans}
-    if len(humans) >= 2:
-        covered = ag.shared_passages(*human_codings.values(), coder.coding)
-        if covered:
-            reading = ag.human_baseline(
-                human_codings,
-                {p: coder.coding[p] for p in covered},
-                machine_name=coder.name,
-                codes=codes,
-                margin=margin,
-                n_boot=n_boot,
-                seed=seed,
-                clusters=clusters,
-            )
-            out["human_baseline"] = reading.to_dict()
-            h1, h2 = humans[0], humans[1]
-            out["human_agreement"] = ag.compare(
-                h1.coding,
-                h2.coding,
-                name_a=h1.name,
-                name_b=h2.name,
-                codes=codes,
-                n_boot=n_boot,
-                seed=seed,
-                min_support=min_support,
-                passages=covered,
-                clusters=clusters,
-            ).to_dict()
-            out["multi_coder"] = ag.compare_many(
-                {**human_codings, coder.name: {p: coder.coding[p] for p in covered}},
-                codes=codes,
-                n_boot=n_boot,
-                seed=seed,
-                min_support=min_support,
-                clusters=clusters,
-            ).to_dict()
-        else:
-            problems.append("the human coders share no passage with the coder: no human baseline")
+    humans_used, human_note = _human_section(out, reference, humans, full, setup, margin)
     if baseline is not None:
-        common = ag.shared_passages(reference.coding, coder.coding, baseline.coding)
-        common = [p for p in common if p in set(shared)]
-        if common:
-            cmp = ag.compare_runs(
-                {p: reference.coding[p] for p in common},
-                {p: coder.coding[p] for p in common},
-                {p: baseline.coding[p] for p in common},
-                names=(reference.name, coder.name, baseline.name),
-                codes=codes,
-                n_boot=n_boot,
-                seed=seed,
-                clusters=clusters,
-            )
-            out["baseline"] = {
-                "name": baseline.name,
-                "model": baseline.model,
-                "comparison": cmp.to_dict(),
-            }
-        else:
-            problems.append(f"baseline '{baseline.name}' shares no passage: no comparison")
+        _baseline_section(out, reference, full, baseline, setup)
     if coder.confidences:
-        shared_set = set(shared)
+        in_scope = set(answered)
         pairs = [
             (conf, code in reference.coding[pid])
             for pid, code, conf in coder.confidences
-            if pid in shared_set
+            if pid in in_scope
         ]
         if pairs:
             out["calibration"] = ag.calibration(
@@ -383,35 +719,208 @@ def evaluate(
     top = [c for c in top if pair.code(c).support > 0][:25]
     out["cooccurrence"] = {
         "codes": top,
-        "matrix": cooccurrence(reference.coding, coder.coding, shared, top),
+        "matrix": cooccurrence(reference.coding, full, units, top),
         "rows": reference.name,
         "columns": coder.name,
     }
     out["scope"] = {
-        "passages": len(shared),
+        "passages": len(units),
+        "answered": len(answered),
+        "coverage": cover["share"],
         "reference": reference.name,
         "coder": coder.name,
         "model": coder.model,
         "prompt_version": coder.prompt_version,
         "codebook": codebook.name if codebook else None,
         "codebook_version": codebook.version if codebook else coder.codebook_version,
-        "codes_in_codebook": len(codes) if codes else None,
+        "codes_in_codebook": len(setup.codes) if setup.codes else None,
         "n_boot": n_boot,
         "seed": seed,
         "resampling": (
-            f"{len({clusters.get(p, p) for p in shared})} clusters" if clusters else "passages"
+            f"{len({clusters.get(p, p) for p in units})} clusters" if clusters else "passages"
         ),
         "min_support": min_support,
         "margin": margin,
-        "humans": [h.name for h in humans],
+        "humans": humans_used,
+        "human_baseline": human_note,
         "baseline": baseline.name if baseline else None,
         **dict(scope or {}),
     }
     out["coding"] = {
-        "reference": {p: sorted(reference.coding[p]) for p in shared},
-        "coder": {p: sorted(coder.coding[p]) for p in shared},
+        "reference": {p: sorted(reference.coding[p]) for p in units},
+        "coder": {p: sorted(coder.coding[p]) for p in answered},
     }
     return out
+
+
+def _check_learning(
+    reference: Resolved,
+    units: Sequence[str],
+    coder: Resolved,
+    baseline: Resolved | None,
+    allow_overlap: bool,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Overlaps of what the coder (and baseline) learned from with the reference text."""
+    overlaps = [
+        o
+        for o in (
+            learned_overlap(reference, units, coder, "coder"),
+            learned_overlap(reference, units, baseline, "baseline") if baseline else None,
+        )
+        if o
+    ]
+    messages = [leak_message(o, reference.name) for o in overlaps]
+    unnamed = sum(1 for u in units if u not in reference.unit_transcripts)
+    learned = [coder, baseline] if baseline else [coder]
+    if unnamed and any(_learned_transcripts(c) for c in learned):
+        messages.append(
+            f"{unnamed} passages of '{reference.name}' have no known transcript, so an "
+            "overlap with what the coder learned from cannot be ruled out."
+        )
+    if messages and not allow_overlap:
+        raise LeakError(
+            " ".join(messages) + " Refused: evaluate on transcripts it did not learn from, "
+            "or pass --allow-overlap (experiment key allow_overlap: true) to report it "
+            "with this warning in the header."
+        )
+    warnings = [f"TRAIN/TEST OVERLAP (allowed): {m}" for m in messages]
+    return overlaps, warnings
+
+
+def _coverage_problems(reference: Resolved, coder: Resolved, cover: Mapping[str, Any]) -> list[str]:
+    problems = []
+    missing = cover["reference_units"] - cover["answered"]
+    if missing:
+        problems.append(
+            f"{missing} of {cover['reference_units']} {reference.name} passages have no answer "
+            f"from {coder.name} ({cover['needs_human']} needs_human, "
+            f"{cover['not_answered']} never coded or failed): counted as no code"
+        )
+    extra = len(set(coder.coding) - set(reference.coding))
+    if extra:
+        problems.append(f"{extra} passages coded by {coder.name} only (not in the reference)")
+    return problems
+
+
+def _answered_only(
+    reference: Resolved,
+    coder: Resolved,
+    answered: Sequence[str],
+    setup: _Setup,
+    cover: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The figures over the units the coder answered (second, labelled as such)."""
+    label = (
+        f"answered passages only ({cover['answered']} of {cover['reference_units']}; "
+        "unanswered passages left out)"
+    )
+    if len(answered) == len(setup.units):
+        return {"label": label, "same_as_headline": True, "agreement": None}
+    pair = ag.compare(
+        reference.coding,
+        coder.coding,
+        name_a=reference.name,
+        name_b=coder.name,
+        codes=setup.codes,
+        n_boot=setup.n_boot,
+        seed=setup.seed,
+        min_support=setup.min_support,
+        passages=list(answered),
+        clusters=setup.clusters,
+    )
+    return {"label": label, "same_as_headline": False, "agreement": pair.to_dict()}
+
+
+def _human_section(
+    out: dict[str, Any],
+    reference: Resolved,
+    humans: Sequence[Resolved],
+    full: Coding,
+    setup: _Setup,
+    margin: float,
+) -> tuple[list[str], str]:
+    """Human-human next to machine-human, from real human coders only.
+
+    Returns the humans used and the note the report shows (what was measured, or
+    ``NO_HUMAN_BASELINE`` and why)."""
+    problems = out["problems"]
+    real = [h for h in humans if h.is_human]
+    for h in humans:
+        if not h.is_human:
+            kind = "constructed example data" if h.origin == "constructed" else "a machine coder"
+            problems.append(f"{h.name} is {kind}, not a human coder: not in the human baseline")
+    if reference.is_human and reference.name not in {h.name for h in real}:
+        real = [reference, *real] if real else []  # the reference is one of the human coders
+    names = [h.name for h in real]
+    if len(real) < 2:
+        return names, f"{NO_HUMAN_BASELINE}: no two human coders of these passages"
+    units = set(setup.units)
+    human_codings = {h.name: {u: h.coding[u] for u in h.coding if u in units} for h in real}
+    covered = ag.shared_passages(*human_codings.values())
+    if not covered:
+        problems.append("the human coders share no passage of the reference")
+        return names, f"{NO_HUMAN_BASELINE}: the human coders share no passage"
+    machine = {u: full[u] for u in covered}
+    out["human_baseline"] = ag.human_baseline(
+        human_codings,
+        machine,
+        machine_name=out["agreement"]["coder_b"],
+        codes=setup.codes,
+        margin=margin,
+        n_boot=setup.n_boot,
+        seed=setup.seed,
+        clusters=setup.clusters,
+    ).to_dict()
+    h1, h2 = real[0], real[1]
+    out["human_agreement"] = ag.compare(
+        h1.coding,
+        h2.coding,
+        name_a=h1.name,
+        name_b=h2.name,
+        codes=setup.codes,
+        n_boot=setup.n_boot,
+        seed=setup.seed,
+        min_support=setup.min_support,
+        passages=covered,
+        clusters=setup.clusters,
+    ).to_dict()
+    out["multi_coder"] = ag.compare_many(
+        {**human_codings, out["agreement"]["coder_b"]: machine},
+        codes=setup.codes,
+        n_boot=setup.n_boot,
+        seed=setup.seed,
+        min_support=setup.min_support,
+        clusters=setup.clusters,
+    ).to_dict()
+    return names, f"measured: {', '.join(names)} on {len(covered)} passages they all coded"
+
+
+def _baseline_section(
+    out: dict[str, Any], reference: Resolved, full: Coding, baseline: Resolved, setup: _Setup
+) -> None:
+    """The coder against another coding on the same units (both with unanswered = miss)."""
+    units = setup.units
+    base_cover = coverage(units, baseline)
+    if not base_cover["answered"]:
+        out["problems"].append(f"baseline '{baseline.name}' shares no passage: no comparison")
+        return
+    base_full = count_unanswered_as_no_code(units, baseline.coding, baseline.scope)
+    cmp = ag.compare_runs(
+        {u: reference.coding[u] for u in units},
+        full,
+        base_full,
+        names=(reference.name, out["agreement"]["coder_b"], baseline.name),
+        codes=setup.codes,
+        n_boot=setup.n_boot,
+        seed=setup.seed,
+        clusters=setup.clusters,
+    )
+    out["baseline"] = {
+        "name": baseline.name,
+        "model": baseline.model,
+        "coverage": base_cover,
+        "comparison": cmp.to_dict(),
+    }
 
 
 # --------------------------------------------------------------------------- running
@@ -548,6 +1057,7 @@ def run_experiment(
         description=experiment.description,
         scope={"segmentation": ", ".join(sorted(segs)) or experiment.segmentation},
         clusters=clusters,
+        allow_overlap=experiment.allow_overlap,
     )
     results["problems"] = problems + results["problems"]
     return write_outputs(results, out_dir)

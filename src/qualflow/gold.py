@@ -12,6 +12,8 @@ may span several passages, as a highlight does). With ``text``, it codes the one
 passage whose text equals it (whitespace-normalized), or else the one passage that
 contains it; ``transcript`` is then optional but disambiguates. ``codes: []`` means
 the coder decided no code applies. Records for the same passage and coder are merged.
+``"origin": "constructed"`` declares the record constructed example data (not human
+coding); its coder is then never used as a human in a human baseline.
 
 Every problem names the file, the line and the reason; bad lines are skipped and the
 rest are imported. Codes not in the codebook are reported and left out.
@@ -29,6 +31,12 @@ from typing import Any
 from qualflow.models import Codebook, Coding, Passage, Transcript
 from qualflow.store import Store
 
+ORIGIN_HUMAN = "human"
+ORIGIN_CONSTRUCTED = "constructed"
+ORIGINS = {ORIGIN_HUMAN, ORIGIN_CONSTRUCTED}
+"""A record's optional ``origin``: ``constructed`` marks example data written to
+exercise the tools; such a coder never stands as a human coder in a report."""
+
 
 class GoldError(ValueError):
     """A gold file that cannot be imported at all (missing, unreadable, nothing valid)."""
@@ -45,15 +53,21 @@ class GoldImport:
     coders: dict[str, int] = field(default_factory=dict)  # coder -> passages stored
     problems: list[str] = field(default_factory=list)
     unknown_codes: Counter[str] = field(default_factory=Counter)
+    constructed: set[str] = field(default_factory=set)  # coders declared constructed
 
     def summary(self) -> str:
         coders = ", ".join(f"{c}: {n}" for c, n in sorted(self.coders.items())) or "none"
         unknown = (
             f"; unknown codes left out: {dict(self.unknown_codes)}" if self.unknown_codes else ""
         )
+        constructed = (
+            f"; constructed example data (not human): {', '.join(sorted(self.constructed))}"
+            if self.constructed
+            else ""
+        )
         return (
             f"{self.records}/{self.lines} records imported into gold set '{self.gold_set}' "
-            f"(passages per coder: {coders}); {len(self.problems)} problems{unknown}"
+            f"(passages per coder: {coders}); {len(self.problems)} problems{unknown}{constructed}"
         )
 
 
@@ -179,6 +193,9 @@ def parse_records(
         if not isinstance(codes, list) or not all(isinstance(c, str) for c in codes):
             report.problems.append(f"{where}: 'codes' must be a list of code titles")
             continue
+        if rec.get("origin", ORIGIN_HUMAN) not in ORIGINS:
+            report.problems.append(f"{where}: 'origin' must be one of {sorted(ORIGINS)}")
+            continue
         passages, reason = _record_passages(rec, index, min_overlap)
         if reason:
             report.problems.append(f"{where}: {reason}")
@@ -190,6 +207,8 @@ def parse_records(
         kept = {c.strip() for c in codes if c not in unknown}
         for p in passages:
             out.setdefault(coder, {}).setdefault(p.id, set()).update(kept)
+        if rec.get("origin") == ORIGIN_CONSTRUCTED:
+            report.constructed.add(coder)
         report.records += 1
     return out, report
 
@@ -232,6 +251,8 @@ def import_gold(
     for name, coding in codings.items():
         frozen: Coding = {pid: frozenset(cs) for pid, cs in coding.items()}
         report.coders[name] = store.save_gold(gold_set, name, frozen, version)
+        if name in report.constructed:  # never stands as a human coder in a report
+            store.set_gold_origin(gold_set, name, ORIGIN_CONSTRUCTED)
     if report.lines and not report.records:
         raise GoldError(f"{path}: no valid record; first problems: {report.problems[:3]}")
     return report
@@ -242,7 +263,9 @@ def export_gold(store: Store, gold_set: str, path: Path | str) -> int:
     passages = {}
     names = {t.id: t.name for t in store.transcripts(current_only=False)}
     rows = []
-    for coder, coding in sorted(store.gold(gold_set).items()):
+    codings = store.gold(gold_set)
+    origins = {coder: store.gold_origin(gold_set, coder) for coder in codings}
+    for coder, coding in sorted(codings.items()):
         missing = [pid for pid in coding if pid not in passages]
         for p in store.passages(ids=missing):
             passages[p.id] = p
@@ -260,6 +283,7 @@ def export_gold(store: Store, gold_set: str, path: Path | str) -> int:
                         "text": p.text,
                         "codes": sorted(codes),
                         "coder": coder,
+                        **({"origin": origin} if (origin := origins[coder]) else {}),
                     },
                 )
             )

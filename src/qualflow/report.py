@@ -13,6 +13,8 @@ import base64
 import io
 from typing import Any
 
+from qualflow.evaluate import NO_HUMAN_BASELINE
+
 MAX_TABLE_ROWS = 60
 BAND_EDGES = (0.2, 0.4, 0.6, 0.8)
 BAND_LABELS = ("poor", "fair", "moderate", "substantial", "almost perfect")
@@ -110,9 +112,45 @@ def _by_code(section: dict[str, Any] | None, key: str, metric: str) -> dict[str,
     return {r["subject"]: r for r in section.get(key, []) if r.get("metric") == metric}
 
 
+def share(x: float | None) -> str:
+    """A share as a percentage ('–' when undefined)."""
+    if x is None:
+        return "–"
+    text = f"{100 * x:.1f}".removesuffix(".0")
+    return f"{text}%"
+
+
+def coverage_text(results: dict[str, Any]) -> str:
+    """'coverage 1% (1 of 100 passages answered; 99 unanswered counted as no code)'."""
+    c = results.get("coverage") or {}
+    if not c:
+        return ""
+    text = f"coverage {share(c['share'])} ({c['answered']} of {c['reference_units']} answered"
+    missing = c["reference_units"] - c["answered"]
+    if missing:
+        text += f"; {missing} unanswered counted as no code"
+    return text + ")"
+
+
+def header_warnings(results: dict[str, Any]) -> list[str]:
+    """Warnings that belong at the top of every rendering (an allowed train/test overlap)."""
+    return list(results.get("warnings") or [])
+
+
+def learned_lines(results: dict[str, Any]) -> list[str]:
+    """What the compared coder learned from (one line per distinct provenance)."""
+    training = results.get("training") or {}
+    return list(training.get("coder_lines") or ["not recorded in these results"])
+
+
+def human_note(results: dict[str, Any]) -> str:
+    return (results.get("scope") or {}).get("human_baseline") or ""
+
+
 def headline(results: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
-    """Up to three lines over the table (HTML-safe; bold marks the key figures):
-    per-code state, machine vs humans, run vs baseline."""
+    """Up to four lines over the table (HTML-safe; bold marks the key figures):
+    per-code state with the coverage, machine vs humans (or that there is no human
+    baseline), run vs baseline."""
     from markupsafe import escape
 
     a = results["agreement"]
@@ -120,8 +158,11 @@ def headline(results: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
     good = [r for r in solid if (r["kappa"]["value"] or -1) >= 0.6]
     poor = [r for r in solid if r["kappa"]["value"] is not None and r["kappa"]["value"] < 0.4]
     pooled_all = a["overall"]["pooled_kappa"]
+    cover = coverage_text(results)
     lines = [
-        f"{escape(a['coder_b'])} vs {escape(a['coder_a'])}, {a['n_passages']} passages: "
+        f"{escape(a['coder_b'])} vs {escape(a['coder_a'])}, {a['n_passages']} passages, "
+        f"<b>{escape(cover) or 'coverage not recorded'}</b>: micro F1 "
+        f"<b>{fmt_ci(a['overall']['micro_f1'])}</b>, "
         f"pooled kappa <b>{fmt_ci(pooled_all)}</b>; kappa ≥ 0.6 on <b>{len(good)}</b> and "
         f"&lt; 0.4 on <b>{len(poor)}</b> of {len(solid)} codes with enough passages"
         + (
@@ -131,6 +172,9 @@ def headline(results: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
         )
     ]
     hb = results.get("human_baseline")
+    if not hb:
+        note = human_note(results) or NO_HUMAN_BASELINE
+        lines.append(f"Human baseline: <b>{escape(note)}</b>.")
     if hb:
         pooled = next((r for r in hb["overall"] if r["metric"] == "pooled_kappa"), None)
         if pooled:
@@ -148,9 +192,12 @@ def headline(results: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
             {d.split(":")[0] for d in cmp["regressions"] if d.split(":")[0] != "all codes"}
         )
         pooled = next((d for d in cmp["overall"] if d["metric"] == "pooled_kappa"), None)
+        base_cover = bl.get("coverage") or {}
         if pooled:
             lines.append(
-                f"Versus baseline {escape(bl['name'])}: pooled kappa "
+                f"Versus baseline {escape(bl['name'])}"
+                + (f" (coverage {share(base_cover.get('share'))})" if base_cover else "")
+                + ": pooled kappa "
                 f"{fmt(pooled['baseline'])} → {fmt(pooled['run'])}, difference "
                 f"{fmt_ci(pooled['diff'])} <b>{pooled['verdict']}</b>; "
                 f"<b>{len(worse)}</b> code(s) regress."
@@ -163,6 +210,18 @@ def _plain(lines: list[str]) -> str:
 
     text = " ".join(lines).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
     return re.sub(r"</?b>", "**", text)
+
+
+def answered_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Overall figures over the answered passages only (empty when all were answered)."""
+    section = results.get("answered_only") or {}
+    pair = section.get("agreement")
+    if not pair:
+        return []
+    return [
+        {"label": label, "machine": fmt_ci(pair["overall"].get(key))}
+        for key, label in OVERALL_SHOWN
+    ]
 
 
 def overall_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -389,6 +448,12 @@ def render_html(results: dict[str, Any], *, plots: bool = True) -> str:
     return env.get_template("report.html.j2").render(
         r=results,
         s=results["scope"],
+        warnings=header_warnings(results),
+        learned=learned_lines(results),
+        coverage=coverage_text(results),
+        human_note=human_note(results),
+        answered=answered_rows(results),
+        answered_label=(results.get("answered_only") or {}).get("label", ""),
         rows=rows[:MAX_TABLE_ROWS],
         hidden_rows=max(0, len(rows) - MAX_TABLE_ROWS),
         unused=unused,
@@ -403,12 +468,17 @@ def render_markdown(results: dict[str, Any], *, max_rows: int = 30) -> str:
     """A Markdown summary (for a Prefect artifact or a pull request)."""
     s = results["scope"]
     rows, unused = code_rows(results)
-    lines = [
-        f"# Agreement: {results['experiment']}",
-        "",
+    lines = [f"# Agreement: {results['experiment']}", ""]
+    lines += [f"> **WARNING:** {w}" for w in header_warnings(results)]
+    if header_warnings(results):
+        lines.append("")
+    lines += [
         _plain(headline(results, rows)),
         "",
-        f"Scope: {s['passages']} passages; codebook {s.get('codebook')} "
+        f"Coder learned from: {'; '.join(learned_lines(results))}.",
+        "",
+        f"Scope: {s['passages']} passages, {coverage_text(results) or 'coverage not recorded'}; "
+        f"codebook {s.get('codebook')} "
         f"`{s.get('codebook_version')}`; coder `{s['coder']}` (model `{s.get('model') or '-'}`, "
         f"prompt `{s.get('prompt_version') or '-'}`); reference `{s['reference']}`; "
         f"{s['n_boot']} bootstrap resamples of {s.get('resampling') or 'passages'}, "
@@ -432,10 +502,11 @@ def render_markdown(results: dict[str, Any], *, max_rows: int = 30) -> str:
         )
     if unused:
         lines += ["", f"{len(unused)} codes used by neither coder (figures undefined)."]
+    cover = (results.get("coverage") or {}).get("share")
     lines += [
         "",
-        "| overall | coder vs reference | human-human | reading | baseline | difference "
-        "| verdict |",
+        f"| overall (all passages; coverage {share(cover)}) | coder vs reference "
+        "| human-human | reading | baseline | difference | verdict |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for o in overall_rows(results):
@@ -443,6 +514,11 @@ def render_markdown(results: dict[str, Any], *, max_rows: int = 30) -> str:
             f"| {o['label']} | {o['machine']} | {o['human'] or '-'} | {o['reading'] or '-'} "
             f"| {o['baseline'] or '-'} | {o['diff'] or '-'} | {o['verdict'] or '-'} |"
         )
+    answered = answered_rows(results)
+    if answered:
+        label = results["answered_only"]["label"]
+        lines += ["", f"| {label} | coder vs reference |", "| --- | --- |"]
+        lines += [f"| {o['label']} | {o['machine']} |" for o in answered]
     cal = results.get("calibration")
     if cal:
         lines += [

@@ -35,6 +35,7 @@ from qualflow.db import (
     RunRow,
     TranscriptRow,
     TurnRow,
+    WorkspaceMetaRow,
     make_engine,
     migrate,
     session_factory,
@@ -690,13 +691,6 @@ class Store:
         with self.session() as s:
             return sorted(s.scalars(select(GoldScopeRow.gold_set).distinct()))
 
-    def delete_gold(self, gold_set: str) -> int:
-        """Delete a gold set (every coder's spans and scope); returns the spans deleted."""
-        with self.session() as s:
-            spans = s.execute(delete(GoldSpanRow).where(GoldSpanRow.gold_set == gold_set))
-            s.execute(delete(GoldScopeRow).where(GoldScopeRow.gold_set == gold_set))
-            return spans.rowcount or 0
-
     def coded_examples(self, per_code: int, *, max_chars: int = 400) -> dict[str, list[str]]:
         """Human-coded text per code title, for few-shot prompts.
 
@@ -769,6 +763,98 @@ class Store:
             if run_id is not None:
                 q = q.where(FailureRow.run_id == run_id)
             return [(r.stage, r.subject, r.reason) for r in s.scalars(q)]
+
+    # ------------------------------------------------------------------ workspace facts
+
+    ACTIVE_CODEBOOK = "active_codebook"
+
+    def meta(self, key: str, default: object = None) -> object:
+        """A workspace fact (JSON value) by key, or ``default``."""
+        with self.session() as s:
+            row = s.get(WorkspaceMetaRow, key)
+            return default if row is None else row.value
+
+    def set_meta(self, key: str, value: object) -> None:
+        with self.session() as s:
+            row = s.get(WorkspaceMetaRow, key)
+            if row is None:
+                s.add(WorkspaceMetaRow(key=key, value=value, updated_at=utcnow()))
+            else:
+                row.value = value
+                row.updated_at = utcnow()
+
+    def active_codebook(self) -> Codebook | None:
+        """The workspace's active codebook (what every command codes against), if set."""
+        version = self.meta(self.ACTIVE_CODEBOOK)
+        return self.codebook(str(version)) if version else None
+
+    def set_active_codebook(self, codebook: Codebook | str) -> str:
+        """Make a codebook (stored first if given as one) or a stored version active."""
+        if isinstance(codebook, Codebook):
+            version = self.save_codebook(codebook)
+        else:
+            version = codebook
+            with self.session() as s:
+                if s.get(CodebookRow, version) is None:
+                    raise KeyError(f"no codebook version {version} in the store")
+        self.set_meta(self.ACTIVE_CODEBOOK, version)
+        return version
+
+    def codebook_versions(self) -> list[tuple[str, str, int]]:
+        """Stored codebooks, oldest first: (version, name, number of codes)."""
+        with self.session() as s:
+            counts = dict(
+                s.execute(
+                    select(CodeRow.codebook_version, func.count()).group_by(
+                        CodeRow.codebook_version
+                    )
+                ).all()
+            )
+            rows = s.scalars(select(CodebookRow).order_by(CodebookRow.created_at)).all()
+            return [(r.version, r.name, int(counts.get(r.version, 0))) for r in rows]
+
+    @staticmethod
+    def _gold_origin_key(gold_set: str, coder: str) -> str:
+        import json
+
+        return "gold_origin:" + json.dumps([gold_set, coder], ensure_ascii=False)
+
+    def gold_origin(self, gold_set: str, coder: str) -> str | None:
+        """'constructed' when the gold data declared the coder constructed, else None."""
+        value = self.meta(self._gold_origin_key(gold_set, coder))
+        return str(value) if value else None
+
+    def set_gold_origin(self, gold_set: str, coder: str, origin: str | None) -> None:
+        key = self._gold_origin_key(gold_set, coder)
+        if origin:
+            self.set_meta(key, origin)
+        else:
+            with self.session() as s:
+                s.execute(delete(WorkspaceMetaRow).where(WorkspaceMetaRow.key == key))
+
+    def delete_gold_set(self, gold_set: str) -> int:
+        """Remove a gold set (every coder's spans and scope) and what is noted about it;
+        returns the spans deleted."""
+        with self.session() as s:
+            coders = set(
+                s.scalars(select(GoldScopeRow.coder).where(GoldScopeRow.gold_set == gold_set))
+            )
+            result = s.execute(delete(GoldSpanRow).where(GoldSpanRow.gold_set == gold_set))
+            s.execute(delete(GoldScopeRow).where(GoldScopeRow.gold_set == gold_set))
+            keys = [self._gold_origin_key(gold_set, c) for c in coders]
+            if keys:
+                s.execute(delete(WorkspaceMetaRow).where(WorkspaceMetaRow.key.in_(keys)))
+            return int(result.rowcount or 0)
+
+    def human_coded_codes(self) -> dict[str, set[str]]:
+        """Codes applied by the workspace's gold sets and reviewers: source -> codes."""
+        out: dict[str, set[str]] = {}
+        with self.session() as s:
+            for gold_set, code in s.execute(select(GoldSpanRow.gold_set, GoldSpanRow.code)):
+                out.setdefault(f"gold set '{gold_set}'", set()).add(str(code))
+            for (codes,) in s.execute(select(ReviewStateRow.codes)):
+                out.setdefault("reviewed codings", set()).update(map(str, codes or []))
+        return out
 
 
 def open_store(settings: Settings) -> Store:

@@ -12,7 +12,16 @@ from pathlib import Path
 
 import typer
 
-from qualflow.cli.common import WorkspaceOption, fail, offline_defaults
+from qualflow.cli.common import (
+    WorkspaceOption,
+    codebook_label,
+    codebook_source,
+    command_codebook,
+    console,
+    fail,
+    offline_defaults,
+    require_shared_codes,
+)
 from qualflow.cli.runs import (
     BatchOption,
     CodebookOption,
@@ -60,13 +69,16 @@ def code(
     sources = [f.resolve() for f in files or []] or pipeline.sources_of(settings, inbox)
     store = open_store(settings)
     try:
+        book, origin = command_codebook(settings, store, codebook)
+        require_shared_codes(store, book)
+        console.print(f"codebook: {codebook_label(book)}, {origin}", markup=False)
         with progress_bar() as update:
             summary = pipeline.code_paths(
                 settings,
                 store,
                 paths=sources,
                 coder=coder,
-                codebook=codebook,
+                codebook=codebook_source(settings, book),
                 progress=update,
                 batch_size=batch_size,
             )

@@ -7,9 +7,18 @@ from typing import Annotated
 
 import typer
 
-from qualflow.cli.common import console, err_console, fail
+from qualflow.cli.common import (
+    ActivateOption,
+    adopt_codebook,
+    codebook_label,
+    command_codebook,
+    console,
+    err_console,
+    fail,
+    require_shared_codes,
+)
 
-gold_app = typer.Typer(help="Gold sets: human codings to measure agreement against.")
+gold_app = typer.Typer(help="Gold sets: codings to measure agreement against.")
 
 
 def register(app: typer.Typer) -> None:
@@ -53,6 +62,14 @@ def eval_command(
         bool, typer.Option("--no-prepare", help="Skip ingest, gold import and coder runs.")
     ] = False,
     list_only: Annotated[bool, typer.Option("--list", help="List the experiments.")] = False,
+    allow_overlap: Annotated[
+        bool,
+        typer.Option(
+            "--allow-overlap",
+            help="Report a coder that learned from the reference's transcripts (refused "
+            "by default); the report then carries the overlap as a warning in its header.",
+        ),
+    ] = False,
 ) -> None:
     """Run agreement experiments: results JSON, an HTML report and a Markdown summary."""
     from qualflow.evaluate import EvalError, load_experiments, run_experiment
@@ -75,10 +92,13 @@ def eval_command(
         exp = defined[name]
         if n_boot is not None:
             exp.n_boot = n_boot
+        if allow_overlap:
+            exp.allow_overlap = True
         ws = workspace or out / "workspaces" / name
         settings = _settings(ws)
         store = open_store(settings)
         try:
+            _experiment_codebook(exp, store, in_user_workspace=workspace is not None)
             result = run_experiment(exp, store, settings, out_dir=out, prepare_first=not no_prepare)
         except (EvalError, ValueError, FileNotFoundError) as exc:
             err_console.print(f"{name} failed: {exc}", markup=False, style="bold red")
@@ -92,6 +112,30 @@ def eval_command(
         raise typer.Exit(1)
 
 
+def _experiment_codebook(experiment, store, *, in_user_workspace: bool) -> None:
+    """An experiment names its codebook; check it against the workspace before any work.
+
+    In the user's workspace a codebook sharing no code with its gold or reviewed codings
+    stops the experiment, and one other than the active codebook is named; a scratch
+    workspace takes the experiment's codebook as its active one.
+    """
+    from qualflow.codebook import load_codebook
+
+    book = load_codebook(experiment.codebook)
+    require_shared_codes(store, book)
+    active = store.active_codebook()
+    if active is None:
+        if not in_user_workspace:
+            store.set_active_codebook(book)
+        return
+    if active.version != book.version:
+        console.print(
+            f"{experiment.name}: evaluates with its own codebook {codebook_label(book)}; "
+            f"the workspace's active codebook is {codebook_label(active)}",
+            markup=False,
+        )
+
+
 @gold_app.command("import")
 def gold_import(
     file: Annotated[Path, typer.Argument(help="JSONL gold file.")],
@@ -103,7 +147,8 @@ def gold_import(
         str | None, typer.Option(help="Coder for records without a 'coder' field.")
     ] = None,
     codebook: Annotated[
-        str | None, typer.Option(help="Codebook to check codes against (default: settings).")
+        str | None,
+        typer.Option(help="Codebook to check codes against (default: the active codebook)."),
     ] = None,
     segmentation: Annotated[
         str | None, typer.Option(help="Which passages to match (default: settings).")
@@ -111,16 +156,18 @@ def gold_import(
     min_overlap: Annotated[
         float, typer.Option(help="Share of a passage a span must cover to code it.")
     ] = 0.5,
+    activate: ActivateOption = None,
 ) -> None:
-    """Import a JSONL gold set (bad lines are reported by number; the rest is imported)."""
-    from qualflow.codebook import load_codebook
+    """Import a JSONL gold set (bad lines are reported by number; the rest is imported).
+
+    Its codebook becomes the workspace's active one when there is none yet."""
     from qualflow.gold import GoldError, import_gold
     from qualflow.store import open_store
 
     settings = _settings(workspace)
     store = open_store(settings)
     try:
-        book = load_codebook(codebook or settings.codebook)
+        book, _ = command_codebook(settings, store, codebook)
         report = import_gold(
             store,
             file,
@@ -130,13 +177,41 @@ def gold_import(
             segmentation=segmentation or settings.segmentation,
             min_overlap=min_overlap,
         )
+        for p in report.problems:
+            err_console.print(p, markup=False, highlight=False, style="yellow")
+        console.print(report.summary(), markup=False, highlight=False)
+        adopt_codebook(store, book.version, activate=activate)
     except (GoldError, ValueError) as exc:
         raise fail(str(exc)) from exc
     finally:
         store.close()
-    for p in report.problems:
-        err_console.print(p, markup=False, highlight=False, style="yellow")
-    console.print(report.summary(), markup=False, highlight=False)
+
+
+@gold_app.command("delete")
+def gold_delete(
+    gold_set: Annotated[str, typer.Argument(help="Gold set name.")],
+    workspace: Annotated[
+        Path, typer.Option("--workspace", "-w", envvar="QUALFLOW_WORKSPACE")
+    ] = Path("."),
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete a gold set: every coder's codings in it (transcripts, imported highlights,
+    runs and review decisions stay)."""
+    from qualflow.store import open_store
+
+    store = open_store(_settings(workspace))
+    try:
+        coders = store.gold(gold_set)
+        if not coders:
+            have = ", ".join(sorted(store.gold_sets())) or "none"
+            raise fail(f"no gold set '{gold_set}' in this workspace (gold sets: {have})")
+        parts = ", ".join(f"{c} ({len(cd)} passages)" for c, cd in sorted(coders.items()))
+        if not yes and not typer.confirm(f"Delete gold set '{gold_set}': {parts}?"):
+            raise typer.Exit(1)
+        rows = store.delete_gold_set(gold_set)
+    finally:
+        store.close()
+    console.print(f"deleted gold set '{gold_set}' ({rows} coded spans: {parts})", markup=False)
 
 
 @gold_app.command("list")
@@ -152,7 +227,11 @@ def gold_list(
     try:
         for name in sorted(store.gold_sets()):
             coders = store.gold(name)
-            parts = ", ".join(f"{c} ({len(cd)})" for c, cd in sorted(coders.items()))
+            parts = ", ".join(
+                f"{c} ({len(cd)})"
+                + (" [constructed example data]" if store.gold_origin(name, c) else "")
+                for c, cd in sorted(coders.items())
+            )
             console.print(f"{name}: {parts}", markup=False, highlight=False)
     finally:
         store.close()

@@ -13,7 +13,14 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from qualflow.cli.common import WorkspaceOption, console, err_console, fail
+from qualflow.cli.common import (
+    ActivateOption,
+    WorkspaceOption,
+    adopt_codebook,
+    console,
+    err_console,
+    fail,
+)
 
 import_app = typer.Typer(
     help="Bring coded projects in from Taguette and REFI-QDA tools (NVivo, ATLAS.ti, ...).",
@@ -98,6 +105,7 @@ def import_taguette_cmd(
     coder: Annotated[
         str, typer.Option(help="Coder name for a CSV import (the CSV does not say).")
     ] = "taguette",
+    activate: ActivateOption = None,
 ) -> None:
     """Import a Taguette project: documents, tags as a codebook, highlights as gold codings."""
     from qualflow.exchange.taguette import TaguetteError, import_taguette, import_taguette_csv
@@ -126,12 +134,13 @@ def import_taguette_cmd(
                 code_interviewer=settings.code_interviewer,
                 project_id=project_id,
             )
+        _notices(result.notices + result.untagged + result.unmatched, result.problems)
+        console.print(result.summary(), markup=False)
+        adopt_codebook(store, result.codebook_version, activate=activate)
     except (TaguetteError, ValueError) as exc:
         raise fail(escape(str(exc))) from exc
     finally:
         store.close()
-    _notices(result.notices + result.untagged + result.unmatched, result.problems)
-    console.print(result.summary(), markup=False)
 
 
 @import_app.command("qdpx")
@@ -145,6 +154,7 @@ def import_qdpx_cmd(
         bool, typer.Option(help="Skip (and report) selections with offsets out of range.")
     ] = False,
     no_validate: NoValidateOption = False,
+    activate: ActivateOption = None,
 ) -> None:
     """Import a REFI-QDA project: text sources, codebook, each user's codings as gold."""
     from qualflow.exchange.refiqda import RefiError, import_qdpx
@@ -163,12 +173,14 @@ def import_qdpx_cmd(
             code_interviewer=settings.code_interviewer,
             strict=not lenient,
         )
+        _notices(result.notices, result.problems)
+        console.print(result.summary(), markup=False)
+        if result.codebook_version:
+            adopt_codebook(store, result.codebook_version, activate=activate)
     except (RefiError, ValueError) as exc:
         raise fail(escape(str(exc))) from exc
     finally:
         store.close()
-    _notices(result.notices, result.problems)
-    console.print(result.summary(), markup=False)
 
 
 @import_app.command("qdc")
@@ -176,6 +188,7 @@ def import_qdc_cmd(
     path: Annotated[Path, typer.Argument(help="REFI-QDA codebook file (.qdc).")],
     workspace: WorkspaceOption = Path("."),
     no_validate: NoValidateOption = False,
+    activate: ActivateOption = None,
 ) -> None:
     """Import a REFI-QDA codebook (hierarchy as dotted titles, descriptions)."""
     from qualflow.exchange.refiqda import RefiError, import_qdc
@@ -188,15 +201,16 @@ def import_qdc_cmd(
             schema_dir=_schema_dir(settings, no_validate),
             check_schema=not no_validate,
         )
+        _notices(notices)
+        console.print(
+            f"codebook '{codebook.name}': {len(codebook.codes)} codes, version {version}",
+            markup=False,
+        )
+        adopt_codebook(store, version, activate=activate)
     except RefiError as exc:
         raise fail(escape(str(exc))) from exc
     finally:
         store.close()
-    _notices(notices)
-    console.print(
-        f"codebook '{codebook.name}': {len(codebook.codes)} codes, version {version}",
-        markup=False,
-    )
 
 
 # ---------------------------------------------------------------------- export

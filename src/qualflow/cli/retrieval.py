@@ -8,7 +8,13 @@ from typing import Annotated
 
 import typer
 
-from qualflow.cli.common import WorkspaceOption, console, fail
+from qualflow.cli.common import (
+    WorkspaceOption,
+    command_codebook,
+    console,
+    fail,
+    require_shared_codes,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -19,25 +25,24 @@ def register(app: typer.Typer) -> None:
 
 CodebookOption = Annotated[
     str | None,
-    typer.Option(
-        "--codebook", "-c", help="Codebook name or file (default: the workspace setting)."
-    ),
+    typer.Option("--codebook", "-c", help="Codebook name or file (default: the active codebook)."),
 ]
 
 
 def _open_index(workspace: Path, codebook_source: str | None):
-    from qualflow.codebook import CodebookError, load_codebook
     from qualflow.embeddings import EmbeddingError
     from qualflow.index import CodeIndex
     from qualflow.privacy import PrivacyError
     from qualflow.settings import load_settings
+    from qualflow.store import open_store
 
     settings = load_settings(workspace)
-    source = codebook_source or settings.codebook
+    store = open_store(settings)
     try:
-        codebook = load_codebook(source)
-    except (CodebookError, FileNotFoundError) as exc:
-        raise fail(f"codebook {source!r}: {exc}") from exc
+        codebook, _ = command_codebook(settings, store, codebook_source)
+        require_shared_codes(store, codebook)
+    finally:
+        store.close()
     started = time.perf_counter()
     try:
         code_index = CodeIndex.ensure(codebook, settings)

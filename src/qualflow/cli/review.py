@@ -7,7 +7,12 @@ from pathlib import Path
 
 import typer
 
-from qualflow.cli.common import WorkspaceOption
+from qualflow.cli.common import (
+    WorkspaceOption,
+    codebook_label,
+    command_codebook,
+    require_shared_codes,
+)
 
 
 def _settings(workspace: Path):
@@ -38,6 +43,9 @@ def serve(
 
     settings = _settings(workspace)
     store = _store(workspace)
+    book, origin = command_codebook(settings, store, None)
+    require_shared_codes(store, book)
+    typer.echo(f"codebook: {codebook_label(book)}, {origin}")
     if not auth.users(store):
         typer.echo("No accounts yet: create one with `qualflow users add NAME --role admin`.")
     typer.echo(f"qualflow review on http://{host}:{port} (store: {store.engine.url.drivername})")

@@ -18,7 +18,16 @@ from typing import Annotated, Any
 
 import typer
 
-from qualflow.cli.common import WorkspaceOption, console, fail, offline_defaults
+from qualflow.cli.common import (
+    WorkspaceOption,
+    codebook_label,
+    codebook_source,
+    command_codebook,
+    console,
+    fail,
+    offline_defaults,
+    require_shared_codes,
+)
 
 CoderOption = Annotated[
     str,
@@ -30,7 +39,7 @@ CoderOption = Annotated[
 ]
 CodebookOption = Annotated[
     str | None,
-    typer.Option("--codebook", help="Codebook name or file (default: the workspace setting)."),
+    typer.Option("--codebook", help="Codebook name or file (default: the active codebook)."),
 ]
 InboxOption = Annotated[
     Path | None,
@@ -94,6 +103,7 @@ def run(
     """
     offline_defaults()
     workspace = workspace.resolve()
+    codebook = _run_codebook(workspace, codebook)
     flow = load_flow("flows/coding.py:code_transcripts")
     with progress_bar() as update:
         flow.fn.__globals__["progress_hook"] = update
@@ -113,6 +123,23 @@ def run(
         finally:
             flow.fn.__globals__["progress_hook"] = None
     show_summary(result)
+
+
+def _run_codebook(workspace: Path, given: str | None) -> str:
+    """The codebook source the run uses (given, the active one, or the settings'),
+    checked against the workspace's gold and reviewed codings before any work."""
+    from qualflow.settings import load_settings
+    from qualflow.store import open_store
+
+    settings = load_settings(workspace)
+    store = open_store(settings)
+    try:
+        book, origin = command_codebook(settings, store, given)
+        require_shared_codes(store, book)
+        console.print(f"codebook: {codebook_label(book)}, {origin}", markup=False)
+        return codebook_source(settings, book)
+    finally:
+        store.close()
 
 
 @contextmanager

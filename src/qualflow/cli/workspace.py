@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from qualflow.cli.common import WorkspaceOption, console, fail
+from qualflow.cli.common import WorkspaceOption, codebook_label, console, fail
 
 codebook_app = typer.Typer(help="Inspect and load codebooks.", no_args_is_help=True)
 
@@ -178,8 +178,18 @@ def status(workspace: WorkspaceOption = Path(".")) -> None:
     console.print(f"store:       {settings.db_url}")
     console.print(f"transcripts: {len(transcripts)}")
     console.print(f"passages:    {len(passages)} codable ({settings.segmentation})")
-    cb = store.codebook()
-    console.print(f"codebook:    {cb.name + ' ' + cb.version if cb else '-'}")
+    active = store.active_codebook()
+    if active is not None:
+        console.print(
+            f"codebook:    {active.name} {active.version} (active; {len(active.codes)} codes)",
+            markup=False,
+        )
+    else:
+        console.print(
+            f"codebook:    {settings.codebook} (from the settings; no active codebook: "
+            "`qualflow codebook load FILE` sets one)",
+            markup=False,
+        )
     console.print(f"gold sets:   {', '.join(store.gold_sets()) or '-'}")
 
 
@@ -212,7 +222,7 @@ def codebook_load(
     file: Annotated[str, typer.Argument(help="Codebook file or shipped name.")],
     workspace: WorkspaceOption = Path("."),
 ) -> None:
-    """Store a codebook version in the workspace."""
+    """Store a codebook version and make it the workspace's active codebook."""
     from qualflow.codebook import CodebookError, load_codebook
 
     _, store = _open(workspace)
@@ -220,5 +230,44 @@ def codebook_load(
         codebook = load_codebook(file)
     except CodebookError as exc:
         raise fail(str(exc)) from exc
-    version = store.save_codebook(codebook)
+    previous = store.active_codebook()
+    version = store.set_active_codebook(codebook)
     console.print(f"{codebook.name}: {len(codebook.codes)} codes, version {version}")
+    was = f" (was {codebook_label(previous)})" if previous and previous.version != version else ""
+    console.print(
+        f"active codebook is now {codebook_label(codebook)}{was}: code, run, index, "
+        "retrieve, eval and review use it",
+        markup=False,
+    )
+
+
+@codebook_app.command("use")
+def codebook_use(
+    which: Annotated[str, typer.Argument(help="Stored codebook: name or version (prefix).")],
+    workspace: WorkspaceOption = Path("."),
+) -> None:
+    """Make a stored codebook (e.g. one an import brought) the active codebook."""
+    _, store = _open(workspace)
+    stored = store.codebook_versions()
+    by_name = [v for v, name, _ in stored if name == which][-1:]  # a name: its newest
+    by_version = [
+        v for v, _, _ in stored if v == which or (len(which) >= 4 and v.startswith(which))
+    ]
+    matches = by_name or by_version
+    if len(matches) != 1:
+        listed = "; ".join(f"{name} {v} ({n} codes)" for v, name, n in stored) or "none"
+        problem = "matches several" if matches else "matches no"
+        raise fail(f"'{which}' {problem} stored codebooks (stored: {listed})")
+    store.set_active_codebook(matches[0])
+    active = store.active_codebook()
+    console.print(f"active codebook is now {codebook_label(active)}", markup=False)
+
+
+@codebook_app.command("list")
+def codebook_list(workspace: WorkspaceOption = Path(".")) -> None:
+    """Codebooks stored in the workspace (* = active)."""
+    _, store = _open(workspace)
+    active = store.meta(store.ACTIVE_CODEBOOK)
+    for version, name, n in store.codebook_versions():
+        mark = "*" if version == active else " "
+        console.print(f"{mark} {name}  {version}  {n} codes", markup=False)
