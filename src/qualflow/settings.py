@@ -59,7 +59,25 @@ class Settings(BaseSettings):
         description="Speaker names (case-insensitive) treated as interviewer: their turns are "
         "context, not coded.",
     )
-    code_interviewer: bool = Field(default=False, description="Also code the interviewer's turns.")
+    code_interviewer: bool = Field(
+        default=False,
+        description="Also code the interviewer's turns. Training follows coding: with false, "
+        "interviewer passages never train a coder either.",
+    )
+    guide_patterns: list[str] = Field(
+        default_factory=list,
+        description="Regular expressions (Python syntax) for lines of an interview guide or "
+        "task sheet read aloud: a sentence whose text matches one at its start is context, "
+        "not coded, whoever speaks it. Applied when transcripts are ingested or imported. "
+        "Example for numbered task lines such as '3.b Are the options clear to you?': "
+        "'^\\d+(\\.[a-z])? [A-Z]'.",
+    )
+    interview_guide: Path | None = Field(
+        default=None,
+        description="Interview guide or task sheet (Markdown or text, one question per line; "
+        "relative to the workspace): a sentence that begins with one of its lines is cut "
+        "after it, and that line is context, not coded. Applied at ingest and import.",
+    )
     participants_file: Path | None = Field(
         default=None,
         description="CSV/TSV of participant metadata (first column = participant id) "
