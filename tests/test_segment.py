@@ -362,3 +362,30 @@ def test_serdif_task_lines_are_marked_by_a_pattern():
                 marked += 1
             codable += p.codable
     assert marked > 300 and codable > 2500
+
+
+def test_status_reports_passages_marked_as_guide_lines(tmp_path):
+    from typer.testing import CliRunner
+
+    from qualflow.cli import app
+
+    runner = CliRunner()
+    ws = tmp_path / "ws"
+    assert runner.invoke(app, ["init", str(ws)]).exit_code == 0
+    toml = ws / "qualflow.toml"
+    pattern = "guide_patterns = ['^\\d+(\\.[a-z])? [A-Z]']"
+    toml.write_text(toml.read_text().replace("guide_patterns = []", pattern), encoding="utf-8")
+    (tmp_path / "P1_session.txt").write_text(
+        "Moderator: 3 Submit a query.\n\n"
+        "P1: 3.a Please explain the choices you make. I pick Dublin first.\n\n"
+        "P1: 3.b Are the query input options clear to you? Yes, mostly.\n",
+        encoding="utf-8",
+    )
+    ingested = runner.invoke(app, ["ingest", str(tmp_path / "P1_session.txt"), "-w", str(ws)])
+    assert ingested.exit_code == 0, ingested.output
+    status = runner.invoke(app, ["status", "-w", str(ws)])
+    assert "passages:    2 codable" in status.output  # "I pick Dublin first.", "Yes, mostly."
+    assert "guide lines: 2 passages marked" in status.output  # the moderator's line is not one
+    (ws / "qualflow.toml").write_text("guide_patterns = ['(unclosed']\n", encoding="utf-8")
+    bad = runner.invoke(app, ["ingest", str(tmp_path / "P1_session.txt"), "-w", str(ws)])
+    assert bad.exit_code == 1 and "guide_patterns: '(unclosed'" in bad.output
