@@ -463,7 +463,9 @@ def run_coding(
         if progress:
             progress(0, 0)
         return nothing_to_do(key, plan, started=started, ingest_failures=ingest_failures)
-    run_id = start_run(store, key, plan, params)
+    from qualflow.coders.factory import run_provenance  # what the coder learned from
+
+    run_id = start_run(store, key, plan, {**run_provenance(coder), **(params or {})})
     budget = budget or Budget.from_settings(settings)
     total = BatchResult()
     stopped = False

@@ -145,6 +145,21 @@ class Settings(BaseSettings):
     llm_few_shot: int = Field(
         default=0, description="Accepted examples shown per candidate code (0 = zero-shot)."
     )
+    few_shot_gold: list[str] = Field(
+        default_factory=list,
+        description="Gold sets whose coded passages may be shown as few-shot examples "
+        "(besides reviewers' codings). Empty = none: a gold set you evaluate against must "
+        "not feed the prompt; every run records the transcripts its examples came from.",
+    )
+    similarity_threshold: float = Field(
+        default=0.25,
+        description="Similarity coder: cosine similarity a code needs to be proposed. The "
+        "default was calibrated on SERDIF highlights (development participants P1-P8); "
+        "`qualflow train similarity --gold SET` calibrates one on your own coded passages.",
+    )
+    similarity_max_codes: int = Field(
+        default=3, description="Similarity coder: at most this many codes per passage."
+    )
     local_model_path: Path | None = Field(
         default=None,
         description="GGUF file for the embedded model; empty means the SmolLM2-135M-Instruct "

@@ -13,7 +13,7 @@ import os
 import socket
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from sqlalchemy import func, select, update
@@ -72,6 +72,28 @@ class ProposalKey:
     model: str
     prompt_version: str
     codebook_version: str
+
+
+@dataclass
+class CodedExamples:
+    """Few-shot examples (code title -> passage texts) and their provenance."""
+
+    per_code: int
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    passages: list[str] = field(default_factory=list)
+    transcripts: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+
+    def provenance(self) -> dict | None:
+        """``runs.params["few_shot"]``: None when no example is shown."""
+        if not self.examples:
+            return None
+        return {
+            "per_code": self.per_code,
+            "sources": list(self.sources),
+            "transcripts": list(self.transcripts),
+            "passages": list(self.passages),
+        }
 
 
 class Store:
@@ -527,42 +549,71 @@ class Store:
         with self.session() as s:
             return list(s.scalars(select(GoldCodingRow.gold_set).distinct()))
 
-    def coded_examples(self, per_code: int, *, max_chars: int = 400) -> dict[str, list[str]]:
-        """Human-coded passages per code title, for few-shot prompts.
+    def coded_examples(
+        self,
+        per_code: int,
+        *,
+        gold_sets: Iterable[str] = (),
+        reviews: bool = True,
+        max_chars: int = 400,
+    ) -> CodedExamples:
+        """Human-coded passages per code title, for few-shot prompts, with where they
+        came from (so a run can record it and a report can refuse a leak).
 
-        Sources: reviewers' current codings (``review_states``) and gold codings. The
-        shortest passages (up to ``max_chars``) come first, ties by passage id, so the
-        choice (and with it an LLM response-cache key) is stable. When evaluating
-        against a gold set, remember that its other passages may appear as examples.
+        Sources: reviewers' current codings (``review_states``, unless ``reviews`` is
+        false) and the gold sets named in ``gold_sets`` only (none by default: a gold
+        set evaluated against must not feed the prompt). Only codable passages count
+        (an interviewer's question is no example of a participant's code). The shortest
+        passages (up to ``max_chars``) come first, ties by passage id, so the choice (and
+        with it an LLM response-cache key) is stable.
         """
+        wanted_sets = sorted(set(gold_sets))
+        sources = (["reviews"] if reviews else []) + [f"gold:{g}" for g in wanted_sets]
         if per_code <= 0:
-            return {}
+            return CodedExamples(per_code=per_code, sources=sources)
         by_code: dict[str, set[str]] = {}
         with self.session() as s:
-            for table in (ReviewStateRow, GoldCodingRow):
-                for pid, codes in s.execute(select(table.passage_id, table.codes)):
+            queries = []
+            if reviews:
+                queries.append(select(ReviewStateRow.passage_id, ReviewStateRow.codes))
+            if wanted_sets:
+                queries.append(
+                    select(GoldCodingRow.passage_id, GoldCodingRow.codes).where(
+                        GoldCodingRow.gold_set.in_(wanted_sets)
+                    )
+                )
+            for query in queries:
+                for pid, codes in s.execute(query):
                     for code in codes or []:
                         by_code.setdefault(str(code), set()).add(pid)
             wanted = set().union(*by_code.values()) if by_code else set()
-            texts = (
-                dict(
-                    s.execute(
-                        select(PassageRow.id, PassageRow.text).where(PassageRow.id.in_(wanted))
-                    )
-                    .tuples()
-                    .all()
-                )
+            rows = (
+                s.execute(
+                    select(PassageRow.id, PassageRow.text, TranscriptRow.name)
+                    .join(TranscriptRow, TranscriptRow.id == PassageRow.transcript_id)
+                    .where(PassageRow.id.in_(wanted), PassageRow.codable.is_(True))
+                ).all()
                 if wanted
-                else {}
+                else []
             )
+        texts = {pid: text for pid, text, _ in rows}
+        names = {pid: name for pid, _, name in rows}
         out: dict[str, list[str]] = {}
-        for code, pids in by_code.items():
+        shown: set[str] = set()
+        for code, pids in sorted(by_code.items()):
             ranked = sorted(
                 (len(texts[p]), p) for p in pids if p in texts and len(texts[p]) <= max_chars
             )
-            if chosen := [texts[p] for _, p in ranked[:per_code]]:
-                out[code] = chosen
-        return out
+            if chosen := [p for _, p in ranked[:per_code]]:
+                out[code] = [texts[p] for p in chosen]
+                shown.update(chosen)
+        return CodedExamples(
+            per_code=per_code,
+            examples=out,
+            passages=sorted(shown),
+            transcripts=sorted({names[p] for p in shown}),
+            sources=sources,
+        )
 
     # ------------------------------------------------------------------ failures
 
