@@ -64,6 +64,7 @@ def test_train_on_some_participants_evaluate_on_the_others(store, settings, book
         t.id for t in store.transcripts() if t.name[:2] in ("P5", "P6")
     }
     assert out.results["agreement"]["overall"]["micro_f1"]["value"] > 0.6
+    assert not out.results["problems"]  # training transcripts are no "reference only" passages
     again = ev.run_experiment(exp, store, settings, out_dir=tmp_path / "out")  # incremental
     assert again.results["coding"] == out.results["coding"]
 
@@ -137,6 +138,7 @@ def test_experiment_sections_are_checked_before_anything_runs():
         "the folds choose",
     )
     bad({"train": {"gold": ["dev"]}, "run": ["learned"]}, "not listed in 'run'")
+    bad({"coder": "run:1", "cross_validate": {"folds": 2}}, "need a 'train' section")
 
 
 def test_experiment_settings_apply_to_the_workspace(settings):

@@ -106,6 +106,11 @@ class Experiment:
         if unknown:
             raise EvalError(f"{source}: experiment '{name}': unknown keys {unknown}")
         data = dict(data)
+        if data.get("train") is None and (data.get("test") or data.get("cross_validate")):
+            raise EvalError(
+                f"{source}: experiment '{name}': 'test' and 'cross_validate' need a 'train' "
+                "section (what the coder learns from)"
+            )
         if data.get("train") is not None:
             _check_training_keys(name, data, source)
             data.setdefault("coder", TRAINED)
@@ -626,6 +631,17 @@ def run_experiment(
             train_first=prepare_first,
         )
         coder = held_out.resolved
+        # the reference over the held-out passages only: training transcripts and
+        # passages nobody codes (interviewer, guide lines) are outside the comparison
+        keep = set(held_out.passages)
+        reference = Resolved(
+            reference.name,
+            {pid: codes for pid, codes in reference.coding.items() if pid in keep},
+            model=reference.model,
+            prompt_version=reference.prompt_version,
+            codebook_version=reference.codebook_version,
+            confidences=reference.confidences,
+        )
     else:
         coder = resolve(store, experiment.coder, codebook_version=version)
     humans = [resolve(store, h, codebook_version=version) for h in experiment.humans]
