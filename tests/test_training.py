@@ -226,6 +226,10 @@ def test_cli_train_then_code_by_name(tmp_path):
     assert "learned:first4" in listed.output and "gold:dev" in listed.output
     coded = _cli("code", "-w", str(ws), "-c", "learned:first4", "--codebook", str(book))
     assert coded.exit_code == 0, coded.output
+    assert (
+        "learned from: learned:first4 <- gold:dev (participants=P1,P2,P3,P4); 24 units of 4 "
+        "transcripts (P1_interview, P2_interview, P3_interview, P4_interview)"
+    ) in " ".join(coded.output.split())
     store = open_store(settings)
     try:
         (run,) = _runs(store)

@@ -615,6 +615,14 @@ class Store:
             sources=sources,
         )
 
+    def run_params(self, run_id: int) -> dict:
+        """The params a run was started with (what its coder learned from, ...)."""
+        with self.session() as s:
+            row = s.get(RunRow, run_id)
+            if row is None:
+                raise KeyError(run_id)
+            return dict(row.params or {})
+
     # ------------------------------------------------------------------ failures
 
     def record_failure(

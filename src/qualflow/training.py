@@ -574,3 +574,27 @@ def default_trained_name(settings: Settings, kind: str, gold_sets: Sequence[str]
         f"several {kind} coders are trained here ({', '.join(names)}): say which with "
         f"--coder {kind}:NAME"
     )
+
+
+def describe_provenance(params: Mapping[str, Any]) -> list[str]:
+    """One line each for what a run's coder learned from and which examples it was
+    shown (from ``runs.params``), for run summaries."""
+    lines = []
+    if training := params.get("training"):
+        scope = f" ({training['filter']})" if training.get("filter") else ""
+        sources = ", ".join(training.get("sources") or []) or "no labelled data"
+        names = training.get("transcripts") or []
+        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        lines.append(
+            f"learned from: {training.get('model', '?')} <- {sources}{scope}; "
+            f"{training.get('units', 0)} units of {len(names)} transcripts"
+            + (f" ({shown})" if names else "")
+            + (f"; {training['note']}" if training.get("note") else "")
+        )
+    if few_shot := params.get("few_shot"):
+        lines.append(
+            f"few-shot examples: {few_shot.get('per_code')} per code from "
+            f"{', '.join(few_shot.get('sources') or [])}: {len(few_shot.get('passages') or [])} "
+            f"passages of {', '.join(few_shot.get('transcripts') or [])}"
+        )
+    return lines
