@@ -4,11 +4,22 @@
 
 Recall@k: the share of gold (passage, code) pairs whose code is among the k
 candidates (micro), and the share of passages whose gold codes are all among
-them. Evaluated on the highlights of the held-out participants P9-P11; code
-vectors enriched with examples use coded sentences of P1-P8 only. Every variant
-goes through ``CodeIndex`` (a real Chroma collection in a temporary workspace);
-"centroid" is ``CodeIndex.ensure(..., examples=...)``: the code-text vector averaged
-with the example vectors. Prompt tokens are those of the candidate
+them. Two kinds of unit, both on the held-out participants P9-P11; code vectors
+enriched with examples use coded passages of P1-P8 only:
+
+1. highlight units (benchmarks/serdif.py): each distinct highlighted content, with
+   the sentence before it or the turn (Taguette paragraph) before it as "previous";
+2. sentence passages as ``qualflow`` stores and codes them: the Taguette project
+   imported into a temporary workspace (moderator turns and task lines read aloud are
+   context, ``guide_patterns`` as in eval/experiments.yaml), codable coded sentences of
+   P9-P11, "previous" = ``index.previous_text`` (the previous turn, or the start of the
+   passage's own turn). This is what ``qualflow retrieve --gold serdif --participants
+   P9,P10,P11 -k 3,5,10,20 [--with-previous]`` prints, through the same functions
+   (``qualflow.retrieval_eval``).
+
+Every variant goes through ``CodeIndex`` (a real Chroma collection in a temporary
+workspace); "centroid" is ``CodeIndex.ensure(..., examples=...)``: the code-text vector
+averaged with the example vectors. Prompt tokens are those of the candidate
 definitions ("- title: description" lines); cl100k is not available offline
 (tiktoken downloads it), so tokens = characters / 4.
 """
@@ -77,6 +88,72 @@ def ranked_by_index(index, units, with_previous: bool) -> list[list[str]]:
     return [[c.code.title for c in cands] for cands in results]
 
 
+def with_previous_turn(units):
+    """The units with "previous" = the paragraph (turn) before the one the unit starts in."""
+    import dataclasses
+    import re
+
+    docs = serdif.documents()
+    out = []
+    for u in units:
+        text = docs[u.document]
+        lines = [m for m in re.finditer(r"[^\n]+", text) if m.group().strip()]
+        before = [m for m in lines if m.end() <= u.start]
+        out.append(dataclasses.replace(u, previous=before[-1].group().strip() if before else ""))
+    return out
+
+
+def store_passages(settings, codebook, examples: int, seed: int) -> None:
+    """Recall on the sentence passages ``qualflow`` codes (the CLI path), P9-P11."""
+    import functools
+
+    from qualflow.exchange.taguette import import_taguette
+    from qualflow.index import CodeIndex
+    from qualflow.retrieval_eval import evaluate_retrieval
+    from qualflow.segment import Codability, segment
+    from qualflow.store import open_store
+    from qualflow.training import TrainingSources, training_labels
+
+    store = open_store(settings)
+    policy = Codability.build(guide_patterns=[r"^\d+(\.[a-z])? [A-Z]"])
+    import_taguette(
+        store,
+        serdif.SERDIF / "taguette-project.sqlite3",
+        gold_set="serdif",
+        segmenter=functools.partial(segment, codability=policy),
+    )
+    test = TrainingSources(gold=["serdif"], participants=sorted(serdif.TEST))
+    train = TrainingSources(gold=["serdif"], participants=sorted(serdif.TRAIN))
+    labels = training_labels(store, codebook, train)
+    by_code: dict[str, list[str]] = defaultdict(list)
+    texts = {p.id: p.text for p in store.passages(ids=list(labels.labels))}
+    for pid, codes in sorted(labels.labels.items()):
+        for code in sorted(codes):
+            by_code[code].append(texts[pid])
+    rng = random.Random(seed)
+    chosen = {c: rng.sample(v, min(examples, len(v))) for c, v in sorted(by_code.items())}
+    plain = CodeIndex.ensure(codebook, settings)
+    centroid = CodeIndex.ensure(codebook, settings, examples=chosen)
+    ks = [*KS, 0]
+    print(
+        "\n## Sentence passages as qualflow codes them (codable, coded; held-out P9-P11)\n"
+        "command: qualflow retrieve --gold serdif --participants P9,P10,P11 -k 3,5,10,20,0 "
+        "[--with-previous]"
+    )
+    for title, index, previous in (
+        ("code text, query = passage", plain, False),
+        ("code text, query = previous turn + passage", plain, True),
+        (f"centroid ({examples} P1-P8 examples), query = passage", centroid, False),
+        (f"centroid ({examples} P1-P8 examples), query = previous turn + passage", centroid, True),
+    ):
+        started = time.perf_counter()
+        result = evaluate_retrieval(store, index, codebook, test, ks, with_previous=previous)
+        seconds = time.perf_counter() - started
+        print(f"\n{title} ({result.passages} passages, {result.pairs} codes, {seconds:.1f}s)")
+        print(result.markdown())
+    store.close()
+
+
 def print_table(title: str, rows, n_units: int) -> None:
     print(f"\n{title} ({n_units} passages)")
     print("| k | recall@k (codes) | passages fully covered | prompt tokens/passage |")
@@ -116,9 +193,11 @@ def main() -> None:
         rich = CodeIndex.ensure(enriched(codebook, examples), settings)
         centroid = CodeIndex.ensure(codebook, settings, examples=examples)
 
+        turn_test = with_previous_turn(test)
         variants = {
             "code text (title + description)": ranked_by_index(plain, test, False),
             "code text, query = previous sentence + passage": ranked_by_index(plain, test, True),
+            "code text, query = previous turn + passage": ranked_by_index(plain, turn_test, True),
             f"code text + {args.examples} training examples in the embedded text": ranked_by_index(
                 rich, test, False
             ),
@@ -137,6 +216,7 @@ def main() -> None:
             recall_table(all_ranked, [u.gold for u in units], defs),
             len(units),
         )
+        store_passages(settings, codebook, args.examples, args.seed)
 
     if serdif.STUDY_CODEBOOK.is_file():
         study = serdif.load_codebook(serdif.STUDY_CODEBOOK)

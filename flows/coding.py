@@ -314,7 +314,10 @@ def _code(
     _progress(0, len(plan.todo))
     if not plan.todo:
         return pipeline.nothing_to_do(key, plan, started=started, ingest_failures=failures)
-    run_id = pipeline.start_run(store, key, plan, {"coder": coder.kind, "flow": True})
+    from qualflow.coders.factory import run_provenance  # what the coder learned from
+
+    params = {**run_provenance(coder), "coder": coder.kind, "flow": True}
+    run_id = pipeline.start_run(store, key, plan, params)
     budget = pipeline.Budget.from_settings(settings)
     size, in_flight = batch_plan(settings, coder, batch_size)
     job = BatchJob(settings, store, coder, book, index, run_id, budget, in_flight)

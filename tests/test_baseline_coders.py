@@ -115,7 +115,7 @@ def test_similarity_coder_proposes_valid_codes_with_scores(index):
     coder = SimilarityCoder(index, threshold=0.2, max_codes=2)
     assert isinstance(coder, Coder)
     assert (coder.kind, coder.prompt_version) == ("similarity", "")
-    assert coder.model == "all-MiniLM-L6-v2-onnx-int8"
+    assert coder.model == "all-MiniLM-L6-v2-onnx-int8|threshold=0.2|max_codes=2"
     requests = [
         CodingRequest(context=ctx("We baked bread and ate soup for dinner.", 0), candidates=[]),
         CodingRequest(context=ctx("Heavy rain and snow all week.", 1), candidates=[]),

@@ -105,10 +105,13 @@ def test_few_shot_examples_from_gold_through_coder_from_settings(fake_openai, se
         passages,
     )
     store.save_gold("gold", "human", {p.id: frozenset({"01.use.daily"}) for p in passages})
-    assert store.coded_examples(5) == {"01.use.daily": texts[:2]}  # long one left out
+    assert store.coded_examples(5).examples == {}  # a gold set feeds prompts only when named
+    chosen = store.coded_examples(5, gold_sets=["gold"])
+    assert chosen.examples == {"01.use.daily": texts[:2]}  # long one left out
 
     settings.llm_base_url = fake_openai.base_url
     settings.llm_few_shot = 1
+    settings.few_shot_gold = ["gold"]
     fake_openai.script(answer())
     with coder_from_settings(settings, store) as coder:
         coder.propose([request("Something new.")], CODEBOOK)

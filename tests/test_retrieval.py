@@ -329,3 +329,55 @@ def test_study_codebook_ranks_daily_use_high(settings):
     index = CodeIndex.ensure(codebook, settings)
     top = index.retrieve("I look at benchmark results every single day at work", 3)
     assert "01.use.frequency.daily" in [c.code.title for c in top]
+
+
+# ----------------------------------------------------------------------------- recall@k
+
+
+def test_recall_at_k_counts_codes_covered_passages_and_prompt_tokens():
+    from qualflow.retrieval_eval import recall_at_k
+
+    ranked = [["a", "b", "c"], ["c", "a", "b"]]
+    gold = [frozenset({"a", "c"}), frozenset({"b"})]
+    rows = recall_at_k(ranked, gold, [1, 2, 0], {"a": 10, "b": 20, "c": 30})
+    assert [(r.k, r.recall, r.covered) for r in rows] == [
+        (1, 1 / 3, 0.0),
+        (2, 1 / 3, 0.0),
+        (0, 1.0, 1.0),
+    ]
+    assert [r.prompt_tokens for r in rows] == [20.0, 35.0, 60.0]
+    with pytest.raises(ValueError, match="one ranking per coded passage"):
+        recall_at_k(ranked, gold[:1], [1], {})
+
+
+def test_cli_recall_at_several_k_over_a_gold_set_in_one_call(tmp_path):
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from qualflow.cli import app
+    from qualflow.settings import load_settings
+    from qualflow.store import open_store
+    from tests.test_training import codebook, make_study
+
+    ws = tmp_path / "ws"
+    runner = CliRunner()
+    assert runner.invoke(app, ["init", str(ws)]).exit_code == 0
+    store = open_store(load_settings(ws))
+    make_study(store)
+    store.close()
+    book = tmp_path / "topics.yaml"
+    codes = [{"title": c.title, "description": c.description} for c in codebook().codes]
+    book.write_text(yaml.safe_dump({"name": "topics", "codes": codes}))
+    args = ["retrieve", "--gold", "dev", "-k", "1,2,0", "-w", str(ws), "-c", str(book)]
+    shown = runner.invoke(app, args)
+    assert shown.exit_code == 0, shown.output
+    assert "over 36 coded passages (36 codes) of 6 transcripts" in shown.output
+    assert "| all | 1.00 | 1.00 |" in shown.output  # the whole codebook hides nothing
+    got = json.loads(runner.invoke(app, [*args, "--json", "--participants", "P1,P2"]).output)
+    assert got["passages"] == 12 and [r["k"] for r in got["rows"]] == [1, 2, 0]
+    recalls = [r["recall"] for r in got["rows"]]
+    assert recalls == sorted(recalls) and recalls[0] > 0.5  # topics are easy to retrieve
+    one_text = runner.invoke(app, ["retrieve", "rain", "-k", "1,2", "-w", str(ws), "-c", str(book)])
+    assert one_text.exit_code == 1 and "one value for a single text" in one_text.output

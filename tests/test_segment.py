@@ -243,3 +243,149 @@ def test_sentences_cover_every_character_once():
                 covered[i] = True
             last_end = e
         assert all(covered[i] or text[i].isspace() for i in range(len(text))), text
+
+
+# --------------------------------------------------------------------------- guide lines
+
+
+SERDIF_TASK_PATTERN = r"^\d+(\.[a-z])? [A-Z]"
+
+
+def test_guide_patterns_make_task_lines_context_whoever_reads_them():
+    from qualflow.segment import Codability
+
+    t = make_transcript(
+        (None, "3.b Are the query input options clear to you?"),
+        (None, "Yes, they are clear. 6 events and 4 data sets seem enough."),
+        ("MODERATOR", "4 Explore the tab generated after submitting a query."),
+    )
+    plain = segment(t)
+    assert [p.codable for p in plain] == [True, True, True, False]
+    policy = Codability.build(guide_patterns=[SERDIF_TASK_PATTERN], code_interviewer=True)
+    marked = segment(t, codability=policy)
+    assert [p.text for p in marked] == [p.text for p in plain]  # same passages
+    # the task line is context; speech starting with a number is not a task line;
+    # the moderator reading a task line is context even when the study codes the moderator
+    assert [p.codable for p in marked] == [False, True, True, False]
+
+
+def test_interview_guide_lines_are_cut_off_the_speech_that_follows_them(tmp_path):
+    from qualflow.segment import Codability, read_guide, turn_pieces
+
+    guide = tmp_path / "guide.md"
+    guide.write_text(
+        "# Tasks\n\n- 3.d After completing all the inputs, please click the ‘Submit’ button once\n"
+        "- (2) What are you using benchmarks in your job for?\n- ok\n",
+        encoding="utf-8",
+    )
+    lines = read_guide(guide)
+    assert lines == [
+        "After completing all the inputs, please click the ‘Submit’ button once",
+        "What are you using benchmarks in your job for?",
+    ]
+    spoken = (
+        "3.d After completing all the inputs, please click the 'Submit' button once Okay, submit."
+    )
+    t = make_transcript(
+        (None, spoken),
+        ("Interviewer", "So what are you using benchmarks in your job for?"),
+        ("P1", "What are you using benchmarks in your job for? Mostly for model choice."),
+    )
+    policy = Codability.build(guide_lines=lines)
+    passages = segment(t, codability=policy)
+    got = [(p.text, p.codable) for p in passages]
+    assert got == [
+        ("3.d After completing all the inputs, please click the 'Submit' button once", False),
+        ("Okay, submit.", True),
+        ("So what are you using benchmarks in your job for?", False),  # interviewer anyway
+        ("What are you using benchmarks in your job for?", False),  # read aloud by P1
+        ("Mostly for model choice.", True),
+    ]
+    for p in passages:
+        assert t.text[p.char_start : p.char_end] == p.text
+    kinds = [k for _, _, k in turn_pieces(t.turns[0], policy)]
+    assert kinds == ["guide", "speech"]
+    # a turn or window passage stays codable when any of its pieces is speech
+    assert [p.codable for p in segment(t, "turn", codability=policy)] == [True, False, True]
+
+
+def test_codability_from_settings_reads_the_guide_and_reports_bad_settings(tmp_path):
+    from qualflow.segment import Codability, GuideError
+    from qualflow.settings import load_settings
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "guide.txt").write_text("Can you describe your current role?\n", encoding="utf-8")
+    policy = Codability.from_settings(load_settings(ws, interview_guide="guide.txt"))
+    assert policy.guide_lines == ("can you describe your current role",)
+    with pytest.raises(GuideError, match=r"interview_guide .*missing\.md"):
+        Codability.from_settings(load_settings(ws, interview_guide="missing.md"))
+    with pytest.raises(GuideError, match=r"guide_patterns: '\(unclosed'"):
+        Codability.from_settings(load_settings(ws, guide_patterns=["(unclosed"]))
+
+
+@pytest.mark.shared
+def test_study_interview_guide_marks_questions_read_aloud():
+    from qualflow.segment import Codability, read_guide
+
+    lines = read_guide(needs_shared("study", "interview-guide.md"))
+    assert "Please describe your current role." in lines
+    assert not any(line.startswith("#") for line in lines)
+    t = make_transcript(
+        ("I-1", "Please describe your current role. I lead an evaluation team."),
+    )
+    passages = segment(t, codability=Codability.build(guide_lines=lines))
+    assert [(p.text, p.codable) for p in passages] == [
+        ("Please describe your current role.", False),
+        ("I lead an evaluation team.", True),
+    ]
+
+
+@pytest.mark.shared
+def test_serdif_task_lines_are_marked_by_a_pattern():
+    import sqlite3
+
+    from qualflow.exchange.taguette import document_transcript
+    from qualflow.segment import Codability
+
+    db = needs_shared("corpora", "serdif-usability", "taguette-project.sqlite3")
+    policy = Codability.build(guide_patterns=[SERDIF_TASK_PATTERN])
+    with sqlite3.connect(db) as conn:
+        docs = conn.execute("select name, contents from documents").fetchall()
+    marked = codable = 0
+    for name, contents in docs:
+        t = document_transcript(name=name, contents=contents, source_path=name)
+        for p in segment(t, codability=policy):
+            if p.text.startswith("3.b Are the query input options clear to you?"):
+                assert not p.codable
+            if not p.codable and p.speaker != "MODERATOR":
+                marked += 1
+            codable += p.codable
+    assert marked > 300 and codable > 2500
+
+
+def test_status_reports_passages_marked_as_guide_lines(tmp_path):
+    from typer.testing import CliRunner
+
+    from qualflow.cli import app
+
+    runner = CliRunner()
+    ws = tmp_path / "ws"
+    assert runner.invoke(app, ["init", str(ws)]).exit_code == 0
+    toml = ws / "qualflow.toml"
+    pattern = "guide_patterns = ['^\\d+(\\.[a-z])? [A-Z]']"
+    toml.write_text(toml.read_text().replace("guide_patterns = []", pattern), encoding="utf-8")
+    (tmp_path / "P1_session.txt").write_text(
+        "Moderator: 3 Submit a query.\n\n"
+        "P1: 3.a Please explain the choices you make. I pick Dublin first.\n\n"
+        "P1: 3.b Are the query input options clear to you? Yes, mostly.\n",
+        encoding="utf-8",
+    )
+    ingested = runner.invoke(app, ["ingest", str(tmp_path / "P1_session.txt"), "-w", str(ws)])
+    assert ingested.exit_code == 0, ingested.output
+    status = runner.invoke(app, ["status", "-w", str(ws)])
+    assert "passages:    2 codable" in status.output  # "I pick Dublin first.", "Yes, mostly."
+    assert "guide lines: 2 passages marked" in status.output  # the moderator's line is not one
+    (ws / "qualflow.toml").write_text("guide_patterns = ['(unclosed']\n", encoding="utf-8")
+    bad = runner.invoke(app, ["ingest", str(tmp_path / "P1_session.txt"), "-w", str(ws)])
+    assert bad.exit_code == 1 and "guide_patterns: '(unclosed'" in bad.output

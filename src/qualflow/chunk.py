@@ -197,17 +197,13 @@ def sentences_in(unit: Passage, sentences: Sequence[Passage]) -> list[Passage]:
 
 def sentences_for(transcript: Transcript, settings: Settings | None) -> list[Passage]:
     """The transcript's sentence passages with the study's codability rules (interviewer
-    speakers, whether the interviewer is coded); defaults without settings."""
-    from qualflow.segment import segment
+    speakers, whether the interviewer is coded, interview-guide lines read aloud);
+    defaults without settings."""
+    from qualflow.segment import Codability, segment
 
     if settings is None:
         return segment(transcript, "sentence")
-    return segment(
-        transcript,
-        "sentence",
-        interviewer_speakers=settings.interviewer_speakers,
-        code_interviewer=settings.code_interviewer,
-    )
+    return segment(transcript, "sentence", codability=Codability.from_settings(settings))
 
 
 def chunks_for(transcript: Transcript, settings: Settings) -> list[Passage]:

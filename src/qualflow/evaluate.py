@@ -107,7 +107,21 @@ class Experiment:
     min_support: int = 5
     bins: int = 5
     cluster_by: str | None = None  # "participant" or "transcript": resample those
-    allow_overlap: bool = False  # report a coder that learned from the reference text
+    settings: dict[str, Any] = field(default_factory=dict)
+    """Settings of the experiment's workspace (e.g. ``guide_patterns``), over its own."""
+    train: dict[str, Any] | None = None
+    """Train a coder first: ``{coder: learned|similarity, gold: [SET], decisions: false,
+    until: TIME, participants: [...] | transcripts: [...], name: NAME}``; the experiment's
+    coder is then that trained coder."""
+    test: dict[str, Any] | None = None
+    """With ``train``: ``{participants: [...]}`` or ``{transcripts: [...]}``; only these
+    are coded and evaluated (train on A, evaluate on B)."""
+    cross_validate: dict[str, Any] | None = None
+    """With ``train``: ``{by: participant|transcript, folds: K | [[P1, P2], ...]}``; each
+    fold is coded by a coder trained on the other folds, and the out-of-fold codings
+    are evaluated together."""
+    allow_overlap: bool = False
+    """Evaluate even when a coder learned from (or was shown) reference transcripts."""
 
     @classmethod
     def from_mapping(cls, name: str, data: Mapping[str, Any], source: str = "") -> Experiment:
@@ -115,12 +129,55 @@ class Experiment:
         unknown = sorted(set(data) - known)
         if unknown:
             raise EvalError(f"{source}: experiment '{name}': unknown keys {unknown}")
+        data = dict(data)
+        if data.get("train") is None and (data.get("test") or data.get("cross_validate")):
+            raise EvalError(
+                f"{source}: experiment '{name}': 'test' and 'cross_validate' need a 'train' "
+                "section (what the coder learns from)"
+            )
+        if data.get("train") is not None:
+            _check_training_keys(name, data, source)
+            data.setdefault("coder", TRAINED)
         for key in ("reference", "coder"):
             if not isinstance(data.get(key), str):
                 raise EvalError(
                     f"{source}: experiment '{name}': '{key}' (a coding spec) is required"
                 )
-        return cls(name=name, **dict(data))
+        return cls(name=name, **data)
+
+
+TRAINED = "trained"
+"""The coder spec of an experiment with ``train``: the coder it trains."""
+_TRAIN_KEYS = {"coder", "gold", "decisions", "until", "participants", "transcripts", "name"}
+
+
+def _check_training_keys(name: str, data: Mapping[str, Any], source: str) -> None:
+    """An experiment's train/test/cross_validate sections, checked before anything runs."""
+    where = f"{source}: experiment '{name}'"
+    train = data["train"]
+    if not isinstance(train, Mapping) or set(train) - _TRAIN_KEYS:
+        raise EvalError(f"{where}: 'train' takes {sorted(_TRAIN_KEYS)}")
+    if train.get("coder", "learned") not in ("learned", "similarity"):
+        raise EvalError(f"{where}: train.coder must be learned or similarity")
+    if data.get("coder", TRAINED) != TRAINED:
+        raise EvalError(f"{where}: with 'train', the coder is the trained one: leave 'coder' out")
+    test, folds = data.get("test"), data.get("cross_validate")
+    if test is not None and folds is not None:
+        raise EvalError(f"{where}: give 'test' (a split) or 'cross_validate', not both")
+    if test is not None and (
+        not isinstance(test, Mapping) or set(test) - {"participants", "transcripts"}
+    ):
+        raise EvalError(f"{where}: 'test' takes participants or transcripts")
+    if folds is not None and (
+        not isinstance(folds, Mapping)
+        or folds.get("by", "participant") not in ("participant", "transcript")
+        or set(folds) - {"by", "folds"}
+    ):
+        raise EvalError(f"{where}: 'cross_validate' takes by (participant|transcript) and folds")
+    if folds is not None and (train.get("participants") or train.get("transcripts")):
+        raise EvalError(f"{where}: with 'cross_validate' the folds choose the training data")
+    if train.get("coder", "learned") in data.get("run", []):
+        raise EvalError(f"{where}: the trained coder is run by 'train', not listed in 'run'")
 
 
 def load_experiments(path: Path | str | None = None) -> dict[str, Experiment]:
@@ -939,11 +996,15 @@ class ExperimentOutput:
 def prepare(experiment: Experiment, store: Store, settings: Settings) -> list[str]:
     """Ingest the experiment's transcripts, import its gold sets, run its coders.
 
-    Returns problems worth showing (bad lines of a gold file, bad transcripts).
+    Transcripts and imports are segmented with the experiment's settings (interviewer
+    turns, guide lines). Training (``train``) happens in :func:`run_experiment`, after
+    the reference is known. Returns problems worth showing (bad lines of a gold file,
+    bad transcripts).
     """
-    from qualflow.codebook import load_codebook
     from qualflow.gold import import_gold
+    from qualflow.segment import study_segmenter
 
+    settings = experiment_settings(experiment, settings)
     problems: list[str] = []
     if experiment.transcripts:
         from qualflow.ingest import ingest_paths
@@ -955,7 +1016,7 @@ def prepare(experiment: Experiment, store: Store, settings: Settings) -> list[st
             segmentation=experiment.segmentation,
         )
         problems += [f"ingest {f.path}: {f.reason}" for f in report.errors]
-    book = load_codebook(experiment.codebook)
+    book = experiment_codebook(experiment)
     store.save_codebook(book)
     for item in experiment.taguette:
         from qualflow.exchange.taguette import import_taguette
@@ -966,6 +1027,9 @@ def prepare(experiment: Experiment, store: Store, settings: Settings) -> list[st
             segmentation=experiment.segmentation,
             gold_set=item.get("set"),
             min_overlap=float(item.get("min_overlap", 0.5)),
+            interviewer_speakers=settings.interviewer_speakers,
+            code_interviewer=settings.code_interviewer,
+            segmenter=study_segmenter(settings),
         )
         problems += result.problems
     for item in experiment.gold:
@@ -983,12 +1047,49 @@ def prepare(experiment: Experiment, store: Store, settings: Settings) -> list[st
         from qualflow.pipeline import code_paths
 
         run_settings = settings.model_copy(
-            update={"segmentation": experiment.segmentation, "codebook": experiment.codebook}
+            update={
+                "segmentation": experiment.segmentation,
+                "codebook": str(_codebook_source(experiment)),
+            }
         )
-        summary = code_paths(run_settings, store, coder=kind, codebook=experiment.codebook)
+        summary = code_paths(
+            run_settings, store, coder=kind, codebook=str(_codebook_source(experiment))
+        )
         log.info("eval: ran coder %s (%s passages coded)", kind, summary.coded)
         problems += [f"{f.stage} {f.subject}: {f.reason}" for f in summary.failures]
     return problems
+
+
+def experiment_settings(experiment: Experiment, settings: Settings) -> Settings:
+    """The workspace settings with the experiment's ``settings`` over them (checked)."""
+    if not experiment.settings:
+        return settings
+    unknown = sorted(set(experiment.settings) - set(type(settings).model_fields))
+    if unknown:
+        raise EvalError(f"experiment '{experiment.name}': unknown settings {unknown}")
+    from pydantic import ValidationError
+
+    try:
+        return type(settings).model_validate({**settings.model_dump(), **experiment.settings})
+    except ValidationError as exc:
+        raise EvalError(f"experiment '{experiment.name}': settings: {exc}") from exc
+
+
+def _codebook_source(experiment: Experiment) -> str | Path:
+    """A shipped codebook name as is; a file path relative to the project root."""
+    source = experiment.codebook
+    if "/" in source or Path(source).suffix:
+        return _path(source)
+    return source
+
+
+def experiment_codebook(experiment: Experiment) -> Codebook:
+    from qualflow.codebook import CodebookError, load_codebook
+
+    try:
+        return load_codebook(_codebook_source(experiment))
+    except (CodebookError, OSError) as exc:
+        raise EvalError(f"experiment '{experiment.name}': codebook: {exc}") from exc
 
 
 def _path(p: str) -> Path:
@@ -1012,13 +1113,12 @@ def run_experiment(
     out_dir: Path | str,
     prepare_first: bool = True,
 ) -> ExperimentOutput:
-    """Prepare (optional), evaluate, and write ``<name>.json``, ``.html`` and ``.md``."""
-    from qualflow.codebook import load_codebook
-
+    """Prepare (optional), train and code (with ``train``), evaluate, and write
+    ``<name>.json``, ``.html`` and ``.md``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     problems = prepare(experiment, store, settings) if prepare_first else []
-    book = load_codebook(experiment.codebook)
+    book = experiment_codebook(experiment)
     json_path = out_dir / f"{experiment.name}.json"
     previous = None
     if json_path.is_file():
@@ -1028,7 +1128,30 @@ def run_experiment(
             previous = None
     version = book.version
     reference = resolve(store, experiment.reference, codebook_version=version)
-    coder = resolve(store, experiment.coder, codebook_version=version)
+    held_out = None
+    if experiment.train is not None:
+        held_out = train_and_code(
+            experiment,
+            store,
+            experiment_settings(experiment, settings),
+            book,
+            reference,
+            train_first=prepare_first,
+        )
+        coder = held_out.resolved
+        # the reference over the held-out passages only: training transcripts and
+        # passages nobody codes (interviewer, guide lines) are outside the comparison
+        keep = set(held_out.passages)
+        reference = Resolved(
+            reference.name,
+            {pid: codes for pid, codes in reference.coding.items() if pid in keep},
+            model=reference.model,
+            prompt_version=reference.prompt_version,
+            codebook_version=reference.codebook_version,
+            confidences=reference.confidences,
+        )
+    else:
+        coder = resolve(store, experiment.coder, codebook_version=version)
     humans = [resolve(store, h, codebook_version=version) for h in experiment.humans]
     baseline = None
     if experiment.baseline:
@@ -1042,6 +1165,10 @@ def run_experiment(
             problems.append(f"no baseline yet: {exc}")
     segs = {p.segmentation for p in store.passages(ids=list(reference.coding)[:50])}
     clusters = cluster_map(store, list(reference.coding), experiment.cluster_by)
+    scope: dict[str, Any] = {"segmentation": ", ".join(sorted(segs)) or experiment.segmentation}
+    if held_out is not None:
+        scope.update(held_out.scope())
+        problems += held_out.problems
     results = evaluate(
         reference,
         coder,
@@ -1053,14 +1180,243 @@ def run_experiment(
         seed=experiment.seed,
         min_support=experiment.min_support,
         bins=experiment.bins,
+        passages=held_out.passages if held_out is not None else None,
         experiment=experiment.name,
         description=experiment.description,
-        scope={"segmentation": ", ".join(sorted(segs)) or experiment.segmentation},
+        scope=scope,
         clusters=clusters,
         allow_overlap=experiment.allow_overlap,
     )
     results["problems"] = problems + results["problems"]
     return write_outputs(results, out_dir)
+
+
+# --------------------------------------------------------------------------- train A, test B
+
+
+@dataclass
+class HeldOut:
+    """A trained coder's codings of transcripts it did not learn from (one entry in
+    ``folds`` per trained coder: its name, model label, provenance, test transcripts)."""
+
+    resolved: Resolved
+    passages: list[str]
+    folds: list[dict[str, Any]]
+    split: str
+    problems: list[str] = field(default_factory=list)
+
+    def scope(self) -> dict[str, Any]:
+        return {
+            "split": self.split,
+            "evaluated": f"{len(self.passages)} codable passages of the held-out transcripts",
+            "training": [f["training"] for f in self.folds],
+        }
+
+
+def train_and_code(
+    experiment: Experiment,
+    store: Store,
+    settings: Settings,
+    book: Codebook,
+    reference: Resolved,
+    *,
+    train_first: bool = True,
+) -> HeldOut:
+    """Train the experiment's coder on A and code B (``test``), or cross-validate: one
+    coder per fold, trained on the other folds. Refuses a split whose training
+    transcripts overlap the transcripts it evaluates on (unless ``allow_overlap``)."""
+    train = dict(experiment.train or {})
+    kind = train.get("coder", "learned")
+    name = train.get("name") or experiment.name
+    current = store.transcripts()
+    ref_tids = {p.transcript_id for p in _passages(store, list(reference.coding))}
+    if experiment.cross_validate is not None:
+        groups = fold_groups(current, ref_tids, experiment.cross_validate)
+        plans = [
+            (f"{name}-fold{i + 1}", _sources(train, others=_others(groups, i)), members)
+            for i, (_, members) in enumerate(groups)
+        ]
+        by = experiment.cross_validate.get("by", "participant")
+        split = f"{len(groups)} folds by {by}: " + " | ".join(label for label, _ in groups)
+    else:
+        test = experiment.test or {}
+        members = _select(current, test) if test else [t for t in current if t.id in ref_tids]
+        plans = [(name, _sources(train), members)]
+        split = (
+            "train "
+            + (_sources(train).filter_label() or "on everything")
+            + "; test "
+            + (", ".join(f"{k}={','.join(v)}" for k, v in test.items()) or "on everything")
+        )
+    folds, coding, confidences, scope = [], {}, [], []
+    for fold_name, sources, members in plans:
+        fold = _train_and_code_fold(
+            store, settings, book, kind, fold_name, sources, members, experiment, train_first
+        )
+        _refuse_overlap(experiment, fold, [t.name for t in members])
+        folds.append(fold)
+        coding.update(fold.pop("coding"))
+        confidences += fold.pop("confidences")
+        scope += fold.pop("passages")
+    resolved = Resolved(
+        folds[0]["name"] if len(folds) == 1 else f"{kind} ({len(folds)} folds)",
+        coding,
+        model=", ".join(dict.fromkeys(f["model"] for f in folds)),
+        codebook_version=book.version,
+        confidences=confidences,
+    )
+    missing = len([p for p in scope if p not in coding])
+    problems = (
+        [f"{missing} held-out passages have no valid answer from the coder"] if missing else []
+    )
+    return HeldOut(resolved, scope, folds, split, problems)
+
+
+def _train_and_code_fold(
+    store: Store,
+    settings: Settings,
+    book: Codebook,
+    kind: str,
+    name: str,
+    sources: Any,
+    members: Sequence[Any],
+    experiment: Experiment,
+    train_first: bool,
+) -> dict[str, Any]:
+    """Train (or reuse) one coder and code its held-out transcripts; what it answered."""
+    from qualflow.coders.factory import open_coder
+    from qualflow.pipeline import proposal_key, run_coding
+    from qualflow.training import TrainingError, calibrate_similarity, read_metadata, train_learned
+
+    run_settings = settings.model_copy(update={"segmentation": experiment.segmentation})
+    index = None
+    if kind == "similarity":
+        from qualflow.index import CodeIndex
+
+        index = CodeIndex.ensure(book, settings)
+    try:
+        if train_first:
+            if kind == "learned":
+                train_learned(store, settings, book, sources, name)
+            else:
+                calibrate_similarity(store, settings, book, sources, name, index=index)
+        provenance = read_metadata(settings, kind, name)["training"]
+    except TrainingError as exc:
+        raise EvalError(f"experiment '{experiment.name}': {exc}") from exc
+    ids = [t.id for t in members]
+    with open_coder(f"{kind}:{name}", run_settings, store, index, codebook=book) as coder:
+        key = proposal_key(coder, book)
+        if train_first:
+            run_coding(store, coder, book, run_settings, index=index, transcript_ids=ids)
+    scope = [
+        p.id
+        for tid in ids
+        for p in store.passages(
+            transcript_id=tid, segmentation=experiment.segmentation, codable_only=True
+        )
+    ]
+    wanted = set(scope)
+    coding: dict[str, frozenset[str]] = {}
+    confidences: list[tuple[str, str, float]] = []
+    for ps in store.proposal_sets(key=key):
+        if ps.passage_id in wanted and ps.status == "ok":
+            coding[ps.passage_id] = frozenset(ps.codes)
+            confidences += [(ps.passage_id, p.code, float(p.confidence)) for p in ps.proposals]
+    return {
+        "name": f"{kind}:{name}",
+        "model": key.model,
+        "training": provenance,
+        "test": sorted(t.name for t in members),
+        "coding": coding,
+        "confidences": confidences,
+        "passages": scope,
+    }
+
+
+def _refuse_overlap(experiment: Experiment, fold: Mapping[str, Any], evaluated: list[str]) -> None:
+    learned_from = set(fold["training"].get("transcripts", []))
+    overlap = sorted(learned_from & set(evaluated))
+    if overlap and not experiment.allow_overlap:
+        raise EvalError(
+            f"experiment '{experiment.name}': {fold['name']} learned from "
+            f"{', '.join(fold['training'].get('sources', []))} on transcripts it is evaluated "
+            f"on: {', '.join(overlap)}. Train on A and evaluate on B (train.participants and "
+            "test.participants), cross-validate, or set allow_overlap: true to report it "
+            "with a warning."
+        )
+
+
+def _sources(train: Mapping[str, Any], *, others: list[str] | None = None) -> Any:
+    from qualflow.training import TrainingSources, parse_time
+
+    until = train.get("until")
+    return TrainingSources(
+        gold=list(train.get("gold") or []),
+        decisions=bool(train.get("decisions", False)),
+        until=parse_time(str(until)) if until else None,
+        transcripts=others if others is not None else list(train.get("transcripts") or []),
+        participants=[] if others is not None else list(train.get("participants") or []),
+    )
+
+
+def _select(transcripts: Sequence[Any], test: Mapping[str, Any]) -> list[Any]:
+    from qualflow.training import TrainingError, select_transcripts
+
+    try:
+        ids = select_transcripts(
+            transcripts,
+            names=list(test.get("transcripts") or []),
+            participants=list(test.get("participants") or []),
+        )
+    except TrainingError as exc:
+        raise EvalError(f"test: {exc}") from exc
+    return [t for t in transcripts if t.id in ids]
+
+
+def fold_groups(
+    transcripts: Sequence[Any], reference_ids: set[str], spec: Mapping[str, Any]
+) -> list[tuple[str, list[Any]]]:
+    """Cross-validation folds of the transcripts the reference coded, grouped by
+    participant (or transcript): explicit groups (``folds: [[P1, P2], [P3]]``) or K
+    folds (participants sorted, dealt round-robin); a participant never spans folds."""
+    by = spec.get("by", "participant")
+    folds = spec.get("folds", 5)
+    coded = [t for t in transcripts if t.id in reference_ids]
+    if isinstance(folds, list):
+        groups = []
+        for group in folds:
+            members = _select(
+                coded, {"participants" if by == "participant" else "transcripts": list(group)}
+            )
+            groups.append((",".join(map(str, group)), members))
+        seen = [t.id for _, members in groups for t in members]
+        if len(seen) != len(set(seen)):
+            raise EvalError("cross_validate: a transcript falls in two folds")
+        return groups
+    if not isinstance(folds, int) or folds < 2:
+        raise EvalError("cross_validate.folds: a whole number >= 2 or a list of groups")
+    keyed: dict[str, list[Any]] = {}
+    for t in coded:
+        key = (t.participant_id or t.name) if by == "participant" else t.name
+        keyed.setdefault(key, []).append(t)
+    keys = sorted(keyed)
+    if len(keys) < folds:
+        raise EvalError(f"cross_validate: {len(keys)} {by}s cannot make {folds} folds")
+    return [
+        (",".join(keys[i::folds]), [t for k in keys[i::folds] for t in keyed[k]])
+        for i in range(folds)
+    ]
+
+
+def _others(groups: list[tuple[str, list[Any]]], i: int) -> list[str]:
+    return sorted(t.name for j, (_, members) in enumerate(groups) if j != i for t in members)
+
+
+def _passages(store: Store, ids: list[str], chunk: int = 500) -> list[Any]:
+    out = []
+    for i in range(0, len(ids), chunk):
+        out += store.passages(ids=ids[i : i + chunk])
+    return out
 
 
 def cluster_map(store: Store, passage_ids: Sequence[str], by: str | None) -> dict[str, str] | None:

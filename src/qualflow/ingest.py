@@ -83,9 +83,10 @@ def ingest_paths(
 ) -> IngestReport:
     """Read, segment and store every transcript under ``paths``."""
     from qualflow.readers import ReadError, read_transcript
-    from qualflow.segment import segment
+    from qualflow.segment import Codability, segment
 
     mode = segmentation or settings.segmentation
+    codability = Codability.from_settings(settings)
     files, skipped = expand_paths(paths)
     report = IngestReport(files=list(skipped))
     participant_ids = _participant_ids(store, settings)
@@ -96,12 +97,7 @@ def ingest_paths(
             transcript = read_transcript(path)
             if transcript.participant_id is None:
                 transcript.participant_id = match_participant(transcript.name, participant_ids)
-            passages = segment(
-                transcript,
-                mode,
-                interviewer_speakers=settings.interviewer_speakers,
-                code_interviewer=settings.code_interviewer,
-            )
+            passages = segment(transcript, mode, codability=codability)
             status = store.save_transcript(transcript, passages)
         except (ReadError, DuplicateTranscriptError, ValueError, OSError) as exc:
             reason = str(exc) if isinstance(exc, ReadError) else f"{path}: {exc}"

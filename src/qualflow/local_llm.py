@@ -223,15 +223,16 @@ def coder_from_settings(settings: Settings, store: Store | None) -> Iterator[LLM
     from qualflow.privacy import Pseudonymizer
 
     cache = ResponseCache(store) if store is not None else None
-    examples = (
-        store.coded_examples(settings.llm_few_shot)
+    few_shot = (
+        store.coded_examples(settings.llm_few_shot, gold_sets=settings.few_shot_gold)
         if store is not None and settings.llm_few_shot > 0
         else None
     )
+    examples = few_shot.examples if few_shot is not None else None
     pseudonymizer = Pseudonymizer.from_settings(settings, store) if settings.pseudonymize else None
     key = settings.api_key()
     if settings.llm_base_url or key:
-        yield LLMCoder(
+        hosted = LLMCoder(
             base_url=settings.llm_base_url,
             api_key=key,
             model=settings.llm_model,
@@ -240,6 +241,8 @@ def coder_from_settings(settings: Settings, store: Store | None) -> Iterator[LLM
             examples=examples,
             pseudonymizer=pseudonymizer,
         )
+        hosted.few_shot = few_shot.provenance() if few_shot else None  # type: ignore[attr-defined]
+        yield hosted
         return
     # llama.cpp's server answers one request at a time: more would only queue and time out.
     local = settings.model_copy(update={"llm_concurrency": 1})
@@ -254,4 +257,5 @@ def coder_from_settings(settings: Settings, store: Store | None) -> Iterator[LLM
             examples=examples,
         )
         coder.local_server = server  # type: ignore[attr-defined]  (for inspection)
+        coder.few_shot = few_shot.provenance() if few_shot else None  # type: ignore[attr-defined]
         yield coder

@@ -550,7 +550,9 @@ def run_coding(
         if progress:
             progress(0, 0)
         return nothing_to_do(key, plan, started=started, ingest_failures=ingest_failures, unit=unit)
-    run_id = start_run(store, key, plan, {**(params or {}), "unit": unit})
+    from qualflow.coders.factory import run_provenance  # what the coder learned from
+
+    run_id = start_run(store, key, plan, {**run_provenance(coder), **(params or {}), "unit": unit})
     budget = budget or Budget.from_settings(settings)
     sentences = SentenceSource(store, settings)
     total = BatchResult()

@@ -8,14 +8,27 @@ into ``Transcript.text`` so that highlights, evidence quotes and exports line up
 The sentence splitter is written for transcribed speech rather than edited prose:
 pauses written as ellipses, bracketed insertions ("[inaudible]", "[crosstalk]"),
 numbers ("3.5", "70 to 80%") and abbreviations ("Dr.", "e.g.") do not end a sentence.
+
+Codability (what gets coded, what is only context) is decided here, once, for every
+unit built on top of it: interviewer turns are context unless the study codes them
+(``code_interviewer``), and lines of an interview guide or task sheet read aloud
+(``Codability.guide_patterns``, ``Codability.guide_lines``) are context whoever reads
+them. ``turn_pieces`` gives the codable and non-codable stretches of a turn.
 """
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from qualflow.models import Passage, Transcript, Turn
+
+if TYPE_CHECKING:
+    from qualflow.settings import Settings
 
 MODES = ("sentence", "turn", "window:N")
 
@@ -70,21 +83,200 @@ def mode_name(mode: str) -> str:
     return f"window:{n}" if kind == "window" else kind
 
 
+PieceKind = Literal["speech", "interviewer", "guide"]
+
+
+class GuideError(ValueError):
+    """A guide pattern or interview guide file that cannot be used (names which, and why)."""
+
+
+_GUIDE_NUMBERING = re.compile(
+    r"^\s*(?:[-*+]\s+)?(?:\(?\d{1,3}(?:\.[a-z0-9]{1,3})*[.)]?\s+|[a-z][.)]\s+)"
+)
+_NON_WORD = re.compile(r"[^\w]+")
+
+
+def _normalized(text: str) -> tuple[str, list[int]]:
+    """Casefolded words joined by single spaces, with the offset in ``text`` where each
+    normalized character ends (so a normalized prefix maps back to the original)."""
+    out: list[str] = []
+    ends: list[int] = []
+    for m in re.finditer(r"\w+", text):
+        if out:
+            out.append(" ")
+            ends.append(m.start())
+        for i, ch in enumerate(m.group().casefold()):
+            out.append(ch)
+            ends.append(m.start() + i + 1)
+    return "".join(out), ends
+
+
+def read_guide(path: Path) -> list[str]:
+    """The lines of an interview guide or task sheet (Markdown or plain text) that an
+    interviewer might read aloud: list items and plain lines, their bullets and
+    numbering ("- (1)", "3.b", "a)") removed; headings, blank lines and lines of fewer
+    than three words are left out."""
+    try:
+        raw = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GuideError(f"interview_guide {path}: cannot read it ({exc})") from exc
+    lines = []
+    for line in raw.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith(("#", "|", "```", "---")):
+            continue
+        text = _GUIDE_NUMBERING.sub("", stripped).strip().strip("*_").strip()
+        if len(text.split()) >= 3:
+            lines.append(text)
+    if not lines:
+        raise GuideError(f"interview_guide {path}: no guide lines found (one question per line)")
+    return lines
+
+
+@dataclass(frozen=True)
+class Codability:
+    """Which stretches of a transcript are coded and which are only context.
+
+    ``interviewers``: speaker names (case-insensitive) of interviewer turns, in addition
+    to any speaker labelled interviewer/moderator; their turns are context unless
+    ``code_interviewer``. ``guide_patterns``: regular expressions; a sentence whose text
+    matches one at its start is a guide line read aloud (context). ``guide_lines``: the
+    lines of an interview guide; a sentence that begins with one (compared word by
+    word, ignoring case, punctuation and numbering) is cut after it, and that stretch
+    is a guide line (context) while the rest of the sentence stays speech.
+    """
+
+    interviewers: frozenset[str] = frozenset()
+    code_interviewer: bool = False
+    guide_patterns: tuple[re.Pattern[str], ...] = ()
+    guide_lines: tuple[str, ...] = field(default=())
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        interviewer_speakers: Iterable[str] = (),
+        code_interviewer: bool = False,
+        guide_patterns: Iterable[str] = (),
+        guide_lines: Iterable[str] = (),
+    ) -> Codability:
+        compiled = []
+        for pattern in guide_patterns:
+            try:
+                compiled.append(re.compile(pattern))
+            except re.error as exc:
+                raise GuideError(
+                    f"guide_patterns: {pattern!r} is not a regular expression ({exc})"
+                ) from exc
+        normalized = {_normalized(_GUIDE_NUMBERING.sub("", line))[0] for line in guide_lines}
+        return cls(
+            interviewers=frozenset(s.strip().casefold() for s in interviewer_speakers),
+            code_interviewer=code_interviewer,
+            guide_patterns=tuple(compiled),
+            guide_lines=tuple(sorted((n for n in normalized if n), key=len, reverse=True)),
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Codability:
+        """The study's codability: interviewer settings, ``guide_patterns`` and the
+        ``interview_guide`` file (relative paths are under the workspace)."""
+        lines: list[str] = []
+        if settings.interview_guide:
+            path = Path(settings.interview_guide)
+            if not path.is_absolute():
+                path = settings.workspace / path
+            lines = read_guide(path)
+        return cls.build(
+            interviewer_speakers=settings.interviewer_speakers,
+            code_interviewer=settings.code_interviewer,
+            guide_patterns=settings.guide_patterns,
+            guide_lines=lines,
+        )
+
+    @property
+    def marks_guide(self) -> bool:
+        return bool(self.guide_patterns or self.guide_lines)
+
+    def speaker_codable(self, speaker: str | None) -> bool:
+        return self.code_interviewer or not is_interviewer(speaker, self.interviewers)
+
+    def guide_end(self, text: str) -> int | None:
+        """Where the guide line that opens ``text`` ends (``len(text)`` when all of it
+        is one), or None when ``text`` does not open with a guide line."""
+        stripped = text.lstrip()
+        if any(p.match(stripped) for p in self.guide_patterns):
+            return len(text)
+        if not self.guide_lines:
+            return None
+        offset = 0
+        numbering = _GUIDE_NUMBERING.match(text)
+        if numbering:
+            offset = numbering.end()
+        norm, ends = _normalized(text[offset:])
+        for line in self.guide_lines:  # longest first
+            if norm == line or norm.startswith(line + " "):
+                end = offset + ends[len(line) - 1]
+                rest = text[end:]
+                # keep the punctuation closing the guide line with it
+                closing = re.match(r"[\s]*[?.!:;,…\"”’')\]]*", rest)
+                return end + (len(closing.group().rstrip()) if closing else 0)
+        return None
+
+
+NO_GUIDE = Codability()
+
+
+def turn_pieces(turn: Turn, codability: Codability = NO_GUIDE) -> list[tuple[int, int, PieceKind]]:
+    """The sentences of a turn as (start, end, kind) in transcript offsets: ``speech``
+    (codable), ``interviewer`` (context: an interviewer turn the study does not code) or
+    ``guide`` (context: a guide line read aloud). A sentence that opens with a guide
+    line followed by more words is cut in two: the guide line, then the speech."""
+    sentences = [(turn.char_start + s, turn.char_start + e) for s, e in sentence_spans(turn.text)]
+    speaker_kind: PieceKind = (
+        "speech" if codability.speaker_codable(turn.speaker) else "interviewer"
+    )
+    if not codability.marks_guide:
+        return [(s, e, speaker_kind) for s, e in sentences]
+    pieces: list[tuple[int, int, PieceKind]] = []
+    for s, e in sentences:
+        text = turn.text[s - turn.char_start : e - turn.char_start]
+        cut = codability.guide_end(text)
+        if cut is None:
+            pieces.append((s, e, speaker_kind))
+            continue
+        rest = text[cut:]
+        lead = len(rest) - len(rest.lstrip())
+        if rest.strip() and _WORD.search(_BRACKETED.sub("", rest)):
+            pieces.append((s, s + cut, "guide"))
+            pieces.append((s + cut + lead, e, speaker_kind))
+        else:
+            pieces.append((s, e, "guide"))
+    return pieces
+
+
 def segment(
     transcript: Transcript,
     mode: str = "sentence",
     *,
     interviewer_speakers: Sequence[str] = (),
     code_interviewer: bool = False,
+    codability: Codability | None = None,
 ) -> list[Passage]:
-    """Cut a transcript into passages; interviewer turns are kept but not codable."""
+    """Cut a transcript into passages; interviewer turns and guide lines are kept as
+    passages but not codable.
+
+    ``codability`` (see :class:`Codability`, e.g. ``Codability.from_settings``) wins
+    over ``interviewer_speakers``/``code_interviewer``, which remain for callers that
+    only know about interviewers.
+    """
     kind, n = parse_mode(mode)
     name = mode_name(mode)
-    interviewers = {s.strip().casefold() for s in interviewer_speakers}
+    policy = codability or Codability.build(
+        interviewer_speakers=interviewer_speakers, code_interviewer=code_interviewer
+    )
     passages: list[Passage] = []
     for turn in transcript.turns:
-        codable = code_interviewer or not is_interviewer(turn.speaker, interviewers)
-        for start, end in _turn_spans(turn, kind, n):
+        for start, end, codable in _turn_spans(turn, kind, n, policy):
             passages.append(
                 Passage(
                     id=Passage.make_id(transcript.content_hash, name, start, end),
@@ -102,6 +294,12 @@ def segment(
     return passages
 
 
+def study_segmenter(settings: Settings) -> Callable[..., list[Passage]]:
+    """``segment`` with the study's codability (interviewers, guide lines) fixed, for
+    importers that take a segmenter (e.g. ``import_taguette(segmenter=...)``)."""
+    return functools.partial(segment, codability=Codability.from_settings(settings))
+
+
 def is_interviewer(speaker: str | None, interviewers: Collection[str] = frozenset()) -> bool:
     """Named in ``interviewers`` (case-insensitive) or labelled interviewer/moderator."""
     if not speaker:
@@ -110,16 +308,29 @@ def is_interviewer(speaker: str | None, interviewers: Collection[str] = frozense
     return folded in interviewers or "interviewer" in folded or "moderator" in folded
 
 
-def _turn_spans(turn: Turn, kind: str, n: int) -> list[tuple[int, int]]:
-    """Spans (offsets into the transcript text) of the passages of one turn."""
+def _turn_spans(
+    turn: Turn, kind: str, n: int, codability: Codability = NO_GUIDE
+) -> list[tuple[int, int, bool]]:
+    """(start, end, codable) of the passages of one turn, in transcript offsets.
+
+    A turn or window passage is codable when any of its pieces is speech."""
     if kind == "turn":
-        return [(turn.char_start, turn.char_end)]
-    sentences = [(turn.char_start + s, turn.char_start + e) for s, e in sentence_spans(turn.text)]
-    if kind == "sentence" or not sentences:
-        return sentences
-    if len(sentences) <= n:
-        return [(sentences[0][0], sentences[-1][1])]
-    return [(sentences[i][0], sentences[i + n - 1][1]) for i in range(len(sentences) - n + 1)]
+        pieces = turn_pieces(turn, codability)
+        codable = (
+            any(k == "speech" for _, _, k in pieces)
+            if pieces
+            else (codability.speaker_codable(turn.speaker))
+        )
+        return [(turn.char_start, turn.char_end, codable)]
+    pieces = turn_pieces(turn, codability)
+    if kind == "sentence" or not pieces:
+        return [(s, e, k == "speech") for s, e, k in pieces]
+    if len(pieces) <= n:
+        return [(pieces[0][0], pieces[-1][1], any(k == "speech" for *_, k in pieces))]
+    return [
+        (pieces[i][0], pieces[i + n - 1][1], any(k == "speech" for *_, k in pieces[i : i + n]))
+        for i in range(len(pieces) - n + 1)
+    ]
 
 
 def sentence_spans(text: str) -> list[tuple[int, int]]:

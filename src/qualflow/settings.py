@@ -72,7 +72,25 @@ class Settings(BaseSettings):
         description="Speaker names (case-insensitive) treated as interviewer: their turns are "
         "context, not coded.",
     )
-    code_interviewer: bool = Field(default=False, description="Also code the interviewer's turns.")
+    code_interviewer: bool = Field(
+        default=False,
+        description="Also code the interviewer's turns. Training follows coding: with false, "
+        "interviewer passages never train a coder either.",
+    )
+    guide_patterns: list[str] = Field(
+        default_factory=list,
+        description="Regular expressions (Python syntax) for lines of an interview guide or "
+        "task sheet read aloud: a sentence whose text matches one at its start is context, "
+        "not coded, whoever speaks it. Applied when transcripts are ingested or imported. "
+        "Example for numbered task lines such as '3.b Are the options clear to you?': "
+        "'^\\d+(\\.[a-z])? [A-Z]'.",
+    )
+    interview_guide: Path | None = Field(
+        default=None,
+        description="Interview guide or task sheet (Markdown or text, one question per line; "
+        "relative to the workspace): a sentence that begins with one of its lines is cut "
+        "after it, and that line is context, not coded. Applied at ingest and import.",
+    )
     participants_file: Path | None = Field(
         default=None,
         description="CSV/TSV of participant metadata (first column = participant id) "
@@ -146,6 +164,21 @@ class Settings(BaseSettings):
     llm_batch_size: int = Field(default=1, description="Passages per LLM call.")
     llm_few_shot: int = Field(
         default=0, description="Accepted examples shown per candidate code (0 = zero-shot)."
+    )
+    few_shot_gold: list[str] = Field(
+        default_factory=list,
+        description="Gold sets whose coded passages may be shown as few-shot examples "
+        "(besides reviewers' codings). Empty = none: a gold set you evaluate against must "
+        "not feed the prompt; every run records the transcripts its examples came from.",
+    )
+    similarity_threshold: float = Field(
+        default=0.25,
+        description="Similarity coder: cosine similarity a code needs to be proposed. The "
+        "default was calibrated on SERDIF highlights (development participants P1-P8); "
+        "`qualflow train similarity --gold SET` calibrates one on your own coded passages.",
+    )
+    similarity_max_codes: int = Field(
+        default=3, description="Similarity coder: at most this many codes per passage."
     )
     local_model_path: Path | None = Field(
         default=None,

@@ -13,7 +13,7 @@ import os
 import socket
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from sqlalchemy import delete, func, select, update
@@ -78,6 +78,28 @@ class ProposalKey:
     model: str
     prompt_version: str
     codebook_version: str
+
+
+@dataclass
+class CodedExamples:
+    """Few-shot examples (code title -> passage texts) and their provenance."""
+
+    per_code: int
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    passages: list[str] = field(default_factory=list)
+    transcripts: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+
+    def provenance(self) -> dict | None:
+        """``runs.params["few_shot"]``: None when no example is shown."""
+        if not self.examples:
+            return None
+        return {
+            "per_code": self.per_code,
+            "sources": list(self.sources),
+            "transcripts": list(self.transcripts),
+            "passages": list(self.passages),
+        }
 
 
 class Store:
@@ -691,42 +713,114 @@ class Store:
         with self.session() as s:
             return sorted(s.scalars(select(GoldScopeRow.gold_set).distinct()))
 
-    def coded_examples(self, per_code: int, *, max_chars: int = 400) -> dict[str, list[str]]:
-        """Human-coded text per code title, for few-shot prompts.
+    def coded_examples(
+        self,
+        per_code: int,
+        *,
+        gold_sets: Iterable[str] = (),
+        reviews: bool = True,
+        max_chars: int = 400,
+    ) -> CodedExamples:
+        """Human-coded text per code title, for few-shot prompts, with where it came
+        from (so a run can record it and a report can refuse a leak).
 
-        Sources: gold spans (the highlighted text itself) and reviewers' current codings
-        (``review_states``, the reviewed unit's text). The shortest texts (up to
-        ``max_chars``) come first, ties by text, so the choice (and with it an LLM
-        response-cache key) is stable. When evaluating against a gold set, remember that
-        its other passages may appear as examples.
+        Sources: reviewers' current codings (``review_states``, the reviewed unit's
+        text, unless ``reviews`` is false) and the spans of the gold sets named in
+        ``gold_sets`` only (none by default: a gold set evaluated against must not feed
+        the prompt); a gold example is the highlighted text itself. Only codable text
+        counts (an interviewer's question is no example of a participant's code). The
+        shortest texts (up to ``max_chars``) come first, ties by text, so the choice
+        (and with it an LLM response-cache key) is stable.
         """
+        wanted_sets = sorted(set(gold_sets))
+        sources = (["reviews"] if reviews else []) + [f"gold:{g}" for g in wanted_sets]
         if per_code <= 0:
-            return {}
-        by_code: dict[str, set[str]] = {}
+            return CodedExamples(per_code=per_code, sources=sources)
+        by_code: dict[str, set[tuple]] = {}
         with self.session() as s:
-            for pid, codes in s.execute(select(ReviewStateRow.passage_id, ReviewStateRow.codes)):
-                for code in codes or []:
-                    if isinstance(code, str):
-                        by_code.setdefault(code, set()).add(("passage", pid))
-            for row in s.execute(
-                select(
-                    GoldSpanRow.code,
-                    GoldSpanRow.transcript_id,
-                    GoldSpanRow.char_start,
-                    GoldSpanRow.char_end,
+            refs: dict[tuple, str] = {}  # example ref -> transcript id
+            if reviews:
+                reviewed = select(
+                    ReviewStateRow.passage_id, ReviewStateRow.codes, PassageRow.transcript_id
                 )
-            ):
-                by_code.setdefault(row.code, set()).add(
-                    ("span", row.transcript_id, row.char_start, row.char_end)
+                for pid, codes, tid in s.execute(
+                    reviewed.join(PassageRow, PassageRow.id == ReviewStateRow.passage_id).where(
+                        PassageRow.codable.is_(True)
+                    )
+                ):
+                    for code in codes or []:
+                        if isinstance(code, str):
+                            by_code.setdefault(code, set()).add(("passage", pid))
+                            refs[("passage", pid)] = tid
+            if wanted_sets:
+                for row in s.execute(
+                    select(
+                        GoldSpanRow.code,
+                        GoldSpanRow.transcript_id,
+                        GoldSpanRow.char_start,
+                        GoldSpanRow.char_end,
+                    ).where(GoldSpanRow.gold_set.in_(wanted_sets))
+                ):
+                    ref = ("span", row.transcript_id, row.char_start, row.char_end)
+                    if self._in_codable_text(s, ref):
+                        by_code.setdefault(row.code, set()).add(ref)
+                        refs[ref] = row.transcript_id
+            texts = self._example_texts(s, set(refs))
+            names = dict(
+                s.execute(
+                    select(TranscriptRow.id, TranscriptRow.name).where(
+                        TranscriptRow.id.in_(sorted(set(refs.values())))
+                    )
                 )
-            texts = self._example_texts(s, {ref for refs in by_code.values() for ref in refs})
+                .tuples()
+                .all()
+            )
         out: dict[str, list[str]] = {}
-        for code, refs in by_code.items():
-            found = {texts[r] for r in refs if r in texts}
-            ranked = sorted((len(t), t) for t in found if 0 < len(t) <= max_chars)
-            if chosen := [t for _, t in ranked[:per_code]]:
+        shown: set[tuple] = set()
+        for code, found in sorted(by_code.items()):
+            fitting = [r for r in found if 0 < len(texts.get(r, "")) <= max_chars]
+            ranked = sorted((len(texts[r]), texts[r], r) for r in fitting)
+            chosen: list[str] = []
+            for _, text, ref in ranked:
+                if text not in chosen:
+                    chosen.append(text)
+                    shown.add(ref)
+                if len(chosen) == per_code:
+                    break
+            if chosen:
                 out[code] = chosen
-        return out
+        return CodedExamples(
+            per_code=per_code,
+            examples=out,
+            passages=sorted(_example_ref(r) for r in shown),
+            transcripts=sorted({names.get(refs[r], refs[r]) for r in shown}),
+            sources=sources,
+        )
+
+    def _in_codable_text(self, s: Session, ref: tuple) -> bool:
+        """Whether a span overlaps a codable grid passage of its transcript."""
+        _, tid, start, end = ref
+        return bool(
+            s.scalar(
+                select(func.count())
+                .select_from(PassageRow)
+                .where(
+                    PassageRow.transcript_id == tid,
+                    PassageRow.codable.is_(True),
+                    PassageRow.segmentation.not_like("chunk%"),
+                    PassageRow.char_start < end,
+                    PassageRow.char_end > start,
+                )
+            )
+        )
+
+    def run_params(self, run_id: int) -> dict:
+        """The params a run was started with (what its coder learned from, ...)."""
+        with self.session() as s:
+            row = s.get(RunRow, run_id)
+            if row is None:
+                raise KeyError(run_id)
+            return dict(row.params or {})
 
     @staticmethod
     def _example_texts(s: Session, refs: set[tuple]) -> dict[tuple, str]:
@@ -860,6 +954,13 @@ class Store:
 def open_store(settings: Settings) -> Store:
     """Open (and migrate) the store configured by a ``Settings``."""
     return Store.open(settings.db_url)
+
+
+def _example_ref(ref: tuple) -> str:
+    """A few-shot example's source as recorded: a passage id, or transcript:start-end."""
+    if ref[0] == "passage":
+        return ref[1]
+    return f"{ref[1]}:{ref[2]}-{ref[3]}"
 
 
 def _merged(ranges: list[Range]) -> list[Range]:

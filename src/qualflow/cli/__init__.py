@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from qualflow.cli import coding, demo, exchange, retrieval, review, runs, workspace
+from qualflow.cli import coding, demo, exchange, retrieval, review, runs, training, workspace
 from qualflow.cli import eval as eval_cli
 
 app = typer.Typer(
@@ -14,7 +14,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for module in (demo, workspace, retrieval, coding, runs, review, eval_cli, exchange):
+for module in (demo, workspace, retrieval, training, coding, runs, review, eval_cli, exchange):
     module.register(app)
 
 

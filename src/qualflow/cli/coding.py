@@ -82,8 +82,18 @@ def code(
                 progress=update,
                 batch_size=batch_size,
             )
+        learned_from = _learned_from(store, summary.run_id)
     except (CoderError, FileNotFoundError, ValueError) as exc:
         raise fail(str(exc)) from exc
     finally:
         store.close()
     show_summary(summary.model_dump(mode="json"))
+    for line in learned_from:
+        console.print(line, markup=False, highlight=False)
+
+
+def _learned_from(store, run_id: int | None) -> list[str]:
+    """What the run's coder learned from and was shown, as recorded on the run."""
+    from qualflow.training import describe_provenance
+
+    return describe_provenance(store.run_params(run_id)) if run_id is not None else []

@@ -109,6 +109,7 @@ def import_taguette_cmd(
 ) -> None:
     """Import a Taguette project: documents, tags as a codebook, highlights as gold codings."""
     from qualflow.exchange.taguette import TaguetteError, import_taguette, import_taguette_csv
+    from qualflow.segment import study_segmenter
 
     settings, store = _open(workspace)
     mode = segmentation or settings.segmentation
@@ -133,6 +134,7 @@ def import_taguette_cmd(
                 interviewer_speakers=settings.interviewer_speakers,
                 code_interviewer=settings.code_interviewer,
                 project_id=project_id,
+                segmenter=study_segmenter(settings),
             )
         _notices(result.notices + result.untagged + result.unmatched, result.problems)
         console.print(result.summary(), markup=False)

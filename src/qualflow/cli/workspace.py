@@ -76,7 +76,10 @@ def ingest(
             store.save_participants(load_participants(participants_file))
         except ParticipantsError as exc:
             raise fail(str(exc)) from exc
-    report = ingest_paths(store, paths, settings, segmentation=segmentation)
+    try:
+        report = ingest_paths(store, paths, settings, segmentation=segmentation)
+    except ValueError as exc:  # a bad guide_patterns / interview_guide setting
+        raise fail(str(exc)) from exc
     for f in report.files:
         if f.status == "error":
             console.print(f"[red]error[/]     {f.reason}")
@@ -178,6 +181,7 @@ def status(workspace: WorkspaceOption = Path(".")) -> None:
     console.print(f"store:       {settings.db_url}")
     console.print(f"transcripts: {len(transcripts)}")
     console.print(f"passages:    {len(passages)} codable ({settings.segmentation})")
+    console.print(f"guide lines: {_guide_marked(store, settings)} passages marked (context)")
     active = store.active_codebook()
     if active is not None:
         console.print(
@@ -191,6 +195,20 @@ def status(workspace: WorkspaceOption = Path(".")) -> None:
             markup=False,
         )
     console.print(f"gold sets:   {', '.join(store.gold_sets()) or '-'}")
+
+
+def _guide_marked(store, settings) -> int:
+    """Passages made context because they are guide lines read aloud (not codable, and
+    not because an interviewer said them)."""
+    from qualflow.segment import is_interviewer
+
+    interviewers = {s.strip().casefold() for s in settings.interviewer_speakers}
+    return sum(
+        1
+        for p in store.passages(segmentation=settings.segmentation)
+        if not p.codable
+        and (settings.code_interviewer or not is_interviewer(p.speaker, interviewers))
+    )
 
 
 @codebook_app.command("check")

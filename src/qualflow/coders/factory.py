@@ -1,10 +1,21 @@
-"""Open a coder by name: ``llm``, ``similarity``, ``learned``, or an importable spec.
+"""Open a coder by name: ``llm``, ``similarity[:NAME]``, ``learned[:NAME]``, or an
+importable spec.
 
 ``open_coder`` is a context manager because the LLM coder may own a process (the
 embedded llama.cpp server) that must stop when the run ends. An importable spec
 ``package.module:name`` names a callable ``(settings, store, index)`` returning a
 coder or a context manager yielding one: a way to plug in a custom coder (the tests
-use it to run a real flow process with a slow, scripted coder).
+use it to run a real flow process with a slow, scripted coder). A plug-in gets the
+codebook index whatever ``retrieval_k`` is, unless the callable says
+``needs_index = False``.
+
+Nothing trains here: ``learned:NAME`` and ``similarity:NAME`` load coders trained
+with ``qualflow train`` (``qualflow.training``); plain ``learned`` is the one trained
+learned coder of the workspace, and an error that says how to train one when there is
+none. Every coder carries what it learned from (``training``) and which few-shot
+examples it was shown (``few_shot``); :func:`run_provenance` turns that into the run's
+``params``. Every parameter that changes a coder's output is in its ``model`` label,
+so changing one makes an incremental run code the passages again.
 """
 
 from __future__ import annotations
@@ -14,8 +25,6 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any
 
-from qualflow.models import short_hash
-
 if TYPE_CHECKING:
     from qualflow.coders.base import Coder
     from qualflow.models import Codebook
@@ -23,18 +32,33 @@ if TYPE_CHECKING:
     from qualflow.store import Store
 
 CODER_KINDS = ("llm", "similarity", "learned")
+TRAINED_KINDS = ("learned", "similarity")
 
 
 class CoderError(ValueError):
-    """A coder that cannot be opened (unknown name, nothing to train on, ...)."""
+    """A coder that cannot be opened (unknown name, not trained, ...)."""
+
+
+def parse_kind(kind: str) -> tuple[str, str | None]:
+    """``learned:dev`` -> (``learned``, ``dev``); ``llm`` -> (``llm``, None); a plug-in
+    spec ``module:callable`` is returned whole."""
+    base, sep, name = kind.partition(":")
+    if base in TRAINED_KINDS:
+        if sep and not name:
+            raise CoderError(f"coder '{kind}': give the trained coder's name after the colon")
+        return base, name or None
+    return kind, None
 
 
 def needs_index(kind: str, settings: Settings) -> bool:
     """Whether a run with this coder needs the codebook's vector index."""
-    if kind == "similarity":
+    base, _ = parse_kind(kind)
+    if base == "similarity":
         return True
-    if kind == "learned":
+    if base == "learned":
         return False
+    if base != "llm" and ":" in base:  # a plug-in: give it the index unless it declines
+        return bool(getattr(_import_spec(base), "needs_index", True))
     return settings.retrieval_k > 0
 
 
@@ -49,20 +73,22 @@ def open_coder(
 ) -> Iterator[Coder]:
     """Yield a ready coder of ``kind``; resources it owns are released on exit.
 
-    ``codebook`` is needed by the learned coder (which model file to load or train)
-    and defaults to the index's codebook or the workspace setting.
+    ``codebook`` is the codebook the run codes against (default: the index's or the
+    workspace setting); a trained coder must share codes with it.
     """
-    if kind == "llm":
+    base, name = parse_kind(kind)
+    if base == "llm":
         from qualflow.local_llm import coder_from_settings
 
         with coder_from_settings(settings, store) as coder:
+            coder.model = keyed_label(coder.model, _llm_key_params(coder, settings))
             yield coder
-    elif kind == "similarity":
-        yield _similarity(settings, index)
-    elif kind == "learned":
-        yield _learned(settings, store, codebook or _codebook(settings, index))
-    elif ":" in kind:
-        made = _import_spec(kind)(settings, store, index)
+    elif base == "similarity":
+        yield _similarity(settings, index, name)
+    elif base == "learned":
+        yield _learned(settings, store, codebook or _codebook(settings, index), name)
+    elif ":" in base:
+        made = _import_spec(base)(settings, store, index)
         if isinstance(made, AbstractContextManager):
             with made as coder:
                 yield coder
@@ -70,20 +96,76 @@ def open_coder(
             yield made
     else:
         raise CoderError(
-            f"unknown coder '{kind}': use one of {', '.join(CODER_KINDS)} "
-            "or an importable 'module:callable'"
+            f"unknown coder '{kind}': use one of {', '.join(CODER_KINDS)} (learned:NAME and "
+            "similarity:NAME for trained ones) or an importable 'module:callable'"
         )
 
 
-def _similarity(settings: Settings, index: Any) -> Coder:
-    from qualflow.coders.similarity import SimilarityCoder
+def run_provenance(coder: Any) -> dict[str, Any]:
+    """``runs.params`` entries for what the coder learned from and was shown:
+    ``training`` and ``few_shot`` (absent when it learned from / was shown nothing)."""
+    out: dict[str, Any] = {}
+    if training := getattr(coder, "training", None):
+        out["training"] = dict(training)
+    if few_shot := getattr(coder, "few_shot", None):
+        out["few_shot"] = dict(few_shot)
+    return out
+
+
+def keyed_label(model: str, params: list[str]) -> str:
+    """A model label with the output-changing parameters appended (``a|k=10|...``)."""
+    return "|".join([model, *params]) if params else model
+
+
+def _llm_key_params(coder: Any, settings: Settings) -> list[str]:
+    """LLM parameters that change its answers, each only when not at its neutral value
+    (so the labels of default runs stay as they were): retrieved candidates instead of
+    the whole codebook, few-shot examples (how many per code, from where), temperature
+    and passages per call. Which examples were shown is in the run's ``few_shot``; new
+    review decisions change them without recoding everything already coded."""
+    params = []
+    if settings.retrieval_k > 0:
+        params.append(f"k={settings.retrieval_k}")
+    few_shot = getattr(coder, "few_shot", None)
+    if few_shot:
+        params.append(f"few_shot={few_shot['per_code']}:{'+'.join(few_shot['sources'])}")
+    if settings.llm_temperature != 0:
+        params.append(f"temperature={settings.llm_temperature:g}")
+    if settings.llm_batch_size != 1:
+        params.append(f"batch={settings.llm_batch_size}")
+    return params
+
+
+def _similarity(settings: Settings, index: Any, name: str | None) -> Coder:
+    from qualflow.coders.similarity import (
+        DEFAULT_MAX_CODES,
+        DEFAULT_NOTE,
+        DEFAULT_THRESHOLD,
+        SimilarityCoder,
+    )
 
     if index is None:
         raise CoderError("the similarity coder needs the codebook index")
-    threshold = getattr(settings, "similarity_threshold", None)
-    if threshold is None:
-        return SimilarityCoder(index)
-    return SimilarityCoder(index, threshold=threshold)
+    if name is not None:
+        coder = _load_trained(settings, "similarity", name, index=index)
+    else:
+        coder = SimilarityCoder(
+            index,
+            threshold=settings.similarity_threshold,
+            max_codes=settings.similarity_max_codes,
+        )
+        if (coder.threshold, coder.max_codes) == (DEFAULT_THRESHOLD, DEFAULT_MAX_CODES):
+            coder.training = {
+                "model": "similarity",
+                "sources": [],
+                "transcripts": [],
+                "units": 0,
+                "label_hash": "",
+                "note": DEFAULT_NOTE,
+            }
+    if settings.retrieval_k > 0:  # candidates restrict the eligible codes
+        coder.key_params.append(f"k={settings.retrieval_k}")
+    return coder
 
 
 def _codebook(settings: Settings, index: Any) -> Codebook:
@@ -94,58 +176,34 @@ def _codebook(settings: Settings, index: Any) -> Codebook:
     return load_codebook(settings.codebook)
 
 
-def _learned(settings: Settings, store: Store, codebook: Codebook) -> Coder:
-    """The workspace's learned coder for this codebook version and these gold codings:
-    loaded if saved, otherwise trained on the gold codings in the store and saved.
+def _learned(settings: Settings, store: Store, codebook: Codebook, name: str | None) -> Coder:
+    """The trained learned coder ``name`` (or the workspace's only one), checked to
+    share codes with the codebook the run codes against."""
+    from qualflow.training import TrainingError, default_trained_name
 
-    The saved file is keyed by the codebook version and a hash of the training labels,
-    so changed gold codings train a new model instead of reusing a stale one.
-    """
-    from qualflow.coders.learned import LearnedCoder, default_path
-
-    contexts, code_sets = training_data(store, codebook)
-    if not contexts:
-        saved = sorted(
-            default_path(settings, codebook).parent.glob(f"learned-{codebook.version}*.joblib"),
-            key=lambda p: p.stat().st_mtime,
-        )
-        if saved:
-            return LearnedCoder.load(saved[-1])
+    if name is None:
+        try:
+            name = default_trained_name(settings, "learned", store.gold_sets())
+        except TrainingError as exc:
+            raise CoderError(str(exc)) from exc
+    coder = _load_trained(settings, "learned", name)
+    shared = set(coder.codes) & set(codebook.titles())
+    if not shared:
         raise CoderError(
-            "the learned coder has nothing to train on: no gold codings in the store "
-            "and no saved model for this codebook version. Import a gold set first "
-            "(qualflow gold import FILE.jsonl --set NAME, or qualflow import taguette|qdpx) "
-            "or choose --coder llm or similarity."
+            f"the learned coder '{name}' knows none of the codes of codebook "
+            f"'{codebook.name}' (version {codebook.version}): it was trained for codebook "
+            f"version {coder.codebook_version}; train one for this codebook"
         )
-    labels = sorted(
-        (c.passage.id, sorted(codes)) for c, codes in zip(contexts, code_sets, strict=True)
-    )
-    path = default_path(settings, codebook, short_hash(labels, length=12))
-    if path.is_file():
-        return LearnedCoder.load(path)
-    try:
-        coder = LearnedCoder().fit(contexts, code_sets)
-    except ValueError as exc:
-        raise CoderError(f"cannot train the learned coder on the gold codings: {exc}") from exc
-    coder.save(path)
     return coder
 
 
-def training_data(store: Store, codebook: Codebook) -> tuple[list[Any], list[frozenset[str]]]:
-    """Gold-coded passages (codes outside this codebook dropped) with their code sets.
+def _load_trained(settings: Settings, kind: str, name: str, *, index: Any = None) -> Any:
+    from qualflow.training import TrainingError, load_trained
 
-    Where several gold coders coded a passage, the first gold set's first coder wins
-    (sorted by name): one label set per passage.
-    """
-    titles = set(codebook.titles())
-    labels: dict[str, frozenset[str]] = {}
-    for gold_set in sorted(store.gold_sets()):
-        for _coder, coding in sorted(store.gold(gold_set).items()):
-            for pid, codes in coding.items():
-                labels.setdefault(pid, frozenset(c for c in codes if c in titles))
-    passages = store.passages(ids=list(labels))
-    contexts = store.contexts(passages)
-    return contexts, [labels[c.passage.id] for c in contexts]
+    try:
+        return load_trained(settings, kind, name, index=index).coder
+    except TrainingError as exc:
+        raise CoderError(str(exc)) from exc
 
 
 def _import_spec(spec: str) -> Any:

@@ -6,8 +6,9 @@ passage's own turn; zeros when there is none). Each code gets a balanced logisti
 regression; its decision threshold is tuned on out-of-fold predictions over the
 training data (folds grouped by participant when participants are known), or
 0.5 for codes with too few examples. A passage where no code passes gets "no
-code". Trained from gold codings or accepted review decisions; it is the cheap
-baseline every LLM run is compared against.
+code". Trained explicitly (``qualflow train learned``, ``qualflow.training``) from
+named gold sets and/or review decisions; it is the cheap baseline every LLM run is
+compared against.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from qualflow.models import Codebook, CodingRequest, PassageContext, ProposalSet
 if TYPE_CHECKING:
     from qualflow.settings import Settings
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Saved-file format; version 1 files (no name or training provenance) still load."""
 MIN_POSITIVES_TO_TUNE = 4
 
 
@@ -41,12 +43,18 @@ def features(contexts: Sequence[PassageContext], embedder: MiniLMEmbedding) -> n
     return np.hstack([passages, previous])
 
 
-def training_hash(contexts: Sequence[PassageContext], code_sets: Sequence[frozenset[str]]) -> str:
+def training_hash(
+    contexts: Sequence[PassageContext],
+    code_sets: Sequence[frozenset[str]],
+    hyperparameters: Sequence[Any] = (),
+) -> str:
+    """Hash of what the coder's output depends on: the training texts (passage and the
+    text before it), their codes, and the hyperparameters (C, folds, tuning)."""
     rows = sorted(
         (c.passage.text, previous_text(c), tuple(sorted(codes)))
         for c, codes in zip(contexts, code_sets, strict=True)
     )
-    return short_hash(*rows, length=12)
+    return short_hash(*rows, *hyperparameters, length=12)
 
 
 def best_threshold(probabilities: np.ndarray, truth: np.ndarray) -> float:
@@ -78,6 +86,10 @@ class LearnedCoder:
         self.model = "logreg-minilm:untrained"
         self.trained_on = 0
         self.embedder = MiniLMEmbedding()
+        self.name: str | None = None
+        self.codebook_version: str | None = None
+        self.training: dict[str, Any] | None = None
+        """What it learned from (``runs.params["training"]``); set by ``qualflow.training``."""
 
     # ------------------------------------------------------------------ training
 
@@ -100,7 +112,8 @@ class LearnedCoder:
         groups = [c.participant_id or c.passage.transcript_id for c in contexts]
         self.models = [self._classifier().fit(x, y[:, j]) for j in range(len(self.codes))]
         self.thresholds = self._tuned_thresholds(x, y, groups)
-        self.model = f"logreg-minilm:{training_hash(contexts, code_sets)}"
+        hyper = (self.C, self.folds, self.tune_thresholds)
+        self.model = f"logreg-minilm:{training_hash(contexts, code_sets, hyper)}"
         self.trained_on = len(contexts)
         return self
 
@@ -230,6 +243,11 @@ class LearnedCoder:
             "thresholds": self.thresholds,
             "model": self.model,
             "trained_on": self.trained_on,
+            "folds": self.folds,
+            "tune_thresholds": self.tune_thresholds,
+            "name": self.name,
+            "codebook_version": self.codebook_version,
+            "training": self.training,
         }
         joblib.dump(state, path)
         return path
@@ -243,18 +261,25 @@ class LearnedCoder:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no saved learned coder")
         state = joblib.load(path)
-        if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
+        if not isinstance(state, dict) or state.get("format") not in (1, FORMAT_VERSION):
             raise ValueError(f"{path}: not a qualflow learned coder (format {FORMAT_VERSION})")
-        coder = cls(C=state["C"])
+        coder = cls(
+            C=state["C"],
+            folds=state.get("folds", 5),
+            tune_thresholds=state.get("tune_thresholds", True),
+        )
         coder.codes, coder.models = state["codes"], state["models"]
         coder.thresholds, coder.model = state["thresholds"], state["model"]
         coder.trained_on = state["trained_on"]
         coder.embedder = MiniLMEmbedding(model_sha256=state["model_sha256"])
+        coder.name = state.get("name")
+        coder.codebook_version = state.get("codebook_version")
+        coder.training = state.get("training")
         return coder
 
 
 def default_path(settings: Settings, codebook: Codebook, data_hash: str = "") -> Path:
-    """Where a workspace keeps its learned coder for a codebook version (and the hash
-    of the training labels it was fitted on)."""
+    """A file name for a learned coder of a codebook version (and training-label hash);
+    coders trained with ``qualflow train`` live by name in ``qualflow.training``."""
     suffix = f"-{data_hash}" if data_hash else ""
     return settings.data_dir / "models" / f"learned-{codebook.version}{suffix}.joblib"

@@ -22,6 +22,13 @@ from qualflow.models import Codebook, CodingRequest, ProposalSet
 DEFAULT_THRESHOLD = 0.25
 """Calibrated on SERDIF highlights (0.26; 0.16 on all sentences): run ``calibrate`` on
 your own coded passages when you have them."""
+DEFAULT_MAX_CODES = 3
+DEFAULT_NOTE = (
+    "threshold 0.25 and max codes 3 are the defaults calibrated on highlights of the SERDIF "
+    "development corpus (participants P1-P8, benchmarks/baseline_coders.py); figures on "
+    "those transcripts are not held out for these two constants"
+)
+"""Provenance note of a similarity coder left at the calibrated defaults."""
 
 
 def micro_f1(predicted: Sequence[frozenset[str]], gold: Sequence[frozenset[str]]) -> float:
@@ -55,14 +62,34 @@ class SimilarityCoder:
         self,
         index: CodeIndex,
         threshold: float = DEFAULT_THRESHOLD,
-        max_codes: int = 3,
+        max_codes: int = DEFAULT_MAX_CODES,
         with_previous: bool = False,
     ) -> None:
+        if max_codes < 1:
+            raise ValueError(f"similarity max codes must be at least 1, not {max_codes}")
         self.index = index
         self.threshold = threshold
         self.max_codes = max_codes
         self.with_previous = with_previous
-        self.model = index.model
+        self.key_params: list[str] = []
+        """More output-changing parameters for the label (e.g. the retrieval k)."""
+        self.training: dict | None = None
+        """What threshold and max codes were calibrated on (``runs.params["training"]``)."""
+
+    @property
+    def model(self) -> str:
+        """Provenance and incremental key: the embedding model plus every parameter that
+        changes the output (threshold, max codes, previous text, example-enriched code
+        vectors, ``key_params``), so changing one codes the passages again."""
+        from qualflow.index import collection_name
+
+        parts = [self.index.model, f"threshold={self.threshold:g}", f"max_codes={self.max_codes}"]
+        if self.with_previous:
+            parts.append("previous")
+        plain = collection_name(self.index.codebook, self.index.embedder)
+        if self.index.name != plain:
+            parts.append(f"vectors={self.index.name.rsplit('-', 1)[-1]}")
+        return "|".join([*parts, *self.key_params])
 
     def select(self, scores: np.ndarray, eligible: np.ndarray | None = None) -> list[int]:
         """Indices of the codes to apply for one row of scores, best first."""
