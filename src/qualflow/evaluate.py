@@ -398,6 +398,7 @@ def _proposals(
         needs_human=frozenset(r.passage_id for r in rows if r.status == "needs_human") - set(ok),
     )
     _add_codes(store, resolved, [r.id for r in ok.values()])
+    _onto_grid(store, resolved)
     resolved.learned_from = learned_from(store, {r.run_id for r in rows if r.run_id is not None})
     if run_id is None:
         _refuse_mixed_training(spec, resolved.learned_from)
@@ -461,6 +462,102 @@ def _add_codes(store: Store, resolved: Resolved, set_ids: list[int]) -> None:
     resolved.coding.update(
         {pid: frozenset(cs) for pid, cs in codes.items() if pid in resolved.coding}
     )
+
+
+def _onto_grid(store: Store, resolved: Resolved) -> None:
+    """Chunk answers as a coding of the sentence grid, so a machine coder compares with
+    gold and reviewers unit for unit: the codable grid passages inside an answered
+    chunk are answered, each carrying the codes whose spans cover it (the rule of
+    ``highlights.map_highlights``); those inside a ``needs_human`` chunk were handed to a
+    human. Units that are grid passages already (passage-level runs) stay as they are."""
+    units = {p.id: p for p in store.passages(ids=[*resolved.coding, *resolved.needs_human])}
+    chunks = {pid: u for pid, u in units.items() if u.is_chunk}
+    if not chunks:
+        return
+    spans = _chunk_spans(store, [pid for pid in chunks if pid in resolved.coding])
+    coding: dict[str, frozenset[str]] = {
+        pid: codes for pid, codes in resolved.coding.items() if pid not in chunks
+    }
+    confidences = [c for c in resolved.confidences if c[0] not in chunks]
+    handed = {pid for pid in resolved.needs_human if pid not in chunks}
+    for pid, unit in chunks.items():
+        grid = _grid_inside(store, unit)
+        if pid in resolved.needs_human:
+            handed |= {g.id for g in grid}
+            continue
+        mapped = _project(grid, spans.get(pid, []))
+        coding.update(mapped)
+        for span, confidence in spans.get(pid, []):
+            confidences += [
+                (g, span.code, confidence) for g, codes in mapped.items() if span.code in codes
+            ]
+    resolved.coding = coding
+    resolved.confidences = sorted(set(confidences))
+    resolved.needs_human = frozenset(handed) - set(coding)
+
+
+def _chunk_spans(store: Store, unit_ids: Sequence[str]) -> dict[str, list[tuple[Any, float]]]:
+    """Valid span proposals of the newest ok sets of these units: unit -> (span, conf)."""
+    from sqlalchemy import select
+
+    from qualflow.db import ProposalRow, ProposalSetRow
+    from qualflow.models import Span
+
+    out: dict[str, list[tuple[Any, float]]] = {}
+    wanted = list(unit_ids)
+    with store.session() as s:
+        for i in range(0, len(wanted), 500):
+            newest = (
+                select(ProposalSetRow.passage_id, func_max(ProposalSetRow.id).label("id"))
+                .where(
+                    ProposalSetRow.passage_id.in_(wanted[i : i + 500]),
+                    ProposalSetRow.status == "ok",
+                )
+                .group_by(ProposalSetRow.passage_id)
+                .subquery()
+            )
+            rows = s.execute(
+                select(ProposalRow, ProposalSetRow.passage_id)
+                .join(ProposalSetRow, ProposalSetRow.id == ProposalRow.set_id)
+                .join(newest, newest.c.id == ProposalSetRow.id)
+                .where(ProposalRow.valid.is_(True), ProposalRow.start.is_not(None))
+            ).all()
+            for p, pid in rows:
+                unit = store.passage(pid)
+                span = Span(unit.transcript_id, p.start, p.end, p.code)
+                out.setdefault(pid, []).append((span, float(p.confidence)))
+    return out
+
+
+def func_max(column: Any) -> Any:
+    from sqlalchemy import func
+
+    return func.max(column)
+
+
+def _grid_inside(store: Store, unit: Any) -> list[Any]:
+    """The codable grid passages lying inside one of a chunk's codable pieces."""
+    ranges = [(p.char_start, p.char_end) for p in unit.codable_pieces()]
+    grid = store.passages(
+        transcript_id=unit.transcript_id, segmentation=store.grid_of(unit.transcript_id)
+    )
+    return [
+        g
+        for g in grid
+        if g.codable and any(a <= g.char_start and g.char_end <= b for a, b in ranges)
+    ]
+
+
+def _project(grid: Sequence[Any], spans: Sequence[tuple[Any, float]]) -> Coding:
+    from qualflow.highlights import Highlight, map_highlights
+
+    highlights = [
+        Highlight(
+            transcript_id=sp.transcript_id, char_start=sp.start, char_end=sp.end, code=sp.code
+        )
+        for sp, _ in spans
+    ]
+    return map_highlights(list(grid), highlights)
 
 
 def learned_from(store: Store, run_ids: Iterable[int]) -> list[dict[str, Any]]:
@@ -1316,12 +1413,9 @@ def _train_and_code_fold(
         )
     ]
     wanted = set(scope)
-    coding: dict[str, frozenset[str]] = {}
-    confidences: list[tuple[str, str, float]] = []
-    for ps in store.proposal_sets(key=key):
-        if ps.passage_id in wanted and ps.status == "ok":
-            coding[ps.passage_id] = frozenset(ps.codes)
-            confidences += [(ps.passage_id, p.code, float(p.confidence)) for p in ps.proposals]
+    answers = resolve_key(store, key)  # chunk answers projected onto the grid
+    coding = {pid: codes for pid, codes in answers.coding.items() if pid in wanted}
+    confidences = [c for c in answers.confidences if c[0] in wanted]
     return {
         "name": f"{kind}:{name}",
         "model": key.model,
