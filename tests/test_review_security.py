@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import threading
 import time
 
 import pytest
@@ -130,6 +131,36 @@ def test_throttled_guesses_cost_no_password_check(web, monkeypatch):
     monkeypatch.setattr(auth, "verify_password", lambda h, p: checks.append(1) or real(h, p))
     statuses = {login(c, "ann", f"guess {i}").status_code for i in range(20)}
     assert statuses == {429} and checks == []
+
+
+def test_a_login_while_passwords_are_being_checked_is_answered_at_once(
+    settings, store, monkeypatch
+):
+    """Password checks run at most N at a time; one more login gets 429 at once (it is
+    not parked in a server thread) and is not counted as a failure."""
+    make_study(settings, store)
+    app = create_app(settings, store, password_checks_at_once=1)
+    inside, leave = threading.Event(), threading.Event()
+    real = auth.check_login
+
+    def slow_check(*args):
+        inside.set()
+        assert leave.wait(20)
+        return real(*args)
+
+    monkeypatch.setattr(auth, "check_login", slow_check)
+    first: list[int] = []
+    thread = threading.Thread(target=lambda: first.append(login(client(app), "ann").status_code))
+    thread.start()
+    assert inside.wait(20)
+    r = login(client(app), "bob")
+    leave.set()
+    thread.join(20)
+    assert r.status_code == 429 and r.headers["retry-after"] == "1" and "busy" in r.text
+    assert first == [303]
+    monkeypatch.setattr(auth, "check_login", real)
+    assert login(client(app), "bob").status_code == 303
+    assert events(store) == ["login", "login"]
 
 
 def test_unknown_names_are_throttled_like_real_ones(web):

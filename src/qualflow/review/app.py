@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import threading
 import time
 from collections.abc import Callable
 from http import HTTPStatus
@@ -94,6 +95,11 @@ DEFAULT_MESSAGES = {
     "page, perhaps). Go back to the queue.",
 }
 NEXT_MAX_CHARS = 2000
+# Password checks (argon2id: about 64 MiB and most of a CPU core for a fraction of a
+# second each) allowed at once per server process, so that guessing from many addresses
+# cannot take the CPU from reviewers at work (benchmarks/login_throttle.py).
+PASSWORD_CHECKS_AT_ONCE = 2
+BUSY_MESSAGE = "The server is busy checking other logins. Try again in a second."
 
 
 class LoginRequired(Exception):
@@ -161,10 +167,13 @@ def create_app(
     *,
     throttle_policy: ThrottlePolicy | None = None,
     clock: Callable[[], float] = time.time,
+    password_checks_at_once: int = PASSWORD_CHECKS_AT_ONCE,
 ) -> FastAPI:
     """The app for one workspace (opens and migrates its store unless one is given).
 
     ``clock`` (epoch seconds) stamps sessions and audit events and drives throttling.
+    At most ``password_checks_at_once`` argon2 checks run at a time in this process; a
+    login arriving while they are busy is answered 429 at once (never queued in a thread).
     """
     from qualflow.store import open_store
 
@@ -177,6 +186,7 @@ def create_app(
     sessions = auth.Sessions(store, secret, max_age, clock)
     audit = AuditLog(store, secret, clock)
     throttle = LoginThrottle(audit, throttle_policy)
+    password_checks = threading.BoundedSemaphore(password_checks_at_once)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals["study_name"] = settings.study_name
     templates.env.globals["limits"] = {
@@ -392,7 +402,13 @@ def create_app(
                 )
             headers = {"Retry-After": str(verdict.retry_after)}
             return login_page(request, target, throttled_message(verdict), 429, headers)
-        checked = auth.check_login(store, name, password)
+        if not password_checks.acquire(blocking=False):  # argon2 is busy: no queueing
+            headers = {"Retry-After": "1"}
+            return login_page(request, target, BUSY_MESSAGE, 429, headers)
+        try:
+            checked = auth.check_login(store, name, password)
+        finally:
+            password_checks.release()
         if checked.user is None:
             account = checked.account
             audit.record(
