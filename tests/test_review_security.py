@@ -31,7 +31,9 @@ from qualflow.review.inputs import (
     whole_number,
 )
 from qualflow.review.throttle import ThrottlePolicy, delay_after
+from qualflow.settings import load_settings
 from tests.review_support import PASSWORD, csrf_of, login, make_study, version_of
+from tests.test_review_postgres import pg_store  # noqa: F401  (fixture)
 
 HUGE = "999999999999999999999999999999"  # 30 digits: beyond any 64-bit integer
 
@@ -629,3 +631,75 @@ def test_login_redirects_refuse_backslash_tricks(web):
             follow_redirects=False,
         )
         assert r.headers["location"] == "/queue", target
+
+
+# ------------------------------------------------------------------ migration
+
+
+def test_the_review_sessions_migration_upgrades_a_store_with_users_and_downgrades(tmp_path):
+    """A store at review_track with an account upgrades: the account logs in, gets a
+    server-side session and an audit row; the downgrade removes just the two tables."""
+    from pathlib import Path as P
+
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import inspect
+
+    from qualflow.db import make_engine, migrate
+    from qualflow.settings import load_settings
+    from qualflow.store import Store
+    from tests.review_support import password_hash
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    cfg = Config()
+    cfg.set_main_option("script_location", str(P(auth.__file__).parents[1] / "migrations"))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "review_track")
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO users (id, username, password_hash, role, active, created_at) "
+            f"VALUES (1, 'ann', '{password_hash()}', 'reviewer', 1, '2026-01-01')"
+        )
+    assert "review_sessions" not in inspect(engine).get_table_names()
+    migrate(engine)
+    migrate(engine)  # idempotent
+    assert {"review_sessions", "audit_events"} <= set(inspect(engine).get_table_names())
+    store = Store.open(str(engine.url))
+    settings = load_settings(tmp_path / "ws", database_url=str(engine.url))
+    c = TestClient(create_app(settings, store))
+    assert login(c, "ann").status_code == 303 and c.get("/queue").status_code == 200
+    assert events(store) == ["login"]
+    store.close()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "review_sessions-1")  # this branch only
+    tables = set(inspect(engine).get_table_names())
+    assert "review_sessions" not in tables and "audit_events" not in tables and "users" in tables
+    engine.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_sessions_throttling_and_audit_on_postgres(request, tmp_path, clock):
+    """The same rules on PostgreSQL (timestamptz comparisons, revocation, counting)."""
+    store, url = request.getfixturevalue("pg_store")  # a throwaway database
+    settings = load_settings(tmp_path / "ws", database_url=url)
+    make_study(settings, store)
+    app = create_app(settings, store, clock=clock)
+    ann = client(app, "ann")
+    thief = copy_of(app, ann)
+    ann.post("/logout", data={"csrf": csrf_of(ann.get("/queue").text)})
+    assert thief.get("/queue", follow_redirects=False).status_code == 303
+    c = client(app)
+    for _ in range(5):
+        assert login(c, "bob", "Bob-Guess-3").status_code == 401
+    r = login(c, "bob")
+    assert r.status_code == 429 and r.headers["retry-after"] == "2"
+    clock.advance(2)
+    assert login(c, "bob").status_code == 303
+    log = audit_log(settings, store)
+    auth.set_active(store, "bob", False, audit=log, actor="cli:test")
+    auth.set_active(store, "bob", True, audit=log, actor="cli:test")
+    assert c.get("/queue", follow_redirects=False).status_code == 303
+    assert events(store)[:2] == ["login", "logout"] and "login_throttled" in events(store)
