@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -95,10 +96,20 @@ DEFAULT_MESSAGES = {
     "page, perhaps). Go back to the queue.",
 }
 NEXT_MAX_CHARS = 2000
-# Password checks (argon2id: about 64 MiB and most of a CPU core for a fraction of a
-# second each) allowed at once per server process, so that guessing from many addresses
-# cannot take the CPU from reviewers at work (benchmarks/login_throttle.py).
-PASSWORD_CHECKS_AT_ONCE = 2
+
+
+def _password_checks_at_once() -> int:
+    """Password checks allowed at once per server process: one per four usable cores.
+    An argon2id check (argon2-cffi defaults) takes 64 MiB and runs 4 lanes in parallel
+    for a fraction of a second, so guessing from many addresses at once cannot take the
+    whole CPU from reviewers at work (benchmarks/login_throttle.py)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // 4)
+
+
 BUSY_MESSAGE = "The server is busy checking other logins. Try again in a second."
 
 
@@ -167,13 +178,14 @@ def create_app(
     *,
     throttle_policy: ThrottlePolicy | None = None,
     clock: Callable[[], float] = time.time,
-    password_checks_at_once: int = PASSWORD_CHECKS_AT_ONCE,
+    password_checks_at_once: int | None = None,
 ) -> FastAPI:
     """The app for one workspace (opens and migrates its store unless one is given).
 
     ``clock`` (epoch seconds) stamps sessions and audit events and drives throttling.
-    At most ``password_checks_at_once`` argon2 checks run at a time in this process; a
-    login arriving while they are busy is answered 429 at once (never queued in a thread).
+    At most ``password_checks_at_once`` argon2 checks (default: one per four cores) run
+    at a time in this process; a login arriving while they are busy is answered 429 at
+    once (never parked in a server thread).
     """
     from qualflow.store import open_store
 
@@ -186,7 +198,9 @@ def create_app(
     sessions = auth.Sessions(store, secret, max_age, clock)
     audit = AuditLog(store, secret, clock)
     throttle = LoginThrottle(audit, throttle_policy)
-    password_checks = threading.BoundedSemaphore(password_checks_at_once)
+    password_checks = threading.BoundedSemaphore(
+        password_checks_at_once or _password_checks_at_once()
+    )
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals["study_name"] = settings.study_name
     templates.env.globals["limits"] = {
