@@ -9,6 +9,9 @@ sample study, logs in one reviewer, and measures that reviewer's ``GET /queue`` 
 4. a spray from a different address for every guess (what throttling per account and
    per address cannot stop; it shows the cost of unthrottled password checks).
 
+A third of the way into each phase another reviewer logs in (trying again a second
+later when told the server is busy) and the time it takes is printed.
+
 Each phase runs ``--seconds``. Guessers take a fresh login form (CSRF cookie) for every
 guess, like a browser. Addresses come from ``X-Forwarded-For``, which uvicorn trusts
 from 127.0.0.1 only (its ``--forwarded-allow-ips`` default). At the end the attacked
@@ -45,7 +48,7 @@ def prepare(workspace: Path) -> None:
 
     store = open_store(load_settings(workspace))
     build_sample_study(store, transcripts=4, answers_per_transcript=10)
-    for name in ("reader", "victim"):
+    for name in ("reader", "latecomer", "victim"):
         auth.add_user(store, name, PASSWORD)
     queue.assign(store, ["reader", "victim"], strategy="balanced")
     store.close()
@@ -82,11 +85,13 @@ def pct(values: list[float], q: float) -> float:
     )
 
 
-def measure_reader(url: str, stop: threading.Event, out: list[float]) -> None:
+def measure_reader(url: str, ready: threading.Event, stop: threading.Event, out: list) -> None:
+    """A reviewer at work (logged in before the guessing starts) opening the queue."""
     with httpx.Client(base_url=url, timeout=60) as c:
         outcome = log_in_patiently(c, "reader", "10.9.9.9")
         if outcome != "ok":
             raise RuntimeError(f"reader could not log in: {outcome}")
+        ready.set()
         while not stop.is_set():
             t0 = time.perf_counter()
             r = c.get("/queue")
@@ -107,19 +112,28 @@ def guess(url: str, names, addresses, stop: threading.Event, tally: Counter, loc
 
 
 def phase(url: str, label: str, seconds: float, guessers: int, names, addresses) -> dict:
-    stop, lock = threading.Event(), threading.Lock()
+    ready, stop, lock = threading.Event(), threading.Event(), threading.Lock()
     latencies: list[float] = []
     tally: Counter = Counter()
-    threads = [threading.Thread(target=measure_reader, args=(url, stop, latencies))]
-    threads += [
+    reader = threading.Thread(target=measure_reader, args=(url, ready, stop, latencies))
+    reader.start()
+    if not ready.wait(120):
+        raise RuntimeError(f"{label}: the reviewer could not log in")
+    threads = [
         threading.Thread(target=guess, args=(url, names, addresses, stop, tally, lock))
         for _ in range(guessers if names else 0)
     ]
     for t in threads:
         t.start()
-    time.sleep(seconds)
+    t0 = time.monotonic()
+    time.sleep(seconds / 3)
+    with httpx.Client(base_url=url, timeout=60) as c:  # a reviewer arriving meanwhile
+        t1 = time.perf_counter()
+        late = log_in_patiently(c, "latecomer", "10.8.8.8")
+        late_s = time.perf_counter() - t1
+    time.sleep(max(0.0, seconds - (time.monotonic() - t0)))
     stop.set()
-    for t in threads:
+    for t in [*threads, reader]:
         t.join()
     if seconds and not latencies:
         raise RuntimeError(f"{label}: the reviewer got no page")
@@ -130,6 +144,7 @@ def phase(url: str, label: str, seconds: float, guessers: int, names, addresses)
         "busy": tally["busy"],
         "other": sum(v for k, v in tally.items() if k not in ("wrong", "throttled", "busy")),
         "checked_per_s": tally["wrong"] / seconds,
+        "late": f"{late} in {late_s:.1f} s",
         "p50": pct(latencies, 50),
         "p95": pct(latencies, 95),
     }
@@ -173,12 +188,13 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"{args.guessers} guessers, {args.seconds:.0f} s per phase, 1 server process")
     print("| phase | passwords checked (401) | throttled (429) | busy (429) | other "
-          "| checked/s | reviewer GET /queue p50 / p95 ms |")  # fmt: skip
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+          "| checked/s | reviewer GET /queue p50 / p95 ms "
+          "| another reviewer's login |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['phase']} | {r['checked']} | {r['throttled']} | {r['busy']} "
               f"| {r['other']} | {r['checked_per_s']:.1f} "
-              f"| {r['p50']:.0f} / {r['p95']:.0f} |")  # fmt: skip
+              f"| {r['p50']:.0f} / {r['p95']:.0f} | {r['late']} |")  # fmt: skip
     print(f"right password of the attacked account right after phase 2: {right}")
     return 0
 

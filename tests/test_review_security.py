@@ -30,7 +30,7 @@ from qualflow.review.inputs import (
     share,
     whole_number,
 )
-from qualflow.review.throttle import ThrottlePolicy, delay_after
+from qualflow.review.throttle import PasswordGate, ThrottlePolicy, delay_after
 from qualflow.settings import load_settings
 from tests.review_support import PASSWORD, csrf_of, login, make_study, version_of
 from tests.test_review_postgres import pg_store  # noqa: F401  (fixture)
@@ -135,19 +135,38 @@ def test_throttled_guesses_cost_no_password_check(web, monkeypatch):
     assert statuses == {429} and checks == []
 
 
+def test_the_password_gate_admits_few_checks_and_one_per_name_and_address():
+    gate = PasswordGate(at_once=2)
+    with gate.admit("ann", "10.0.0.1") as first:
+        with gate.admit("ann", "10.0.0.2") as same_name:
+            assert first and not same_name
+        with gate.admit("bob", "10.0.0.1") as same_address:
+            assert not same_address
+        with gate.admit("bob", "10.0.0.2") as other, gate.admit("carl", "10.0.0.3") as third:
+            assert other and not third  # two at once
+    with gate.admit("ann", "10.0.0.1") as again:
+        assert again  # all released
+
+
+@pytest.mark.parametrize(
+    ("at_once", "second_address", "second_status"),
+    [(1, "10.0.0.2", 429), (2, "10.0.0.1", 429), (2, "10.0.0.2", 303)],
+    ids=["all-busy", "same-address", "room-for-another"],
+)
 def test_a_login_while_passwords_are_being_checked_is_answered_at_once(
-    settings, store, monkeypatch
+    settings, store, monkeypatch, at_once, second_address, second_status
 ):
-    """Password checks run at most N at a time; one more login gets 429 at once (it is
-    not parked in a server thread) and is not counted as a failure."""
+    """Password checks run a few at a time, one per address: a login beyond that gets
+    429 at once (it is not parked in a server thread) and is not counted as a failure."""
     make_study(settings, store)
-    app = create_app(settings, store, password_checks_at_once=1)
+    app = create_app(settings, store, password_checks_at_once=at_once)
     inside, leave = threading.Event(), threading.Event()
     real = auth.check_login
 
     def slow_check(*args):
-        inside.set()
-        assert leave.wait(20)
+        if args[1] == "ann":
+            inside.set()
+            assert leave.wait(20)
         return real(*args)
 
     monkeypatch.setattr(auth, "check_login", slow_check)
@@ -155,13 +174,13 @@ def test_a_login_while_passwords_are_being_checked_is_answered_at_once(
     thread = threading.Thread(target=lambda: first.append(login(client(app), "ann").status_code))
     thread.start()
     assert inside.wait(20)
-    r = login(client(app), "bob")
+    r = login(client(app, address=second_address), "bob")
     leave.set()
     thread.join(20)
-    assert r.status_code == 429 and r.headers["retry-after"] == "1" and "busy" in r.text
-    assert first == [303]
-    monkeypatch.setattr(auth, "check_login", real)
-    assert login(client(app), "bob").status_code == 303
+    assert first == [303] and r.status_code == second_status
+    if second_status == 429:
+        assert r.headers["retry-after"] == "1" and "busy" in r.text
+        assert login(client(app, address=second_address), "bob").status_code == 303
     assert events(store) == ["login", "login"]
 
 

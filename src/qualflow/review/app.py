@@ -29,8 +29,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import threading
 import time
 from collections.abc import Callable
 from http import HTTPStatus
@@ -62,7 +60,7 @@ from qualflow.review.inputs import (
     share,
     whole_number,
 )
-from qualflow.review.throttle import LoginThrottle, ThrottlePolicy, Verdict
+from qualflow.review.throttle import LoginThrottle, PasswordGate, ThrottlePolicy, Verdict
 from qualflow.review.view import passage_view
 from qualflow.settings import Settings
 from qualflow.store import Store
@@ -96,20 +94,6 @@ DEFAULT_MESSAGES = {
     "page, perhaps). Go back to the queue.",
 }
 NEXT_MAX_CHARS = 2000
-
-
-def _password_checks_at_once() -> int:
-    """Password checks allowed at once per server process: one per four usable cores.
-    An argon2id check (argon2-cffi defaults) takes 64 MiB and runs 4 lanes in parallel
-    for a fraction of a second, so guessing from many addresses at once cannot take the
-    whole CPU from reviewers at work (benchmarks/login_throttle.py)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // 4)
-
-
 BUSY_MESSAGE = "The server is busy checking other logins. Try again in a second."
 
 
@@ -183,9 +167,9 @@ def create_app(
     """The app for one workspace (opens and migrates its store unless one is given).
 
     ``clock`` (epoch seconds) stamps sessions and audit events and drives throttling.
-    At most ``password_checks_at_once`` argon2 checks (default: one per four cores) run
-    at a time in this process; a login arriving while they are busy is answered 429 at
-    once (never parked in a server thread).
+    At most ``password_checks_at_once`` argon2 checks run at a time in this process
+    (default ``throttle.default_checks_at_once``), one at a time per name and per address;
+    a login beyond that is answered 429 at once (never parked in a server thread).
     """
     from qualflow.store import open_store
 
@@ -198,9 +182,7 @@ def create_app(
     sessions = auth.Sessions(store, secret, max_age, clock)
     audit = AuditLog(store, secret, clock)
     throttle = LoginThrottle(audit, throttle_policy)
-    password_checks = threading.BoundedSemaphore(
-        password_checks_at_once or _password_checks_at_once()
-    )
+    gate = PasswordGate(password_checks_at_once)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals["study_name"] = settings.study_name
     templates.env.globals["limits"] = {
@@ -416,13 +398,11 @@ def create_app(
                 )
             headers = {"Retry-After": str(verdict.retry_after)}
             return login_page(request, target, throttled_message(verdict), 429, headers)
-        if not password_checks.acquire(blocking=False):  # argon2 is busy: no queueing
-            headers = {"Retry-After": "1"}
-            return login_page(request, target, BUSY_MESSAGE, 429, headers)
-        try:
+        with gate.admit(name, address) as admitted:
+            if not admitted:  # argon2 busy (for this name or address): no queueing
+                headers = {"Retry-After": "1"}
+                return login_page(request, target, BUSY_MESSAGE, 429, headers)
             checked = auth.check_login(store, name, password)
-        finally:
-            password_checks.release()
         if checked.user is None:
             account = checked.account
             audit.record(

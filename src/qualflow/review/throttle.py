@@ -14,11 +14,18 @@ Up to ``free`` failures cost nothing. From then on each attempt must wait
 ``max_delay`` (the lockout window). A refused attempt is answered at once with HTTP 429
 and ``Retry-After``: the request thread never sleeps, no password is checked (no argon2
 work for a throttled guess) and refused attempts do not extend the wait.
+
+``PasswordGate`` bounds the argon2 work itself: a few checks at once per process, one at
+a time per name and per address; a login beyond that is answered 429 ("busy") at once.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -95,3 +102,57 @@ class LoginThrottle:
                 address=address, events=("login_failed", "login_throttled")
             )
         return latest != "login_throttled"
+
+
+def default_checks_at_once() -> int:
+    """Password checks allowed at once in one server process: two, or one per four
+    usable cores on bigger machines. An argon2id check (argon2-cffi defaults) takes
+    64 MiB and runs 4 lanes in parallel for a fraction of a second, so this keeps
+    guessing from many addresses from taking the whole CPU from reviewers at work."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(2, cores // 4)
+
+
+class PasswordGate:
+    """Admits a password check when fewer than ``at_once`` run in this process and none
+    runs for the same typed name or the same address; otherwise the caller answers 429
+    at once (nothing waits in a server thread).
+
+    One check at a time per name and per address also makes the throttle exact for one
+    attacker: a guess starts only after the previous one from that address (or on that
+    name) has been counted.
+    """
+
+    def __init__(self, at_once: int | None = None):
+        self.at_once = at_once or default_checks_at_once()
+        self._lock = threading.Lock()
+        self._running = 0
+        self._names: set[str] = set()
+        self._addresses: set[str] = set()
+
+    @contextmanager
+    def admit(self, typed_name: str, address: str | None) -> Iterator[bool]:
+        """``with gate.admit(name, address) as admitted:`` check only when admitted."""
+        with self._lock:
+            admitted = (
+                self._running < self.at_once
+                and typed_name not in self._names
+                and (address is None or address not in self._addresses)
+            )
+            if admitted:
+                self._running += 1
+                self._names.add(typed_name)
+                if address is not None:
+                    self._addresses.add(address)
+        try:
+            yield admitted
+        finally:
+            if admitted:
+                with self._lock:
+                    self._running -= 1
+                    self._names.discard(typed_name)
+                    if address is not None:
+                        self._addresses.discard(address)
