@@ -152,7 +152,7 @@ def throttled_message(verdict: Verdict) -> str:
     where = "for this user name" if verdict.scope == "account" else "from your network address"
     return (
         f"Too many failed logins {where}. Try again in {wait_text(verdict.retry_after)}; "
-        "nothing is checked until then. An admin can clear it with `qualflow users unlock`."
+        "no password is checked until then. An admin can lift the wait sooner."
     )
 
 
