@@ -131,11 +131,15 @@ def work(
     """Log in (argon2 is slow on purpose, so before the clock starts), then work."""
     rng = random.Random(seed)
     with httpx.Client(base_url=url, timeout=60) as c:
-        page = c.get("/login").text
-        r = c.post(
-            "/login",
-            data={"username": name, "password": PASSWORD, "csrf": field_of(page, "csrf")},
-        )
+        for _ in range(60):  # 429 while the server checks other passwords: retry later
+            page = c.get("/login").text
+            r = c.post(
+                "/login",
+                data={"username": name, "password": PASSWORD, "csrf": field_of(page, "csrf")},
+            )
+            if r.status_code != 429:
+                break
+            time.sleep(float(r.headers.get("retry-after", "1")))
         if r.status_code != 303 or r.headers.get("location") != "/queue":
             raise RuntimeError(f"{name} could not log in: HTTP {r.status_code}")
         with tally.lock:

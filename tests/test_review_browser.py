@@ -246,3 +246,116 @@ def test_passage_view_screenshot(browser, site):
     assert page.locator("mark.ev.active").count() >= 1
     page.screenshot(path=str(OUTPUT / "review-passage.png"), full_page=True)
     ctx.close()
+
+
+# ------------------------------------------------------------------ security (issue 12)
+
+
+class Clock:
+    """Epoch seconds that move only when the test says so (login backoff without sleeping)."""
+
+    def __init__(self) -> None:
+        import time
+
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clocked_site(settings, store):
+    clock = Clock()
+    study = make_study(settings, store)
+    queue.assign(store, ["ann", "bob"], strategy="round_robin")
+    with live_server(create_app(settings, store, clock=clock)) as url:
+        yield url, study, store, clock
+
+
+def submit_login(page, url: str, name: str, password: str) -> None:
+    page.goto(url + "/login")
+    page.fill("#username", name)
+    page.fill("#password", password)
+    with page.expect_navigation():
+        page.click("form[action='/login'] button[type=submit]")
+
+
+def test_throttled_login_in_chromium(browser, clocked_site):
+    """Five wrong passwords, then the right one is refused with the wait shown; another
+    reviewer logs in meanwhile; after the wait the right password works."""
+    url, _study, _store, clock = clocked_site
+    ctx = browser.new_context()
+    page = ctx.new_page()
+    for _ in range(5):
+        submit_login(page, url, "ann", "not my password")
+        assert page.locator(".alert.error").inner_text() == "Wrong user name or password."
+    page.goto(url + "/login")
+    page.fill("#username", "ann")
+    page.fill("#password", PASSWORD)
+    with page.expect_navigation() as nav:
+        page.click("form[action='/login'] button[type=submit]")
+    assert nav.value.status == 429 and nav.value.headers["retry-after"] == "2"
+    message = page.locator(".alert.error").inner_text()
+    assert "Too many failed logins for this user name. Try again in 2 seconds" in message
+    assert "/login" in page.url
+    other = browser.new_context().new_page()
+    log_in(other, url, "bob")  # other reviewers are not held up
+    clock.now += 2
+    submit_login(page, url, "ann", PASSWORD)
+    assert page.url.endswith("/queue")
+    ctx.close()
+
+
+def test_a_copied_cookie_dies_at_logout_in_chromium(browser, site):
+    url, _study, _store = site
+    owner_ctx, thief_ctx = browser.new_context(), browser.new_context()
+    owner, thief = owner_ctx.new_page(), thief_ctx.new_page()
+    log_in(owner, url, "ann")
+    thief_ctx.add_cookies([c for c in owner_ctx.cookies() if c["name"] == "qf_session"])
+    thief.goto(url + "/queue")
+    assert thief.locator("#my-progress").is_visible()  # the copy works while ann is in
+    with owner.expect_navigation():
+        owner.click("#logout")
+    thief.reload()
+    assert "/login" in thief.url and thief.locator("#username").is_visible()
+    owner_ctx.close()
+    thief_ctx.close()
+
+
+def test_error_pages_in_chromium(browser, site):
+    """Bad numbers, missing pages and oversized memos show pages saying which field and
+    why, never raw JSON."""
+    url, _study, store = site
+    ctx = browser.new_context()
+    page = ctx.new_page()
+    log_in(page, url, "ann")
+    pid = queue.items(store, auth.user_by_name(store, "ann"))[0].passage_id
+    for path, status, title, says in (
+        ("/queue?run=999999999999999999999999999999", 400, "Bad request", "run: "),
+        (f"/passages/{pid}?limit=-1", 400, "Bad request", "limit: -1 is outside"),
+        ("/passages/does-not-exist", 404, "Not found", "no such passage"),
+        (f"/passages/{pid}/decide", 405, "Method not allowed", "Go back to the queue"),
+    ):
+        response = page.goto(url + path)
+        assert response.status == status, path
+        assert page.locator("h1").inner_text() == title
+        assert says in page.locator("#error-message").inner_text()
+        assert "detail" not in page.locator("body").inner_text()
+
+    page.goto(f"{url}/passages/{pid}")
+    assert page.locator("#memo").get_attribute("maxlength") == "20000"
+    page.evaluate("() => { const m = document.getElementById('memo');"
+                  " m.removeAttribute('maxlength'); m.value = 'y'.repeat(20001); }")  # fmt: skip
+    with page.expect_navigation() as nav:
+        page.click("text=Save memo")
+    assert nav.value.status == 413
+    assert "memo: 20,001 characters; at most 20,000" in page.locator("#error").inner_text()
+    page.evaluate("() => { const m = document.getElementById('memo');"
+                  " m.removeAttribute('maxlength'); m.value = 'z'.repeat(900000); }")  # fmt: skip
+    with page.expect_navigation() as nav:
+        page.click("text=Save memo")
+    assert nav.value.status == 413
+    assert page.locator("h1").inner_text() == "Too large"
+    assert "The request is too large" in page.locator("#error-message").inner_text()
+    assert decisions.state(store, auth.user_by_name(store, "ann").id, pid).memo is None
+    ctx.close()

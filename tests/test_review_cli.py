@@ -41,8 +41,8 @@ def test_users_add_list_deactivate(settings, store):
     assert auth.authenticate(store, "root", "s3cret-pass") is not None
     assert auth.authenticate(store, "ann", "another-pass") is not None
     assert run(settings, "users", "list").output.splitlines() == [
-        "ann\treviewer\tactive",
-        "root\tadmin\tactive",
+        "ann\treviewer\tactive\t0 sessions",
+        "root\tadmin\tactive\t0 sessions",
     ]
     r = run(settings, "users", "deactivate", "ann")
     assert r.exit_code == 0 and auth.authenticate(store, "ann", "another-pass") is None
@@ -56,11 +56,70 @@ def test_users_add_list_deactivate(settings, store):
         (["users", "add", "x", "--role", "owner", "--password-stdin"], "long enough\n", "role"),
         (["users", "add", "x", "--password-stdin"], "short\n", "at least 8"),
         (["users", "deactivate", "nobody"], None, "no user 'nobody'"),
+        (["users", "role", "nobody", "admin"], None, "no user 'nobody'"),
+        (["users", "password", "nobody", "--password-stdin"], "long enough\n", "no user"),
+        (["users", "logout", "nobody"], None, "no user 'nobody'"),
+        (["users", "unlock", "nobody"], None, "no user 'nobody'"),
+        (["users", "audit", "--event", "coffee"], None, "event 'coffee': must be one of"),
     ],
 )
 def test_user_commands_fail_clearly(settings, store, args, stdin, message):
     r = run(settings, *args, input=stdin)
     assert r.exit_code == 1 and message in r.output
+
+
+def test_role_password_logout_and_unlock_commands_end_sessions_and_are_audited(settings, store):
+    """Each account command ends the sessions it must, and `users audit` shows it all
+    (never a password)."""
+    from fastapi.testclient import TestClient
+
+    from qualflow.review.app import create_app
+    from tests.review_support import login
+
+    for name, role in (("lead", "admin"), ("ann", "reviewer")):
+        r = run(settings, "users", "add", name, "--role", role, "--password-stdin",
+                input="first-password\n")  # fmt: skip
+        assert r.exit_code == 0, r.output
+    app = create_app(settings, store)
+
+    def session() -> TestClient:
+        c = TestClient(app)
+        assert login(c, "ann", password).status_code == 303
+        return c
+
+    def alive(c: TestClient) -> bool:
+        return c.get("/queue", follow_redirects=False).status_code == 200
+
+    password = "first-password"
+    c = session()
+    assert "ann\treviewer\tactive\t1 sessions" in run(settings, "users", "list").output
+    r = run(settings, "users", "role", "ann", "admin")
+    assert r.exit_code == 0 and "now admin" in r.output and not alive(c)
+    c = session()
+    assert c.get("/admin").status_code == 200  # the new role applies to the new session
+    r = run(settings, "users", "password", "ann", "--password-stdin", input="second-password\n")
+    assert r.exit_code == 0 and not alive(c)
+    password = "second-password"
+    c = session()
+    r = run(settings, "users", "logout", "ann")
+    assert r.exit_code == 0 and "ended 1 session(s)" in r.output and not alive(c)
+
+    for _ in range(5):
+        login(TestClient(app), "ann", "not-the-password")
+    assert login(TestClient(app), "ann", password).status_code == 429
+    assert run(settings, "users", "unlock", "ann").exit_code == 0
+    assert login(TestClient(app), "ann", password).status_code == 303
+
+    out = run(settings, "users", "audit", "--limit", "100").output
+    kinds = [line.split("\t")[1] for line in out.splitlines()]
+    for kind in ("user_added", "login", "role_changed", "sessions_revoked", "password_changed",
+                 "login_failed", "login_throttled", "unlocked"):  # fmt: skip
+        assert kind in kinds, kind
+    assert "reviewer -> admin" in out and "by cli:" in out
+    for secret in ("first-password", "second-password", "not-the-password"):
+        assert secret not in out
+    only = run(settings, "users", "audit", "--user", "ann", "--event", "login_failed").output
+    assert len(only.splitlines()) == 5 and "wrong password" in only
 
 
 def test_duplicate_user_is_refused(settings, store):

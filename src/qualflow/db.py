@@ -310,6 +310,50 @@ class DecisionRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
+class ReviewSessionRow(Base):
+    """A review-app login session. The cookie carries a random token (signed); this row
+    holds only its SHA-256, so a copy of the store cannot be replayed as a cookie. A
+    session is valid until ``expires_at`` unless ``revoked_at`` is set (logout,
+    deactivation, password or role change, ``qualflow users logout``)."""
+
+    __tablename__ = "review_sessions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 hex of the token
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    csrf: Mapped[str] = mapped_column(String(64))
+    address: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_reason: Mapped[str | None] = mapped_column(String(40), nullable=True)
+
+
+class AuditEventRow(Base):
+    """Security log of the review app (append-only): logins, failed and throttled logins,
+    logouts, session revocations, account changes. Never a password, never passage text.
+
+    ``username`` is set only for an existing account; a login attempt on an unknown name
+    keeps just ``account_key``, a keyed hash of the typed name (which may be a password
+    typed into the wrong field), so throttling works the same for every name.
+    """
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_account_time", "account_key", "created_at"),
+        Index("ix_audit_events_address_time", "address", "created_at"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, index=True)
+    event: Mapped[str] = mapped_column(String(40), index=True)
+    user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    username: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    actor: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    address: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    account_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    detail: Mapped[str] = mapped_column(String(500), default="")
+
+
 # --------------------------------------------------------------------------- gold
 
 

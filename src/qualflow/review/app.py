@@ -4,7 +4,7 @@ Routes (every one has an access test in tests/test_review_access.py):
 
 | route | who |
 | --- | --- |
-| GET /healthz, GET/POST /login, static files | anyone |
+| GET /healthz, GET/POST /login, static files | anyone (POST /login is throttled) |
 | POST /logout | any logged-in user |
 | GET / , GET /queue | logged in (reviewers: their assigned passages) |
 | GET /passages/{id}, POST /passages/{id}/decide | admin, or the reviewer assigned to it |
@@ -16,6 +16,12 @@ review-state version they were made against (a stale one gets HTTP 409 naming wh
 it). Everybody acting on a passage works on its one shared coding track, except the two
 reviewers of a double-coded passage, who each have their own blind track
 (``decisions.choose_track``); a reviewer never sees another reviewer's blind track.
+
+Sessions are server-side rows (``auth.Sessions``); logins are throttled per account and
+per address (``throttle``) and every login, failure, logout and account change lands in
+the audit log (``audit``). Every number and text read from a request is bounded
+(``inputs``): a bad one gets HTTP 400 (413 when too large) naming the field. Errors are
+HTML pages, or JSON for a request that asks for JSON only.
 """
 
 from __future__ import annotations
@@ -23,19 +29,38 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
+from collections.abc import Callable
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import FastAPI, Form, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from qualflow.cells import safe_cell
 from qualflow.db import AssignmentRow, DecisionRow, UserRow
 from qualflow.review import auth, decisions, queue
+from qualflow.review.audit import AuditLog
 from qualflow.review.codes import codebook_for, search
+from qualflow.review.inputs import (
+    FORM_MAX_BYTES,
+    MEMO_MAX_CHARS,
+    SEARCH_MAX_CHARS,
+    TEXT_FIELD_MAX_CHARS,
+    BadInput,
+    LimitBody,
+    bounded_text,
+    share,
+    whole_number,
+)
+from qualflow.review.throttle import LoginThrottle, PasswordGate, ThrottlePolicy, Verdict
 from qualflow.review.view import passage_view
 from qualflow.settings import Settings
 from qualflow.store import Store
@@ -53,9 +78,29 @@ SECURITY_HEADERS = {
 }
 
 
+ERROR_TITLES = {
+    400: "Bad request",
+    401: "Log in required",
+    403: "Not allowed",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Too large",
+    429: "Too many attempts",
+}
+DEFAULT_MESSAGES = {
+    404: "There is no such page.",
+    405: "This address does not take that kind of request (a form address opened as a "
+    "page, perhaps). Go back to the queue.",
+}
+NEXT_MAX_CHARS = 2000
+BUSY_MESSAGE = "The server is busy checking other logins. Try again in a second."
+
+
 class LoginRequired(Exception):
-    def __init__(self, next_url: str):
+    def __init__(self, next_url: str, stale_cookie: bool):
         self.next_url = next_url
+        self.stale_cookie = stale_cookie
 
 
 class Forbidden(Exception):
@@ -64,13 +109,68 @@ class Forbidden(Exception):
 
 
 class Auth:
-    def __init__(self, user: auth.User, csrf: str):
-        self.user = user
-        self.csrf = csrf
+    def __init__(self, session: auth.Session):
+        self.session = session
+        self.user = session.user
+        self.csrf = session.csrf
 
 
-def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
-    """The app for one workspace (opens and migrates its store unless one is given)."""
+def wants_json(request: Request) -> bool:
+    """A request that asks for JSON and not for HTML (a script's fetch, an API client);
+    browsers navigating send text/html, and ``*/*`` gets a page too."""
+    accept = request.headers.get("accept", "").lower()
+    return "application/json" in accept and "text/html" not in accept
+
+
+def client_address(request: Request) -> str | None:
+    """The client's address (behind a proxy, uvicorn's ``--forwarded-allow-ips`` makes
+    this the forwarded one)."""
+    return request.client.host if request.client else None
+
+
+def safe_next(target: str) -> str:
+    """A login redirect target inside this site, else /queue (no ``//host``, no
+    backslash that browsers read as a slash, no control characters)."""
+    if (
+        not target.startswith("/")
+        or target.startswith("//")
+        or "\\" in target
+        or len(target) > NEXT_MAX_CHARS
+        or any(ord(c) < 32 or ord(c) == 127 for c in target)
+    ):
+        return "/queue"
+    return target
+
+
+def wait_text(seconds: int) -> str:
+    if seconds < 90:
+        return f"{seconds} second{'s' if seconds != 1 else ''}"
+    return f"{round(seconds / 60)} minutes"
+
+
+def throttled_message(verdict: Verdict) -> str:
+    where = "for this user name" if verdict.scope == "account" else "from your network address"
+    return (
+        f"Too many failed logins {where}. Try again in {wait_text(verdict.retry_after)}; "
+        "no password is checked until then. An admin can lift the wait sooner."
+    )
+
+
+def create_app(
+    settings: Settings,
+    store: Store | None = None,
+    *,
+    throttle_policy: ThrottlePolicy | None = None,
+    clock: Callable[[], float] = time.time,
+    password_checks_at_once: int | None = None,
+) -> FastAPI:
+    """The app for one workspace (opens and migrates its store unless one is given).
+
+    ``clock`` (epoch seconds) stamps sessions and audit events and drives throttling.
+    At most ``password_checks_at_once`` argon2 checks run at a time in this process
+    (default ``throttle.default_checks_at_once``), one at a time per name and per address;
+    a login beyond that is answered 429 at once (never parked in a server thread).
+    """
     from qualflow.store import open_store
 
     store = store or open_store(settings)
@@ -79,14 +179,30 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         settings.data_dir,
     )
     max_age = int(settings.session_hours * 3600)
-    sessions = auth.Sessions(secret, max_age)
+    sessions = auth.Sessions(store, secret, max_age, clock)
+    audit = AuditLog(store, secret, clock)
+    throttle = LoginThrottle(audit, throttle_policy)
+    gate = PasswordGate(password_checks_at_once)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals["study_name"] = settings.study_name
+    templates.env.globals["limits"] = {
+        "memo": MEMO_MAX_CHARS,
+        "search": SEARCH_MAX_CHARS,
+        "text": TEXT_FIELD_MAX_CHARS,
+    }
     templates.env.filters["pct"] = lambda x: f"{round(100 * x)}%" if x is not None else "–"
 
     app = FastAPI(title="qualflow review", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store = store
+    app.state.audit = audit
+    app.state.throttle = throttle
+    app.state.sessions = sessions
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+
+    async def too_large(scope: dict[str, Any], status: int, message: str) -> Response:
+        return error_page(Request(scope), status, message, None)
+
+    app.add_middleware(LimitBody, max_bytes=FORM_MAX_BYTES, respond=too_large)
 
     @app.middleware("http")
     async def _headers(request: Request, call_next):
@@ -97,24 +213,73 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             response.headers.setdefault(k, v)
         return response
 
+    # ----------------------------------------------------------------- errors
+
+    def error_page(
+        request: Request,
+        status: int,
+        message: str,
+        a: Auth | None,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        """An error as an HTML page, or as ``{"detail": ...}`` for a JSON request."""
+        if wants_json(request):
+            return JSONResponse({"detail": message}, status_code=status, headers=headers)
+        title = ERROR_TITLES.get(status, "Error")
+        ctx = {"title": title, "message": message, "status": status}
+        response = page(request, "error.html", a, ctx, status)
+        response.headers.update(headers or {})
+        return response
+
+    def optional_who(request: Request) -> Auth | None:
+        found = sessions.read(request.cookies.get(auth.SESSION_COOKIE))
+        return Auth(found) if found else None
+
     @app.exception_handler(LoginRequired)
     def _login_required(request: Request, exc: LoginRequired):
-        if request.method != "GET":
-            return HTMLResponse("login required", status_code=401)
-        return RedirectResponse("/login?" + urlencode({"next": exc.next_url}), status_code=303)
+        if request.method == "GET" and not wants_json(request):
+            response: Response = RedirectResponse(
+                "/login?" + urlencode({"next": exc.next_url}), status_code=303
+            )
+        else:
+            message = "You are not logged in, or your session has ended. Log in again."
+            response = error_page(request, 401, message, None)
+        if exc.stale_cookie:
+            response.delete_cookie(auth.SESSION_COOKIE)
+        return response
 
     @app.exception_handler(Forbidden)
     def _forbidden(request: Request, exc: Forbidden):
-        return page(request, "error.html", None, {"message": exc.reason}, status=403)
+        return error_page(request, 403, exc.reason, optional_who(request))
+
+    @app.exception_handler(BadInput)
+    def _bad_input(request: Request, exc: BadInput):
+        return error_page(request, exc.status, str(exc), optional_who(request))
+
+    @app.exception_handler(StarletteHTTPException)
+    def _http_error(request: Request, exc: StarletteHTTPException):
+        detail = str(exc.detail)
+        if detail == HTTPStatus(exc.status_code).phrase:
+            detail = DEFAULT_MESSAGES.get(exc.status_code, detail)
+        return error_page(request, exc.status_code, detail, optional_who(request), exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    def _invalid_request(request: Request, exc: RequestValidationError):
+        problems = [
+            f"{'.'.join(str(x) for x in e.get('loc', ())[1:]) or 'request'}: {e.get('msg', '')}"
+            for e in exc.errors()
+        ]
+        return error_page(request, 400, "; ".join(problems), optional_who(request))
 
     # ----------------------------------------------------------------- helpers
 
     def who(request: Request) -> Auth:
-        found = sessions.read(store, request.cookies.get(auth.SESSION_COOKIE))
+        cookie = request.cookies.get(auth.SESSION_COOKIE)
+        found = sessions.read(cookie)
         if found is None:
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-            raise LoginRequired(target)
-        return Auth(*found)
+            raise LoginRequired(safe_next(target), stale_cookie=bool(cookie))
+        return Auth(found)
 
     def admin(request: Request) -> Auth:
         a = who(request)
@@ -133,32 +298,34 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         return templates.TemplateResponse(request, name, ctx, status_code=status)
 
     def filters_from(params: Any) -> queue.Filters:
+        """The queue filters of a request; a bad value raises ``BadInput``."""
+
         def text(key: str) -> str | None:
-            value = (params.get(key) or "").strip()
+            value = bounded_text(params.get(key), key, TEXT_FIELD_MAX_CHARS).strip()
             return value or None
 
-        try:
-            run = text("run")
-            limit = text("limit")
-            return queue.Filters(
-                transcript=text("transcript"),
-                participant=text("participant"),
-                code=text("code"),
-                run=int(run) if run else None,
-                coder=text("coder"),
-                order=text("order") or "confidence",
-                seed=int(text("seed") or 0),
-                show=text("show") or "pending",
-                limit=int(limit) if limit else None,
-            )
-        except ValueError as exc:
-            raise HTTPException(400, f"bad queue filter: {exc}") from None
+        order, show = text("order") or "confidence", text("show") or "pending"
+        if order not in queue.ORDERS:
+            raise BadInput("order", f"'{order}' must be one of {', '.join(queue.ORDERS)}")
+        if show not in queue.SHOW:
+            raise BadInput("show", f"'{show}' must be one of {', '.join(queue.SHOW)}")
+        return queue.Filters(
+            transcript=text("transcript"),
+            participant=text("participant"),
+            code=text("code"),
+            run=whole_number(params.get("run"), "run", minimum=1),
+            coder=text("coder"),
+            order=order,
+            seed=whole_number(params.get("seed"), "seed", minimum=0, default=0) or 0,
+            show=show,
+            limit=whole_number(params.get("limit"), "limit", minimum=1),
+        )
 
     def reachable(a: Auth, passage_id: str):
         """The passage and the user's assignment, or 404/403."""
-        passage = store.passage(passage_id)
+        passage = store.passage(passage_id) if len(passage_id) <= TEXT_FIELD_MAX_CHARS else None
         if passage is None or not queue.in_queue(store, passage_id):
-            raise HTTPException(404, "no such passage in the review queue")
+            raise HTTPException(404, "There is no such passage in the review queue.")
         assignment = queue.assignment_for(store, a.user.id, passage_id)
         if assignment is None and not a.user.is_admin:
             raise Forbidden("This passage is not assigned to you.")
@@ -176,9 +343,15 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
 
     @app.get("/login", response_class=HTMLResponse)
     def login_form(request: Request, next: str = "/queue"):
-        return login_page(request, next, None, 200)
+        return login_page(request, safe_next(next), None, 200)
 
-    def login_page(request: Request, next_url: str, error: str | None, status: int):
+    def login_page(
+        request: Request,
+        next_url: str,
+        error: str | None,
+        status: int,
+        headers: dict[str, str] | None = None,
+    ):
         token, cookie = sessions.login_token()
         response = page(
             request,
@@ -187,6 +360,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             {"login_csrf": token, "next": next_url, "error": error},
             status,
         )
+        response.headers.update(headers or {})
         response.set_cookie(
             auth.LOGIN_CSRF_COOKIE,
             cookie,
@@ -205,13 +379,51 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         csrf: str = Form(""),
         next: str = Form("/queue"),
     ):
+        target = safe_next(next)
         if not sessions.check_login_token(request.cookies.get(auth.LOGIN_CSRF_COOKIE), csrf):
-            return login_page(request, next, "Your login form expired. Please try again.", 403)
-        user = auth.authenticate(store, username.strip(), password)
-        if user is None:
-            return login_page(request, next, "Wrong user name or password.", 401)
-        value, _ = sessions.issue(store, user)
-        target = next if next.startswith("/") and not next.startswith("//") else "/queue"
+            return login_page(request, target, "Your login form expired. Please try again.", 403)
+        name, address = username.strip(), client_address(request)
+        verdict = throttle.check(name, address)
+        if not verdict.allowed:  # answered at once: no password check, no sleeping
+            if throttle.first_refusal(verdict, name, address):
+                account = auth.user_by_name(store, name)
+                audit.record(
+                    "login_throttled",
+                    username=account.username if account else None,
+                    user_id=account.id if account else None,
+                    typed_name=name,
+                    address=address,
+                    detail=f"per {verdict.scope}: {verdict.failures} failures, "
+                    f"wait {verdict.retry_after} s",
+                )
+            headers = {"Retry-After": str(verdict.retry_after)}
+            return login_page(request, target, throttled_message(verdict), 429, headers)
+        with gate.admit(name, address) as admitted:
+            if not admitted:  # argon2 busy (for this name or address): no queueing
+                headers = {"Retry-After": "1"}
+                return login_page(request, target, BUSY_MESSAGE, 429, headers)
+            checked = auth.check_login(store, name, password)
+        if checked.user is None:
+            account = checked.account
+            audit.record(
+                "login_failed",
+                username=account.username if account else None,
+                user_id=account.id if account else None,
+                typed_name=name,
+                address=address,
+                detail=checked.reason,
+            )
+            return login_page(request, target, "Wrong user name or password.", 401)
+        user = checked.user
+        value, _ = sessions.issue(user, address)
+        audit.record(
+            "login",
+            username=user.username,
+            user_id=user.id,
+            actor=user.username,
+            typed_name=name,
+            address=address,
+        )
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(
             auth.SESSION_COOKIE,
@@ -228,6 +440,14 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     def logout(request: Request, csrf: str = Form("")):
         a = who(request)
         check_csrf(a, csrf)
+        sessions.end(a.session, "logout")
+        audit.record(
+            "logout",
+            username=a.user.username,
+            user_id=a.user.id,
+            actor=a.user.username,
+            address=client_address(request),
+        )
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(auth.SESSION_COOKIE)
         return response
@@ -364,16 +584,17 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         if action in decisions.PROPOSAL_ACTIONS and assignment and assignment.blind_to_machine:
             raise Forbidden("This passage is coded blind to the machine proposals.")
         try:
-            seen = int(version)
-            pid = int(proposal_id) if proposal_id else None
-        except ValueError:
+            seen = whole_number(version, "version", minimum=0)
+            if seen is None:
+                raise BadInput("version", "missing from the form; reload the page")
+            pid = whole_number(proposal_id, "proposal_id", minimum=1)
+            bounded_text(action, "action", 40)
+            code = bounded_text(code, "code", TEXT_FIELD_MAX_CHARS)
+            if memo is not None:
+                memo = bounded_text(memo, "memo", MEMO_MAX_CHARS, status=413)
+        except BadInput as exc:
             return render_passage(
-                request,
-                a,
-                passage_id,
-                filters,
-                status=400,
-                error="The form is missing its version number. Reload the page.",
+                request, a, passage_id, filters, status=exc.status, error=str(exc)
             )
         try:
             decisions.decide(
@@ -398,12 +619,15 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         return RedirectResponse(url + qs(filters), status_code=303)
 
     @app.get("/codes")
-    def codes(request: Request, q: str = "", passage: str = "", limit: int = 12):
+    def codes(request: Request, q: str = "", passage: str = "", limit: str = ""):
         who(request)
+        query = bounded_text(q, "q", SEARCH_MAX_CHARS)
+        passage = bounded_text(passage, "passage", TEXT_FIELD_MAX_CHARS)
+        wanted = whole_number(limit, "limit", minimum=1, default=12) or 12
         codebook = codebook_for(store, passage) if passage else store.codebook()
         if codebook is None:
             return JSONResponse([])
-        hits = search(codebook, q, limit=max(1, min(limit, 50)))
+        hits = search(codebook, query, limit=min(wanted, 50))
         return JSONResponse([{"title": c.title, "description": c.description} for c in hits])
 
     # ----------------------------------------------------------------- admin
@@ -415,7 +639,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             "loads": queue.reviewer_loads(store),
             "study": queue.study_progress(store),
             "strategies": ["balanced", "round_robin"],
-            "message": message,
+            "message": bounded_text(message, "message", TEXT_FIELD_MAX_CHARS),
         }
         return page(request, "admin.html", a, ctx)
 
@@ -431,13 +655,16 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     ):
         a = admin(request)
         check_csrf(a, csrf)
+        names = [bounded_text(r, "reviewers", auth.USERNAME_MAX_CHARS) for r in reviewers]
+        double_share = share(double, "double")
+        sample_seed = whole_number(seed, "seed", minimum=0, default=0) or 0
         try:
             report = queue.assign(
                 store,
-                reviewers,
-                strategy=strategy,
-                double_share=float(double or 0),
-                seed=int(seed or 0),
+                names,
+                strategy=bounded_text(strategy, "strategy", 40),
+                double_share=double_share,
+                seed=sample_seed,
                 blind_machine=blind_machine == "on",
             )
         except ValueError as exc:
@@ -464,6 +691,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
 
     @app.get("/admin/export/decisions.csv")
     def export_log(request: Request):
+        """The decision log; every cell through ``safe_cell`` (no live formulas)."""
         admin(request)
         buf = io.StringIO()
         w = csv.writer(buf)
@@ -487,23 +715,22 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         with store.session() as s:
             names = dict(s.execute(select(UserRow.id, UserRow.username)).all())
             for r in s.scalars(select(DecisionRow).order_by(DecisionRow.id)):
-                w.writerow(
-                    [
-                        r.id,
-                        r.created_at.isoformat(),
-                        names.get(r.user_id),
-                        r.passage_id,
-                        r.action,
-                        r.proposal_id or "",
-                        r.code or "",
-                        "|".join(r.before),
-                        "|".join(r.after),
-                        r.memo or "",
-                        r.undoes_id or "",
-                        r.state_version,
-                        names.get(r.track_user_id if r.track_user_id is not None else r.user_id),
-                    ]
-                )
+                row = [
+                    r.id,
+                    r.created_at.isoformat(),
+                    names.get(r.user_id),
+                    r.passage_id,
+                    r.action,
+                    r.proposal_id or "",
+                    r.code or "",
+                    "|".join(r.before),
+                    "|".join(r.after),
+                    r.memo or "",
+                    r.undoes_id or "",
+                    r.state_version,
+                    names.get(r.track_user_id if r.track_user_id is not None else r.user_id),
+                ]
+                w.writerow([safe_cell(cell) for cell in row])
         return Response(
             buf.getvalue(),
             media_type="text/csv",

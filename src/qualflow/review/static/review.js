@@ -59,7 +59,7 @@
     function choose(title) { input.value = title; list.hidden = true; form.submit(); }
     var run = debounce(function () {
       var q = input.value.trim();
-      fetch("/codes?q=" + encodeURIComponent(q) + "&passage=" + encodeURIComponent(passage), { credentials: "same-origin" })
+      fetch("/codes?q=" + encodeURIComponent(q) + "&passage=" + encodeURIComponent(passage), { credentials: "same-origin", headers: { Accept: "application/json" } })
         .then(function (r) { return r.ok ? r.json() : []; })
         .then(function (codes) {
           list.innerHTML = "";
