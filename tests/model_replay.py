@@ -94,9 +94,7 @@ class ModelReplay:
         self.excerpts += len(answers)
         if len(answers) == 1:
             return Answer({"codes": next(iter(answers.values()))})
-        return Answer(
-            {"excerpts": [{"excerpt_id": k, "codes": v} for k, v in answers.items()]}
-        )
+        return Answer({"excerpts": [{"excerpt_id": k, "codes": v} for k, v in answers.items()]})
 
     def _codes(self, excerpt: str) -> list[dict]:
         pieces = [(not ctx, _unfence(text)) for ctx, text in _TURN.findall(excerpt)]
