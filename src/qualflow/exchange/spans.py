@@ -121,10 +121,10 @@ def project_to_sentences(
         if s.end > s.start:
             covered[s.transcript_id][s.code].append((s.start, s.end))
     by_code = {
-        tid: {code: _joined(ranges) for code, ranges in codes.items()}
+        tid: {code: join_ranges(ranges) for code, ranges in codes.items()}
         for tid, codes in covered.items()
     }
-    scope = {tid: _joined(ranges) for tid, ranges in coding.scope.items()}
+    scope = {tid: join_ranges(ranges) for tid, ranges in coding.scope.items()}
     out: dict[str, frozenset[str]] = {}
     for p in sentences:
         if not _holds(scope.get(p.transcript_id, []), p.char_start, p.char_end):
@@ -163,14 +163,15 @@ def scope_sentences(store: Store, coding: SpanCoding) -> list[Passage]:
     sentences) that lie inside the coding's scope, in transcript order."""
     out: list[Passage] = []
     for tid in sorted(coding.scope):
-        scope = _joined(coding.scope[tid])
+        scope = join_ranges(coding.scope[tid])
         grid = store.passages(transcript_id=tid, segmentation=store.grid_of(tid))
         out += [p for p in grid if _holds(scope, p.char_start, p.char_end)]
     return out
 
 
-def _joined(ranges: Iterable[Range]) -> list[Range]:
-    """Sorted ranges with overlapping and touching ones joined (for coverage)."""
+def join_ranges(ranges: Iterable[Range]) -> list[Range]:
+    """Sorted ranges with overlapping and touching ones joined (for coverage; unlike
+    ``merge_ranges``, which keeps touching ranges apart)."""
     out: list[Range] = []
     for start, end in sorted(ranges):
         if out and start <= out[-1][1]:
