@@ -323,3 +323,45 @@ def test_export_names_an_earlier_version_by_id(loaded, tmp_path):
     assert record["transcript"] == old and record["text"] == "I use"
     import_gold(store, out, "v2")
     assert store.gold_codings("v2")["ann"].spans == [Span(old, 0, 5, "b")]
+
+
+def test_gold_cli_export_then_import(tmp_path):
+    """`qualflow gold export` then `gold import` into another workspace with the same
+    transcript: the same spans and scope, problems reported by line."""
+    from typer.testing import CliRunner
+
+    from qualflow.cli import app
+    from qualflow.settings import load_settings
+    from qualflow.store import open_store
+
+    runner = CliRunner()
+    a, b = tmp_path / "a", tmp_path / "b"
+    for ws in (a, b):
+        assert runner.invoke(app, ["init", str(ws)]).exit_code == 0
+        res = runner.invoke(app, ["ingest", "examples/I-3_interview.txt", "-w", str(ws)])
+        assert res.exit_code == 0, res.output
+    store = open_store(load_settings(a))
+    try:
+        (t,) = store.transcripts()
+        start = t.text.index("false comfort")
+        coding = SpanCoding(
+            "ann",
+            [Span(t.id, start, start + 13, "06.risks.rewards.risks")],
+            {t.id: [(start - 20, start + 40)]},
+        )
+        store.save_gold_coding("g", coding)
+    finally:
+        store.close()
+    out = tmp_path / "g.jsonl"
+    res = runner.invoke(app, ["gold", "export", "g", str(out), "-w", str(a)])
+    assert res.exit_code == 0 and "wrote 2 records" in res.output, res.output
+    out.write_text(out.read_text(encoding="utf-8") + "{broken\n", encoding="utf-8")
+    res = runner.invoke(app, ["gold", "import", str(out), "--set", "g", "-w", str(b)])
+    assert res.exit_code == 0, res.output
+    assert "2/3 records imported" in res.output and "g.jsonl:3: not valid JSON" in res.output
+    assert "spans per coder: ann: 1" in res.output
+    store = open_store(load_settings(b))
+    try:
+        assert store.gold_codings("g")["ann"] == coding
+    finally:
+        store.close()
