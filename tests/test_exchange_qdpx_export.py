@@ -454,3 +454,26 @@ def test_the_writer_takes_reviewer_spans_from_one_function(store, tmp_path):
     assert report.users == {"vera": 1, "wim": 0}  # rita's log is not read: work was given
     memo = one(root, ".//q:Note[@name='memo: vera']")
     assert memo.findtext("q:PlainTextContent", namespaces=NS) == "café, not coffee"
+
+
+def test_review_of_a_chunk_is_spans_over_its_codable_text(store, tmp_path):
+    """A reviewer's finished chunk: each code a span over each codable stretch of the
+    chunk, never over the interviewer's question the chunk holds as context."""
+    from qualflow.exchange.reviewed import review_work
+    from qualflow.models import Span
+    from qualflow.review.auth import add_user
+    from qualflow.review.decisions import decide
+
+    handles = build_study(store)
+    chunk = handles["chunks"]["I-1_interview"][2]  # "Anything else?" + the naïve turn
+    assert [p.codable for p in chunk.pieces] == [False, True]
+    vera = add_user(store, "vera", "password123")
+    v = decide(store, vera.id, chunk.id, "add", version=0, code="zz_intro").version
+    decide(store, vera.id, chunk.id, "done", version=v)
+    (work,) = [r for r in review_work(store).reviewers if r.reviewer == "vera"]
+    (piece,) = chunk.codable_pieces()
+    assert work.coding.spans == [
+        Span(chunk.transcript_id, piece.char_start, piece.char_end, "zz_intro")
+    ]
+    assert work.coding.scope == {chunk.transcript_id: [(piece.char_start, piece.char_end)]}
+    assert work.coded_at[0] is not None

@@ -150,9 +150,9 @@ def default_source(store: Store) -> str:
     from sqlalchemy import select
 
     from qualflow.db import RunRow
-    from qualflow.review.decisions import reviewer_codings
+    from qualflow.exchange.reviewed import review_work
 
-    if reviewer_codings(store):
+    if review_work(store).reviewers:
         return "review"
     with store.session() as s:
         run_id = s.scalar(select(RunRow.id).order_by(RunRow.id.desc()).limit(1))
