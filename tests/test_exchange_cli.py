@@ -41,7 +41,15 @@ def test_taguette_import_then_every_export(workspace, tmp_path):
     for stem in ("code-frequency", "participant-matrix", "quotes-by-code"):
         for ext in ("csv", "xlsx", "md"):
             assert (out / f"{stem}.{ext}").stat().st_size > 0
-    assert "Wording not clear" in (out / "code-frequency.md").read_text(encoding="utf-8")
+    frequency = (out / "code-frequency.md").read_text(encoding="utf-8")
+    assert "Wording not clear" in frequency and "highlights (spans)" in frequency
+    assert "(6 highlights in 2 transcripts)" in result.output  # one of 5 has two tags
+    result = run("export", "tables", out, "-w", workspace, "--matrix-unit", "sentences")
+    assert result.exit_code == 0, result.output
+    matrix = (out / "participant-matrix.md").read_text(encoding="utf-8")
+    assert "sentences coded" in matrix.splitlines()[0]
+    result = run("export", "tables", out, "-w", workspace, "--matrix-unit", "words")
+    assert result.exit_code == 1 and "highlights or sentences" in result.output
 
     qdpx = tmp_path / "study.qdpx"
     result = run("export", "qdpx", qdpx, "-w", workspace, "--name", "Tiny")

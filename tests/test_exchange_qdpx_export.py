@@ -268,7 +268,7 @@ def test_one_notice_per_kind_of_dropped_element_with_counts(store, tmp_path):
     )
     assert notice("needs_human").startswith("1 machine answers")
     assert notice("invalid machine proposals").startswith("2 invalid")
-    assert notice("not finished").startswith("1 passages in review")
+    assert notice("not finished").startswith("1 units in review")
     assert notice("review flags").startswith("1 review flags")
     assert "the review log (" in notice("review log")
     assert notice("speaker names").startswith("speaker names of 8 turns in 2 transcripts")
@@ -299,3 +299,181 @@ def test_qc_demo_selections_without_creating_user_get_one(store, tmp_path):
     assert cp == "39633935-3331-3962-6632-373436373264"  # the original user's GUID
     assert {s.get("creatingUser") for s in root.iterfind(".//q:PlainTextSelection", NS)} == {cp}
     assert report.codings == 205 and report.selections == 158
+
+
+# ---------------------------------------------------------------------- machine spans
+
+
+def _user_guid(root: etree._Element, fragment: str) -> str:
+    (found,) = [u.get("guid") for u in root.iterfind(".//q:User", NS) if fragment in u.get("name")]
+    return found
+
+
+def _selections_of(root: etree._Element, user: str) -> dict[tuple[str, int, int], list[str]]:
+    """(source name, start, end) -> codes of that user's selections."""
+    guids = {}
+
+    def walk(parent: etree._Element, prefix: str) -> None:
+        for code in parent.findall("q:Code", NS):
+            title = prefix + code.get("name")
+            guids[code.get("guid")] = title
+            walk(code, title + ".")
+
+    walk(one(root, ".//q:Codes"), "")
+    out = {}
+    for src in root.iterfind(".//q:TextSource", NS):
+        for sel in src.iterfind("q:PlainTextSelection", NS):
+            if sel.get("creatingUser") != user:
+                continue
+            key = (src.get("name"), int(sel.get("startPosition")), int(sel.get("endPosition")))
+            out[key] = sorted(
+                guids[c.find("q:CodeRef", NS).get("targetGUID")]
+                for c in sel.iterfind("q:Coding", NS)
+            )
+    return out
+
+
+def test_machine_spans_are_written_exactly_as_stored(store, tmp_path):
+    handles = build_study(store)
+    names = {t.id: t.name for t in store.transcripts()}
+    texts = {t.name: t.text for t in store.transcripts()}
+    root, report = exported(tmp_path, store, name="mini", reviewers=False, gold=False)
+    machine = _user_guid(root, "gpt-4o-mini")
+    written = _selections_of(root, machine)
+    coded = {k: v for k, v in written.items() if v}
+    stored = store.span_coding("m", run_id=handles["run_id"])
+    assert sorted(coded) == sorted((names[s.transcript_id], s.start, s.end) for s in stored.spans)
+    for (_, start, end), codes in coded.items():
+        (span,) = [s for s in stored.spans if (s.start, s.end) == (start, end)]
+        assert codes == [span.code]
+    # the quote over two sentences is one selection on exactly its text
+    assert ("I-1_interview", 40, 77) in coded
+    assert texts["I-1_interview"][40:77] == "Every day, honestly. Café talk starts"
+    # the chunk answered without a code is "no code applies"; the unanswered chunk of
+    # I-1 (outside the run's scope) is not written at all
+    empty = sorted(k for k, v in written.items() if not v)
+    team = handles["passages"]["team"]
+    assert empty == [("I-2_interview", team.char_start, team.char_end)]
+    naive = handles["passages"]["naive"]
+    assert not any(
+        name == "I-1_interview" and start < naive.char_end and naive.char_start < end
+        for name, start, end in written
+    )
+    assert report.users == {"gpt-4o-mini [llm, prompt prompt-abc12]": 4}
+
+
+def test_machine_span_notes_and_one_user_per_codebook_version(store, tmp_path):
+    from qualflow.store import ProposalKey
+
+    handles = build_study(store)
+    other = Codebook(name="mini2", codes=[*CODEBOOK.codes, Code(title="zz_other")])
+    version = store.save_codebook(other)
+    run = store.start_run(ProposalKey("llm", "gpt-4o-mini", "prompt-abc123", version))
+    chunk = handles["chunks"]["I-1_interview"][2]  # the chunk the first run left unanswered
+    start = chunk.char_start + chunk.text.index("naïve engineer")
+    store.save_proposal_set(
+        ProposalSet(
+            passage_id=chunk.id,
+            coder="llm",
+            model="gpt-4o-mini",
+            prompt_version="prompt-abc123",
+            codebook_version=version,
+            proposals=[
+                CodeProposal(
+                    code="zz_other",
+                    rationale="constructed",
+                    evidence="naïve engineer",
+                    start=start,
+                    end=start + len("naïve engineer"),
+                    confidence=0.6,
+                    located="tolerant",
+                )
+            ],
+        ),
+        run_id=run,
+    )
+    root, _ = exported(tmp_path, store, name="mini", reviewers=False, gold=False)
+    users = sorted(u.get("name") for u in root.iterfind(".//q:User", NS))
+    assert len(users) == 2 and all(", codebook " in u for u in users)
+    newer = _user_guid(root, f"codebook {version[:8]}")
+    assert _selections_of(root, newer) == {("I-1_interview", start, start + 14): ["zz_other"]}
+    (coding,) = [c for c in root.iterfind(".//q:Coding", NS) if c.get("creatingUser") == newer]
+    note = one(root, f".//q:Note[@guid='{one(coding, 'q:NoteRef').get('targetGUID')}']")
+    body = note.findtext("q:PlainTextContent", namespaces=NS)
+    assert f"unit: {chunk.id} (chunk:12" in body
+    assert f"span: characters {start}-{start + 14} (quote located tolerant)" in body
+    # only the chosen run
+    _, only = exported(tmp_path, store, name="mini", run_ids=[run], reviewers=False, gold=False)
+    assert list(only.users.values()) == [1]
+
+
+def test_the_writer_takes_reviewer_spans_from_one_function(store, tmp_path):
+    """Reviewer codings reach the writer as span codings (``ReviewWork``): whatever
+    spans a reviewer has are written exactly, with their dates and memos."""
+    from datetime import UTC, datetime
+
+    from qualflow.exchange.reviewed import ReviewerSpans, ReviewMemo, ReviewWork, review_work
+    from qualflow.models import Span, SpanCoding
+
+    handles = build_study(store)
+    # the review log of the study, as spans over the finished passages
+    (rita,) = review_work(store).reviewers
+    score = handles["passages"]["score"]
+    assert Span(score.transcript_id, score.char_start, score.char_end, "zz_intro") in (
+        rita.coding.spans
+    )
+    # a reviewer with spans inside sentences, plugged in as they would come from a
+    # span review
+    cafe = handles["passages"]["cafe"]
+    start = cafe.char_start + cafe.text.index("Café talk")
+    when = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    place = (cafe.transcript_id, cafe.char_start, cafe.char_end)
+    work = ReviewWork(
+        reviewers=[
+            ReviewerSpans(
+                "vera",
+                SpanCoding(
+                    "vera",
+                    [Span(cafe.transcript_id, start, start + 9, "02.selection")],
+                    {cafe.transcript_id: [(cafe.char_start, cafe.char_end)]},
+                ),
+                coded_at=[when],
+                memos={place: ReviewMemo("café, not coffee", when, "m1")},
+            )
+        ],
+        idle=["wim"],
+    )
+    root, report = exported(tmp_path, store, name="mini", machine=False, gold=False, review=work)
+    vera = _user_guid(root, "vera")
+    assert _selections_of(root, vera) == {
+        ("I-1_interview", start, start + 9): ["02.selection"],
+        ("I-1_interview", cafe.char_start, cafe.char_end): [],
+    }
+    (coding,) = [c for c in root.iterfind(".//q:Coding", NS) if c.get("creatingUser") == vera]
+    assert coding.get("creationDateTime") == "2024-05-01T12:00:00Z"
+    assert report.users == {"vera": 1, "wim": 0}  # rita's log is not read: work was given
+    memo = one(root, ".//q:Note[@name='memo: vera']")
+    assert memo.findtext("q:PlainTextContent", namespaces=NS) == "café, not coffee"
+
+
+def test_review_of_a_chunk_is_spans_over_its_codable_text(store, tmp_path):
+    """A reviewer's finished chunk: each code a span over each codable stretch of the
+    chunk, never over the interviewer's question the chunk holds as context."""
+    from qualflow.exchange.reviewed import review_work
+    from qualflow.models import Span
+    from qualflow.review.auth import add_user
+    from qualflow.review.decisions import decide
+
+    handles = build_study(store)
+    chunk = handles["chunks"]["I-1_interview"][2]  # "Anything else?" + the naïve turn
+    assert [p.codable for p in chunk.pieces] == [False, True]
+    vera = add_user(store, "vera", "password123")
+    v = decide(store, vera.id, chunk.id, "add", version=0, code="zz_intro").version
+    decide(store, vera.id, chunk.id, "done", version=v)
+    (work,) = [r for r in review_work(store).reviewers if r.reviewer == "vera"]
+    (piece,) = chunk.codable_pieces()
+    assert work.coding.spans == [
+        Span(chunk.transcript_id, piece.char_start, piece.char_end, "zz_intro")
+    ]
+    assert work.coding.scope == {chunk.transcript_id: [(piece.char_start, piece.char_end)]}
+    assert work.coded_at[0] is not None

@@ -262,27 +262,33 @@ def test_export_validates_and_keeps_offsets(store, tmp_path):
             member = "sources/" + src.get("plainTextPath").removeprefix("internal://")
             texts[src.get("guid")] = zf.read(member).decode("utf-8")
         assert any("\r\n" in t for t in texts.values())  # Windows line endings kept
+        machine = next(
+            u.get("guid") for u in root.iterfind(".//q:User", ns) if "llm" in u.get("name")
+        )
+        # human and gold selections lie on passages; machine ones on their quotes
         by_span = {(p.char_start, p.char_end): p.text for p in store.passages()}
+        quotes = {(s.start, s.end) for s in handles["machine_spans"]}
         users = {u.get("guid") for u in root.iterfind(".//q:User", ns)}
         for src in root.iterfind(".//q:TextSource", ns):
             for sel in src.iterfind("q:PlainTextSelection", ns):
                 a, b = int(sel.get("startPosition")), int(sel.get("endPosition"))
-                assert texts[src.get("guid")][a:b] == by_span[(a, b)]
+                if sel.get("creatingUser") == machine and sel.find("q:Coding", ns) is not None:
+                    assert (a, b) in quotes
+                elif sel.get("creatingUser") != machine:
+                    assert texts[src.get("guid")][a:b] == by_span[(a, b)]
                 assert sel.get("creatingUser") in users  # an independent reader needs it
         # every machine coding carries a note with its provenance
-        machine = next(
-            u.get("guid") for u in root.iterfind(".//q:User", ns) if "llm" in u.get("name")
-        )
         notes = {n.get("guid"): n for n in root.iterfind(".//q:Note", ns)}
         machine_codings = [
             c for c in root.iterfind(".//q:Coding", ns) if c.get("creatingUser") == machine
         ]
-        assert len(machine_codings) == 5
+        assert len(machine_codings) == len(handles["machine_spans"]) == 4
         for c in machine_codings:
             note = notes[c.find("q:NoteRef", ns).get("targetGUID")]
             body = note.findtext("q:PlainTextContent", namespaces=ns)
             assert "model: gpt-4o-mini" in body and "prompt version: prompt-abc123" in body
             assert re.search(r"confidence: 0\.\d\d", body) and "rationale: " in body
+            assert "unit: " in body and "chunk:12" in body and "located exact" in body
         # participants as cases with their attributes
         assert [c.get("name") for c in root.iterfind(".//q:Case", ns)] == ["I-1", "I-2"]
     assert handles["run_id"]
@@ -292,32 +298,35 @@ def test_round_trip_into_the_same_store(store, tmp_path):
     handles = build_study(store)
     from qualflow.review.decisions import reviewer_codings
 
-    before = {
-        "ann": store.gold("gold-a")["ann"],
-        "gpt-4o-mini [llm, prompt prompt-abc12]": store.run_coding(handles["run_id"]),
-        "rita": reviewer_codings(store)["rita"],
-    }
+    machine = "gpt-4o-mini [llm, prompt prompt-abc12]"
+    before = {"ann": store.gold("gold-a")["ann"], "rita": reviewer_codings(store)["rita"]}
     out = tmp_path / "study.qdpx"
     export_qdpx(store, out, schema_dir=find_schema_dir())
     n_transcripts = len(store.transcripts())
     result = import_qdpx(store, out, schema_dir=find_schema_dir(), gold_set="back")
     assert len(store.transcripts()) == n_transcripts  # same text: same transcripts reused
     after = store.gold("back")
-    assert set(after) == set(before)
+    assert set(after) == {*before, machine}
     for user, coding in before.items():
         # the same codes on the same passages, "no code" included: every coder's
         # explicit "no code applies" travels as a selection without a coding
         assert {pid: after[user].get(pid) for pid in coding} == coding, user
+    # the machine's spans come back exactly as stored, one over two sentences included
+    spans = store.gold_codings("back")
+    assert sorted(spans[machine].spans) == sorted(handles["machine_spans"])
+    assert sorted(spans["ann"].spans) == sorted(store.gold_codings("gold-a")["ann"].spans)
     # where a coder said "no code applies" in a transcript, its scope there is exactly
-    # what it answered (ann coded every passage of both); where it did not (the machine
-    # and rita coded every passage they answered in I-1), the standard's reading applies:
-    # the coder read the whole text, so the rest of I-1 comes back as "no code"
+    # what it answered (ann coded every passage of both); where it did not (rita coded
+    # every passage she finished in I-1), the standard's reading applies: the coder
+    # read the whole text, so the rest of I-1 comes back as "no code"
     assert after["ann"] == before["ann"]
     i1 = handles["passages"]["daily"].transcript_id
-    for user in ("gpt-4o-mini [llm, prompt prompt-abc12]", "rita"):
-        extra = set(after[user]) - set(before[user])
-        assert extra and all(after[user][pid] == frozenset() for pid in extra)
-        assert {store.passage(pid).transcript_id for pid in extra} == {i1}
+    extra = set(after["rita"]) - set(before["rita"])
+    assert extra and all(after["rita"][pid] == frozenset() for pid in extra)
+    assert {store.passage(pid).transcript_id for pid in extra} == {i1}
+    # the machine's "no code applies" chunk of I-2 comes back as its explicit judgement
+    team = handles["passages"]["team"]
+    assert after[machine][team.id] == frozenset()
     assert result.problems == []
 
 

@@ -340,3 +340,75 @@ def test_exported_selections_point_at_the_exported_text(store, tmp_path):
                 assert 0 <= a < b <= len(text)
     highlights = {h.snippet for h in load_highlights(store) if h.code}
     assert CAFE in highlights
+
+
+# ---------------------------------------------------------------------- sentences
+
+
+def _sentence(tid: str, start: int, end: int):
+    from qualflow.models import Passage
+
+    return Passage(
+        id=f"s{start}",
+        transcript_id=tid,
+        index=start,
+        turn_index=0,
+        char_start=start,
+        char_end=end,
+        text="x" * (end - start),
+    )
+
+
+def test_sentence_projection_rule():
+    """A sentence carries C when C's spans together cover half of it or one lies inside
+    it; sentences outside the scope are not judged, untouched ones carry no code."""
+    from qualflow.exchange.spans import project_to_sentences
+
+    s = [_sentence("t", 0, 100), _sentence("t", 100, 200), _sentence("t", 200, 300)]
+    s.append(_sentence("t", 300, 400))
+    coding = SpanCoding(
+        "c",
+        [
+            Span("t", 10, 40, "a"),  # a: 30 + 30 characters of the first sentence
+            Span("t", 60, 90, "a"),
+            Span("t", 0, 40, "b"),  # b: 40 of 100, but lies inside: carried
+            Span("t", 90, 140, "c"),  # c: 10 of the first, 40 of the second: neither
+            Span("t", 150, 260, "d"),  # d: half of the second, 60 of the third
+            Span("u", 0, 100, "a"),  # another transcript
+        ],
+        {"t": [(0, 300)]},
+    )
+    got = project_to_sentences(coding, s)
+    assert got == {
+        "s0": frozenset({"a", "b"}),
+        "s100": frozenset({"d"}),
+        "s200": frozenset({"d"}),
+    }  # s300 lies outside the scope: not judged
+    assert project_to_sentences(coding, s, threshold=0.6)["s100"] == frozenset()
+    with pytest.raises(ValueError, match="threshold"):
+        project_to_sentences(coding, s, threshold=0)
+
+
+@pytest.mark.shared
+def test_serdif_gold_through_jsonl_keeps_spans_and_scope(store, tmp_path):
+    """The SERDIF Taguette gold exported as JSONL and imported into a fresh store with
+    the same transcripts: the same 1,261 spans (1,166 highlights) and the same scope."""
+    from qualflow.gold import export_gold, import_gold
+
+    taguette = needs_shared("corpora", "serdif-usability", "taguette-project.sqlite3")
+    result = import_taguette(store, taguette)
+    out = tmp_path / "serdif.jsonl"
+    export_gold(store, result.gold_set, out)
+    fresh = fresh_store(tmp_path)
+    try:
+        for t in store.transcripts():
+            fresh.save_transcript(t, store.passages(transcript_id=t.id))
+        report = import_gold(fresh, out, "back")
+        assert report.problems == [] and report.sentences == {"admin": 2340}
+        (before,) = store.gold_codings(result.gold_set).values()
+        (after,) = fresh.gold_codings("back").values()
+        assert len(before.spans) == 1261
+        assert sorted(after.spans) == sorted(before.spans)
+        assert after.scope == before.scope
+    finally:
+        fresh.close()

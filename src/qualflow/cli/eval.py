@@ -151,14 +151,17 @@ def gold_import(
         typer.Option(help="Codebook to check codes against (default: the active codebook)."),
     ] = None,
     segmentation: Annotated[
-        str | None, typer.Option(help="Which passages to match (default: settings).")
+        str | None,
+        typer.Option(help="Passages that records given by text name (default: settings)."),
     ] = None,
     min_overlap: Annotated[
-        float, typer.Option(help="Share of a passage a span must cover to code it.")
+        float,
+        typer.Option(help="Share of a sentence spans must cover to count it as coded (report)."),
     ] = 0.5,
     activate: ActivateOption = None,
 ) -> None:
-    """Import a JSONL gold set (bad lines are reported by number; the rest is imported).
+    """Import a JSONL gold set as spans (bad lines are reported by number; the rest is
+    imported).
 
     Its codebook becomes the workspace's active one when there is none yet."""
     from qualflow.gold import GoldError, import_gold
@@ -245,7 +248,7 @@ def gold_export(
         Path, typer.Option("--workspace", "-w", envvar="QUALFLOW_WORKSPACE")
     ] = Path("."),
 ) -> None:
-    """Write a gold set as JSONL (transcript name, offsets, text, codes, coder)."""
+    """Write a gold set as JSONL spans (transcript, offsets, text, codes, coder)."""
     from qualflow.gold import export_gold
     from qualflow.store import open_store
 

@@ -343,10 +343,17 @@ def export_tables_cmd(
     by_category: Annotated[
         bool, typer.Option(help="Participant matrix columns are categories, not codes.")
     ] = False,
+    matrix_unit: Annotated[
+        str,
+        typer.Option(help="What a participant matrix cell counts: highlights or sentences."),
+    ] = "highlights",
 ) -> None:
-    """Write the code frequency table, participant-by-code matrix and quotes by code."""
+    """Write the code frequency table (highlights, sentences and participants per code),
+    participant-by-code matrix and quotes by code (one per highlight)."""
     from qualflow.exchange.tables import TableError, write_paper_tables
 
+    if matrix_unit not in ("highlights", "sentences"):
+        raise fail(f"--matrix-unit must be highlights or sentences, not '{escape(matrix_unit)}'")
     _, store = _open(workspace)
     try:
         coding, written = write_paper_tables(
@@ -357,12 +364,17 @@ def export_tables_cmd(
             codebook_version=codebook_version,
             max_quotes=max_quotes,
             by_category=by_category,
+            matrix_unit=matrix_unit,  # type: ignore[arg-type]
         )
     except TableError as exc:
         raise fail(escape(str(exc))) from exc
     finally:
         store.close()
-    console.print(f"coding source: {coding.label} ({len(coding.coding)} passages)", markup=False)
+    spans, texts = len(coding.coding.spans), len(coding.coding.transcripts())
+    console.print(
+        f"coding source: {coding.label} ({spans} highlights in {texts} transcripts)",
+        markup=False,
+    )
     for path, rows in written:
         console.print(f"  {path} ({rows} rows)", markup=False)
 
@@ -372,9 +384,12 @@ def export_proposals_cmd(
     out: Annotated[Path, typer.Argument(help="File to write (.csv or .jsonl).")],
     workspace: WorkspaceOption = Path("."),
     run: Annotated[list[int] | None, typer.Option("--run", help="Only these runs.")] = None,
-    text: Annotated[bool, typer.Option(help="Include the passage text.")] = True,
+    text: Annotated[
+        bool, typer.Option(help="Include transcript text (the span's and the unit's).")
+    ] = True,
 ) -> None:
-    """Every machine proposal with its provenance (coder, model, prompt, confidence, ...)."""
+    """Every machine proposal with its span, the unit it was found in, and its provenance
+    (coder, model, prompt, confidence, ...)."""
     from qualflow.exchange.provenance import ProvenanceError, export_proposals
 
     _, store = _open(workspace)
@@ -391,9 +406,12 @@ def export_proposals_cmd(
 def export_decisions_cmd(
     out: Annotated[Path, typer.Argument(help="File to write (.csv or .jsonl).")],
     workspace: WorkspaceOption = Path("."),
-    text: Annotated[bool, typer.Option(help="Include the passage text.")] = True,
+    text: Annotated[
+        bool, typer.Option(help="Include transcript text (the span's and the unit's).")
+    ] = True,
 ) -> None:
-    """The review log with reviewer, action and the provenance of each proposal acted on."""
+    """The review log with reviewer, action, the unit decided on and the span and
+    provenance of each proposal acted on."""
     from qualflow.exchange.provenance import ProvenanceError, export_decisions
 
     _, store = _open(workspace)

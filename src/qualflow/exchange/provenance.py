@@ -1,17 +1,24 @@
 """Proposals and review decisions with full provenance, as CSV or JSONL.
 
-One row per machine proposal (valid or not; a passage the coder answered with no code
-gets one row with an empty code), and one row per review decision (the append-only
-log, undo entries included), each carrying everything needed to analyse it in pandas
-or R: the passage and its transcript and participant, the coder, model, prompt
-version and codebook version, time, rationale, evidence and confidence, and for
-decisions the reviewer, the action, the codes before and after, and the provenance of
-the proposal acted on.
+One row per machine proposal (valid or not; a unit a coder answered with no code gets
+one row with an empty code), and one row per review decision (the append-only log,
+undo entries included), each carrying everything needed to analyse it in pandas or R:
+
+- the span: transcript (name and version id), participant, ``span_start``/``span_end``
+  (code points into the transcript text, end exclusive) and ``span_text``, the text
+  they cover; a proposal that could not be placed (invalid) has no span;
+- the unit it was found in: the chunk (or, for runs made before chunks, the passage)
+  the coder call saw: id, segmentation, index, offsets and text;
+- the coder, model, prompt version and codebook version, time, rationale, the quote as
+  the coder gave it (``evidence``, with where it was found) and confidence;
+- for decisions: the reviewer, the action, the codes before and after, the unit
+  decided on, and the span and provenance of the proposal acted on.
 
 JSONL keeps lists as lists; CSV joins them with ``"; "``. Every CSV cell goes through
 ``qualflow.cells.safe_cell``: a memo or quote starting with ``=`` (or ``+``, ``-``,
 ``@``, a tab, a carriage return) gets a leading apostrophe, so a spreadsheet shows it
-as text instead of running it as a formula.
+as text instead of running it as a formula. Without text (``with_text=False``) the
+span and unit texts are left out.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from qualflow.cells import safe_cell
 from qualflow.db import (
@@ -36,18 +44,37 @@ from qualflow.db import (
 )
 from qualflow.store import Store
 
+TEXT_COLUMNS = {"span_text", "unit_text", "proposal_text"}
+"""Columns holding transcript text, left out without text."""
+
+UNIT_COLUMNS = [
+    "transcript",
+    "transcript_id",
+    "participant",
+    "unit_id",
+    "unit_segmentation",
+    "unit_index",
+    "unit_start",
+    "unit_end",
+    "unit_text",
+]
+
 PROPOSAL_COLUMNS = [
     "proposal_id",
     "proposal_set_id",
     "run_id",
-    "passage_id",
     "transcript",
+    "transcript_id",
     "participant",
-    "segmentation",
-    "passage_index",
-    "passage_start",
-    "passage_end",
-    "passage_text",
+    "span_start",
+    "span_end",
+    "span_text",
+    "unit_id",
+    "unit_segmentation",
+    "unit_index",
+    "unit_start",
+    "unit_end",
+    "unit_text",
     "coder",
     "model",
     "prompt_version",
@@ -65,6 +92,7 @@ PROPOSAL_COLUMNS = [
     "evidence",
     "evidence_start",
     "evidence_end",
+    "located",
     "in_candidates",
     "valid",
     "invalid_reason",
@@ -81,13 +109,12 @@ DECISION_COLUMNS = [
     "memo",
     "undoes_id",
     "state_version",
-    "passage_id",
-    "transcript",
-    "participant",
-    "passage_index",
-    "passage_text",
+    *UNIT_COLUMNS,
     "proposal_id",
     "proposal_code",
+    "proposal_start",
+    "proposal_end",
+    "proposal_text",
     "proposal_confidence",
     "proposal_rationale",
     "proposal_evidence",
@@ -103,27 +130,51 @@ class ProvenanceError(ValueError):
     """An export that cannot be written (unknown format)."""
 
 
-def _passage_info(s, passage_ids: set[str]) -> dict[str, dict[str, Any]]:
-    ids = sorted(passage_ids)
-    rows = []
-    for i in range(0, len(ids), 5000):  # SQL engines cap bound parameters
-        rows += s.execute(
-            select(PassageRow, TranscriptRow.name, TranscriptRow.participant_id)
-            .join(TranscriptRow, TranscriptRow.id == PassageRow.transcript_id)
-            .where(PassageRow.id.in_(ids[i : i + 5000]))
-        ).all()
-    return {
-        p.id: {
-            "transcript": name,
-            "participant": participant or "",
-            "segmentation": p.segmentation,
-            "passage_index": p.index,
-            "passage_start": p.char_start,
-            "passage_end": p.char_end,
-            "passage_text": p.text,
+class _Units:
+    """Units (chunks or passages) by id with their transcript, and transcript texts
+    for span texts; read in batches (SQL engines cap bound parameters)."""
+
+    def __init__(self, s: Session, unit_ids: set[str]):
+        ids = sorted(unit_ids)
+        rows = []
+        for i in range(0, len(ids), 5000):
+            rows += s.execute(
+                select(PassageRow, TranscriptRow.name, TranscriptRow.participant_id)
+                .join(TranscriptRow, TranscriptRow.id == PassageRow.transcript_id)
+                .where(PassageRow.id.in_(ids[i : i + 5000]))
+            ).all()
+        self.info: dict[str, dict[str, Any]] = {
+            p.id: {
+                "transcript": name,
+                "transcript_id": p.transcript_id,
+                "participant": participant or "",
+                "unit_id": p.id,
+                "unit_segmentation": p.segmentation,
+                "unit_index": p.index,
+                "unit_start": p.char_start,
+                "unit_end": p.char_end,
+                "unit_text": p.text,
+            }
+            for p, name, participant in rows
         }
-        for p, name, participant in rows
-    }
+        tids = sorted({i["transcript_id"] for i in self.info.values()})
+        self.texts: dict[str, str] = dict(
+            s.execute(
+                select(TranscriptRow.id, TranscriptRow.text).where(TranscriptRow.id.in_(tids))
+            )
+            .tuples()
+            .all()
+        )
+
+    def unit(self, unit_id: str) -> dict[str, Any]:
+        return dict(self.info.get(unit_id, {"unit_id": unit_id}))
+
+    def text(self, unit_id: str, start: int | None, end: int | None) -> str | None:
+        """The transcript text ``[start, end)`` of the unit's transcript."""
+        tid = self.info.get(unit_id, {}).get("transcript_id")
+        if tid not in self.texts or start is None or end is None:
+            return None
+        return self.texts[tid][start:end]
 
 
 def proposal_records(
@@ -143,13 +194,12 @@ def proposal_records(
                 .order_by(ProposalRow.id)
             ):
                 props.setdefault(p.set_id, []).append(p)
-        info = _passage_info(s, {r.passage_id for r in sets})
+        units = _Units(s, {r.passage_id for r in sets})
     for ps in sets:
         base = {
             "proposal_set_id": ps.id,
             "run_id": ps.run_id,
-            "passage_id": ps.passage_id,
-            **info.get(ps.passage_id, {}),
+            **units.unit(ps.passage_id),
             "coder": ps.coder,
             "model": ps.model,
             "prompt_version": ps.prompt_version,
@@ -162,29 +212,31 @@ def proposal_records(
             "completion_tokens": ps.completion_tokens,
             "cost_usd": ps.cost_usd,
         }
-        if not with_text:
-            base.pop("passage_text", None)
-        items = props.get(ps.id) or [None]
-        for p in items:
+        for p in props.get(ps.id) or [None]:
             row = dict(base)
             row["proposal_id"] = p.id if p else None
             if p is not None:
                 row.update(
+                    span_start=p.start,
+                    span_end=p.end,
+                    span_text=units.text(ps.passage_id, p.start, p.end),
                     code=p.code,
                     confidence=p.confidence,
                     rationale=p.rationale,
                     evidence=p.evidence,
                     evidence_start=p.evidence_start,
                     evidence_end=p.evidence_end,
+                    located=p.located,
                     in_candidates=p.in_candidates,
                     valid=p.valid,
                     invalid_reason=p.invalid_reason,
                 )
-            yield row
+            yield _without_text(row) if not with_text else row
 
 
 def decision_records(store: Store, *, with_text: bool = True) -> Iterator[dict[str, Any]]:
-    """One record per review decision, in log order, with the proposal's provenance."""
+    """One record per review decision, in log order, with the unit decided on and the
+    span and provenance of the proposal acted on."""
     with store.session() as s:
         rows = s.scalars(select(DecisionRow).order_by(DecisionRow.id)).all()
         users = dict(s.execute(select(UserRow.id, UserRow.username)).tuples().all())
@@ -197,9 +249,9 @@ def decision_records(store: Store, *, with_text: bool = True) -> Iterator[dict[s
                 .where(ProposalRow.id.in_(list(pids)))
             ).all():
                 proposals[p.id] = (p, ps)
-        info = _passage_info(s, {r.passage_id for r in rows})
+        unit_ids = {r.passage_id for r in rows} | {ps.passage_id for _, ps in proposals.values()}
+        units = _Units(s, unit_ids)
     for r in rows:
-        passage = info.get(r.passage_id, {})
         row: dict[str, Any] = {
             "decision_id": r.id,
             "created_at": r.created_at,
@@ -211,18 +263,16 @@ def decision_records(store: Store, *, with_text: bool = True) -> Iterator[dict[s
             "memo": r.memo,
             "undoes_id": r.undoes_id,
             "state_version": r.state_version,
-            "passage_id": r.passage_id,
-            "transcript": passage.get("transcript"),
-            "participant": passage.get("participant"),
-            "passage_index": passage.get("passage_index"),
+            **units.unit(r.passage_id),
             "proposal_id": r.proposal_id,
         }
-        if with_text:
-            row["passage_text"] = passage.get("passage_text")
         if r.proposal_id in proposals:
             p, ps = proposals[r.proposal_id]
             row.update(
                 proposal_code=p.code,
+                proposal_start=p.start,
+                proposal_end=p.end,
+                proposal_text=units.text(ps.passage_id, p.start, p.end),
                 proposal_confidence=p.confidence,
                 proposal_rationale=p.rationale,
                 proposal_evidence=p.evidence,
@@ -232,7 +282,11 @@ def decision_records(store: Store, *, with_text: bool = True) -> Iterator[dict[s
                 codebook_version=ps.codebook_version,
                 run_id=ps.run_id,
             )
-        yield row
+        yield _without_text(row) if not with_text else row
+
+
+def _without_text(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k not in TEXT_COLUMNS}
 
 
 # ---------------------------------------------------------------------- writers
@@ -290,7 +344,7 @@ def export_proposals(
     with_text: bool = True,
     fmt: str | None = None,
 ) -> int:
-    columns = [c for c in PROPOSAL_COLUMNS if with_text or c != "passage_text"]
+    columns = [c for c in PROPOSAL_COLUMNS if with_text or c not in TEXT_COLUMNS]
     return write_records(
         proposal_records(store, run_ids=run_ids, with_text=with_text), path, columns, fmt
     )
@@ -299,5 +353,5 @@ def export_proposals(
 def export_decisions(
     store: Store, path: Path | str, *, with_text: bool = True, fmt: str | None = None
 ) -> int:
-    columns = [c for c in DECISION_COLUMNS if with_text or c != "passage_text"]
+    columns = [c for c in DECISION_COLUMNS if with_text or c not in TEXT_COLUMNS]
     return write_records(decision_records(store, with_text=with_text), path, columns, fmt)

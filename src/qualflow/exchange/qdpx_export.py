@@ -1,11 +1,20 @@
 """Write a study as a REFI-QDA project (``.qdpx``): every coder's spans as selections.
 
 Two steps. ``collect_plan`` gathers from the store what goes into the project: the
-current transcripts, the codebook, and each coder as a ``SpanCoding`` (machine runs,
-human reviewers, gold coders; imported gold keeps its exact highlights), plus what the
-imports kept (``qualflow.exchange.records``: GUIDs, colours, folder descriptions,
-memos, sets, users, dates). ``project_xml`` writes that plan; it knows nothing about
-the store.
+current transcripts, the codebook, and each coder as a ``SpanCoding`` (machine coders,
+human reviewers, gold coders), plus what the imports kept
+(``qualflow.exchange.records``: GUIDs, colours, folder descriptions, memos, sets,
+users, dates). ``project_xml`` writes that plan; it knows nothing about the store.
+
+Where each coder's spans come from:
+
+- machine coders: ``Store.span_coding`` for each proposal key (or the chosen runs):
+  the valid span proposals exactly as stored, the scope the codable text of the units
+  (chunks) answered ok. No machine coding goes through a passage grid.
+- reviewers: ``qualflow.exchange.reviewed.review_work`` (one function; a caller may
+  pass its own ``ReviewWork``).
+- gold coders: ``qualflow.exchange.spans.load_gold_spans``; imported gold keeps its
+  exact highlights and the tool's selections.
 
 How qualflow's data maps onto the standard (see docs/interop.md):
 
@@ -16,8 +25,9 @@ How qualflow's data maps onto the standard (see docs/interop.md):
   selection again; other spans of one coder on the same text share one. Every
   selection carries ``creatingUser``; codings and selections carry their dates.
 - A coder's explicit "no code applies" (text in its scope that none of its spans
-  touches: a reviewer's or machine's empty answer for a passage, a gold coder's
-  uncoded passage) is a selection without a coding, described "no code applies".
+  touches: a machine's chunk answered without a span, a reviewer's finished unit
+  without codes, a gold coder's uncoded passage) is a selection without a coding,
+  described "no code applies".
 - Machine codings carry a ``<Note>`` with their provenance; reviewers' memos are notes
   on their selection; imported memos, sets, colours and folder descriptions go back.
 - Whatever the standard cannot hold is left out with one notice per kind, with counts.
@@ -48,9 +58,20 @@ from qualflow.exchange.refiqda import (
     guid,
     validate,
 )
+from qualflow.exchange.reviewed import ReviewWork, review_work
 from qualflow.exchange.spans import GoldCoderSpans, load_gold_spans, merge_ranges, restrict
-from qualflow.models import Codebook, Passage, Range, Span, SpanCoding, Transcript
-from qualflow.store import Store
+from qualflow.highlights import passages_by_ids
+from qualflow.models import (
+    Codebook,
+    CodeProposal,
+    Passage,
+    ProposalSet,
+    Range,
+    Span,
+    SpanCoding,
+    Transcript,
+)
+from qualflow.store import ProposalKey, Store
 
 if TYPE_CHECKING:
     from lxml import etree
@@ -209,12 +230,14 @@ def export_qdpx(
     run_ids: list[int] | None = None,
     gold_sets: list[str] | None = None,
     transcript_ids: list[str] | None = None,
+    review: ReviewWork | None = None,
     schema_dir: Path | None = None,
     check_schema: bool = True,
 ) -> RefiExport:
     """Write a study as a ``.qdpx``: sources, codebook, every coder's spans, and what
     the imports kept. The project is called ``name``, else the name of the project it
-    was imported from (when there is one), else ``study_name``."""
+    was imported from (when there is one), else ``study_name``. Reviewers' work comes
+    from ``review`` when given, else from ``reviewed.review_work(store)``."""
     path = Path(path)
     plan = collect_plan(
         store,
@@ -227,6 +250,7 @@ def export_qdpx(
         run_ids=run_ids,
         gold_sets=gold_sets,
         transcript_ids=transcript_ids,
+        review=review,
     )
     data, files, report = project_xml(plan)
     report.path = str(path)
@@ -256,6 +280,7 @@ def collect_plan(
     run_ids: list[int] | None = None,
     gold_sets: list[str] | None = None,
     transcript_ids: list[str] | None = None,
+    review: ReviewWork | None = None,
 ) -> ExportPlan:
     """What an export of ``store`` writes (see the module docstring)."""
     codebook = store.codebook(codebook_version) if codebook_version else store.codebook()
@@ -277,7 +302,8 @@ def collect_plan(
     if machine:
         coders += _machine_coders(store, run_ids, plan.notices)
     if reviewers:
-        reviewer_coders, idle = _reviewer_coders(store, plan.notices)
+        work = review if review is not None else review_work(store)
+        reviewer_coders, idle = _reviewer_coders(work, plan.notices)
         coders += reviewer_coders
         plan.users += idle
     if gold:
@@ -406,210 +432,200 @@ def known_codes(store: Store) -> tuple[dict[str, dict[str, Any]], list[dict[str,
 # ---------------------------------------------------------------------- machine coders
 
 
+@dataclass(frozen=True)
+class MachineCoder:
+    """One machine coder to export: a proposal key, the runs to take (None: every set
+    stored under the key) and the user it is written as."""
+
+    key: ProposalKey
+    runs: tuple[int | None, ...] | None
+    user_key: str
+    user_name: str
+
+
+def machine_coders(store: Store, run_ids: list[int] | None = None) -> list[MachineCoder]:
+    """The machine coders in the store (or in the given runs): one per coder kind,
+    model and prompt version, as before spans; runs of those under several codebook
+    versions are one coder per codebook version (the user's name then says which)."""
+    from qualflow.db import ProposalSetRow
+
+    with store.session() as s:
+        q = select(
+            ProposalSetRow.coder,
+            ProposalSetRow.model,
+            ProposalSetRow.prompt_version,
+            ProposalSetRow.codebook_version,
+            ProposalSetRow.run_id,
+        ).distinct()
+        if run_ids is not None:
+            q = q.where(ProposalSetRow.run_id.in_(run_ids))
+        rows = s.execute(q).tuples().all()
+    runs: dict[ProposalKey, set[int | None]] = defaultdict(set)
+    for coder, model, prompt, codebook, run_id in rows:
+        runs[ProposalKey(coder, model, prompt, codebook)].add(run_id)
+    versions: dict[tuple[str, str, str], int] = defaultdict(int)
+    for key in runs:
+        versions[(key.coder, key.model, key.prompt_version)] += 1
+    out = []
+    for key in sorted(runs, key=lambda k: (k.coder, k.model, k.prompt_version, k.codebook_version)):
+        pv = key.prompt_version[:12]
+        user_key = f"machine:{key.coder}:{key.model}:{key.prompt_version}"
+        name = f"{key.model} [{key.coder}" + (f", prompt {pv}" if pv else "")
+        if versions[(key.coder, key.model, key.prompt_version)] > 1:
+            user_key += f":{key.codebook_version}"
+            name += f", codebook {key.codebook_version[:8]}"
+        chosen = None if run_ids is None else tuple(sorted(runs[key], key=lambda r: r or 0))
+        out.append(MachineCoder(key, chosen, user_key, name + "]"))
+    return out
+
+
 def _machine_coders(
     store: Store, run_ids: list[int] | None, notices: list[str]
 ) -> list[ExportCoder]:
-    """Each (coder kind, model, prompt version) as one user: a span over each passage it
-    coded, with a note giving the provenance; its ok answers as scope."""
-    sets = (
-        [ps for rid in run_ids for ps in store.proposal_sets(run_id=rid)]
-        if run_ids is not None
-        else store.proposal_sets()
-    )
-    passages = _passages(store, {ps.passage_id for ps in sets})
-    coders: dict[str, ExportCoder] = {}
-    scope: dict[str, dict[str, list[Range]]] = defaultdict(lambda: defaultdict(list))
+    """Every machine coder's spans exactly as stored (``Store.span_coding``: the valid
+    proposals of the units it answered ok, its scope the codable text of those units),
+    each span with a note giving its provenance."""
+    out = []
     needs_human = invalid = 0
-    for ps in sets:
-        invalid += len(ps.invalid)
-        p = passages.get(ps.passage_id)
-        if ps.status != "ok" or p is None:
-            needs_human += ps.status != "ok"
-            continue
-        pv = ps.prompt_version[:12]
-        key = f"machine:{ps.coder}:{ps.model}:{ps.prompt_version}"
-        coder = coders.get(key)
-        if coder is None:
-            user = ExportUser(
-                key=key,
-                name=f"{ps.model} [{ps.coder}" + (f", prompt {pv}]" if pv else "]"),
-                kind="machine",
-            )
-            coder = coders[key] = ExportCoder(user, SpanCoding(coder=user.name))
-        scope[key][p.transcript_id].append((p.char_start, p.char_end))
-        coder.range_dates[(p.transcript_id, p.char_start, p.char_end)] = ps.created_at
-        for prop in ps.proposals:
-            text = "\n".join(
-                [
-                    "qualflow machine coding",
-                    f"code: {prop.code}",
-                    f"coder: {ps.coder}",
-                    f"model: {ps.model}",
-                    f"prompt version: {ps.prompt_version or '-'}",
-                    f"codebook version: {ps.codebook_version}",
-                    f"confidence: {prop.confidence:.2f}",
-                    f"rationale: {prop.rationale}",
-                    f"evidence: {prop.evidence}",
-                ]
-            )
-            span = Span(p.transcript_id, p.char_start, p.char_end, prop.code)
-            note = ExportNote(
-                guid=guid("note", key, p.id, prop.code),
-                text=text,
-                name=f"rationale: {prop.code}",
-                user=coder.user,
-                created_at=ps.created_at,
-            )
-            coder.coding.spans.append(span)
-            coder.details.append(SpanDetail(notes=[note], created_at=ps.created_at))
-    for key, coder in coders.items():
-        coder.coding.scope = {tid: merge_ranges(r) for tid, r in scope[key].items()}
+    for machine in machine_coders(store, run_ids):
+        sets = _machine_sets(store, machine)
+        needs_human += sum(1 for ps in sets if ps.status != "ok")
+        invalid += sum(len(ps.invalid) for ps in sets)
+        out.append(_machine_coder(store, machine, sets))
     if needs_human:
         notices.append(
             f"{needs_human} machine answers without a valid coding (needs_human) not "
-            "written: no coder answered for those passages"
+            "written: no coder answered for those units"
         )
     if invalid:
         notices.append(
             f"{invalid} invalid machine proposals (failed validation) not written; "
             "`qualflow export proposals` lists them"
         )
-    return list(coders.values())
+    return out
 
 
-def _passages(store: Store, ids: set[str]) -> dict[str, Passage]:
-    from qualflow.highlights import passages_by_ids
+def _machine_sets(store: Store, machine: MachineCoder) -> list[ProposalSet]:
+    if machine.runs is None:
+        return store.proposal_sets(key=machine.key)
+    return [
+        ps
+        for run_id in machine.runs
+        if run_id is not None
+        for ps in store.proposal_sets(run_id=run_id, key=machine.key)
+    ]
 
-    return {p.id: p for p in passages_by_ids(store, ids)}
+
+def _machine_span_coding(store: Store, machine: MachineCoder) -> SpanCoding:
+    """The coder's spans and scope as the store gives them (one run or the whole key)."""
+    if machine.runs is None:
+        return store.span_coding(machine.user_name, key=machine.key)
+    coding = SpanCoding(coder=machine.user_name)
+    for run_id in machine.runs:
+        if run_id is None:
+            continue
+        part = store.span_coding(machine.user_name, run_id=run_id)
+        coding.spans += part.spans
+        for tid, ranges in part.scope.items():
+            coding.scope.setdefault(tid, []).extend(ranges)
+    coding.scope = {tid: merge_ranges(r) for tid, r in coding.scope.items()}
+    return coding
+
+
+def _machine_coder(store: Store, machine: MachineCoder, sets: list[ProposalSet]) -> ExportCoder:
+    user = ExportUser(key=machine.user_key, name=machine.user_name, kind="machine")
+    coding = _machine_span_coding(store, machine)
+    coder = ExportCoder(user, coding)
+    units = {p.id: p for p in passages_by_ids(store, {ps.passage_id for ps in sets})}
+    found: dict[Span, list[SpanDetail]] = defaultdict(list)
+    for ps in sets:
+        unit = units.get(ps.passage_id)
+        if ps.status != "ok" or unit is None:
+            continue
+        for start, end in [(p.char_start, p.char_end) for p in unit.codable_pieces()]:
+            coder.range_dates[(unit.transcript_id, start, end)] = ps.created_at
+        for prop in ps.proposals:
+            if prop.start is None or prop.end is None:
+                continue
+            span = Span(unit.transcript_id, prop.start, prop.end, prop.code)
+            found[span].append(_machine_detail(user, ps, prop, unit))
+    coder.details = [found[s].pop(0) if found.get(s) else SpanDetail() for s in coding.spans]
+    coder.created_at = min((ps.created_at for ps in sets), default=None)
+    return coder
+
+
+def _machine_detail(
+    user: ExportUser, ps: ProposalSet, prop: CodeProposal, unit: Passage
+) -> SpanDetail:
+    """A machine span's date and its provenance note."""
+    text = "\n".join(
+        [
+            "qualflow machine coding",
+            f"code: {prop.code}",
+            f"coder: {ps.coder}",
+            f"model: {ps.model}",
+            f"prompt version: {ps.prompt_version or '-'}",
+            f"codebook version: {ps.codebook_version}",
+            f"unit: {unit.id} ({unit.segmentation}, characters {unit.char_start}-{unit.char_end})",
+            f"span: characters {prop.start}-{prop.end}"
+            + (f" (quote located {prop.located})" if prop.located else ""),
+            f"confidence: {prop.confidence:.2f}",
+            f"rationale: {prop.rationale}",
+            f"evidence: {prop.evidence}",
+        ]
+    )
+    note = ExportNote(
+        guid=guid("note", user.key, unit.id, prop.code, prop.start, prop.end),
+        text=text,
+        name=f"rationale: {prop.code}",
+        user=user,
+        created_at=ps.created_at,
+    )
+    return SpanDetail(notes=[note], created_at=ps.created_at)
 
 
 # ---------------------------------------------------------------------- reviewers
 
 
-@dataclass
-class _Track:
-    """One reviewer's finished work on one passage, replayed from the review log."""
-
-    codes: list[str]
-    done: bool
-    flagged: bool
-    memo: str | None
-    memo_at: datetime | None
-    code_dates: dict[str, datetime]
-    last_at: datetime | None
-
-
-def _tracks(store: Store) -> tuple[dict[tuple[str, str], _Track], int]:
-    """(username, passage id) -> replayed track, and how many log entries there are."""
-    from qualflow.db import DecisionRow, UserRow
-    from qualflow.review.decisions import LogEntry, derive
-
-    grouped: dict[tuple[int, str], list[LogEntry]] = defaultdict(list)
-    with store.session() as s:
-        names = dict(s.execute(select(UserRow.id, UserRow.username)).tuples().all())
-        rows = s.scalars(select(DecisionRow).order_by(DecisionRow.id)).all()
-        for r in rows:
-            track = r.track_user_id if r.track_user_id is not None else r.user_id
-            grouped[(track, r.passage_id)].append(
-                LogEntry(
-                    id=r.id,
-                    action=r.action,
-                    proposal_id=r.proposal_id,
-                    code=r.code,
-                    before=list(r.before or []),
-                    after=list(r.after or []),
-                    memo=r.memo,
-                    undoes_id=r.undoes_id,
-                    state_version=r.state_version,
-                    created_at=r.created_at,
-                    user_id=r.user_id,
-                )
-            )
-    out: dict[tuple[str, str], _Track] = {}
-    for (owner, pid), entries in grouped.items():
-        state = derive(pid, owner, entries)
-        undone = {e.undoes_id for e in entries if e.action == "undo"}
-        effective = [e for e in entries if e.action != "undo" and e.id not in undone]
-        dates: dict[str, datetime] = {}
-        memo_at = None
-        for e in effective:
-            for code in set(e.after) - set(e.before):
-                dates[code] = e.created_at
-            if e.memo is not None and e.action in ("memo", "done"):
-                memo_at = e.created_at
-        out[(names.get(owner, str(owner)), pid)] = _Track(
-            codes=list(state.codes),
-            done=state.done,
-            flagged=state.flagged,
-            memo=state.memo,
-            memo_at=memo_at,
-            code_dates=dates,
-            last_at=effective[-1].created_at if effective else None,
-        )
-    return out, len(rows)
-
-
 def _reviewer_coders(
-    store: Store, notices: list[str]
+    work: ReviewWork, notices: list[str]
 ) -> tuple[list[ExportCoder], list[ExportUser]]:
-    """Each reviewer's finished passages as spans over them (codes per passage as the
-    review app gives them), empty ones as "no code applies", memos as notes; plus the
-    review accounts that finished nothing."""
-    from qualflow.db import UserRow
-    from qualflow.review.decisions import reviewer_codings
-
-    codings = reviewer_codings(store)
-    tracks, n_log = _tracks(store)
-    passages = _passages(store, {pid for c in codings.values() for pid in c})
+    """Each reviewer's finished work as it comes from ``review_work`` (spans, scope,
+    dates, memos as notes on the reviewer's selection), plus the review accounts that
+    finished nothing; one notice per kind of review data the standard cannot hold."""
     coders: list[ExportCoder] = []
-    for username, coding in sorted(codings.items()):
-        user = ExportUser(key=f"reviewer:{username}", name=username, kind="reviewer")
-        coder = ExportCoder(user, SpanCoding(coder=username))
-        scope: dict[str, list[Range]] = defaultdict(list)
-        for pid, codes in sorted(coding.items()):
-            p = passages.get(pid)
-            if p is None:
-                continue
-            track = tracks.get((username, pid))
-            scope[p.transcript_id].append((p.char_start, p.char_end))
-            if track is not None:
-                coder.range_dates[(p.transcript_id, p.char_start, p.char_end)] = track.last_at
-            for code in sorted(codes):
-                when = track.code_dates.get(code, track.last_at) if track else None
-                coder.coding.spans.append(Span(p.transcript_id, p.char_start, p.char_end, code))
-                coder.details.append(SpanDetail(created_at=when))
-            if track is not None and track.memo:
-                coder.range_notes[(p.transcript_id, p.char_start, p.char_end)] = [
-                    ExportNote(
-                        guid=guid("note", user.key, pid, "memo"),
-                        text=track.memo,
-                        name=f"memo: {username}",
-                        user=user,
-                        created_at=track.memo_at,
-                    )
-                ]
-        coder.coding.scope = {tid: merge_ranges(r) for tid, r in scope.items()}
+    for reviewer in work.reviewers:
+        user = ExportUser(
+            key=f"reviewer:{reviewer.reviewer}", name=reviewer.reviewer, kind="reviewer"
+        )
+        coder = ExportCoder(user, reviewer.coding)
+        coder.details = [SpanDetail(created_at=when) for when in reviewer.coded_at]
+        coder.details += [SpanDetail() for _ in coder.coding.spans[len(coder.details) :]]
+        coder.range_dates = dict(reviewer.judged_at)
+        coder.range_notes = {
+            place: [
+                ExportNote(
+                    guid=guid("note", user.key, memo.ref, "memo"),
+                    text=memo.text,
+                    name=f"memo: {reviewer.reviewer}",
+                    user=user,
+                    created_at=memo.created_at,
+                )
+            ]
+            for place, memo in reviewer.memos.items()
+        }
         coders.append(coder)
-    finished = {(u, pid) for u, c in codings.items() for pid in c}
-    unfinished = sum(1 for k, t in tracks.items() if k not in finished and t.last_at is not None)
-    flagged = sum(1 for t in tracks.values() if t.flagged)
-    if unfinished:
-        notices.append(f"{unfinished} passages in review but not finished (no 'Done') left out")
-    if flagged:
-        notices.append(f"{flagged} review flags not written (REFI-QDA has no flag)")
-    if n_log:
+    if work.unfinished:
+        notices.append(f"{work.unfinished} units in review but not finished (no 'Done') left out")
+    if work.flagged:
+        notices.append(f"{work.flagged} review flags not written (REFI-QDA has no flag)")
+    if work.log_entries:
         notices.append(
-            f"the review log ({n_log} decisions: accept, reject, undo, ...) is not written; "
-            "each reviewer's final codes, 'no code applies' and memos are "
+            f"the review log ({work.log_entries} decisions: accept, reject, undo, ...) is not "
+            "written; each reviewer's final codes, 'no code applies' and memos are "
             "(`qualflow export decisions` has the log)"
         )
-    with store.session() as s:
-        accounts = s.scalars(select(UserRow.username).order_by(UserRow.username)).all()
-    idle = [
-        ExportUser(key=f"reviewer:{u}", name=u, kind="reviewer")
-        for u in accounts
-        if u not in codings
-    ]
+    idle = [ExportUser(key=f"reviewer:{u}", name=u, kind="reviewer") for u in work.idle]
     return coders, idle
 
 

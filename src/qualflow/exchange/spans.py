@@ -14,6 +14,8 @@ so an export can give them back.
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -23,7 +25,7 @@ from sqlalchemy import func, select
 
 from qualflow.db import GoldScopeRow
 from qualflow.highlights import Highlight, load_highlights, map_highlights, save_highlights
-from qualflow.models import Passage, Range, Span, SpanCoding, Transcript
+from qualflow.models import Coding, Passage, Range, Span, SpanCoding, Transcript
 from qualflow.store import Store
 
 # ---------------------------------------------------------------------- span helpers
@@ -95,6 +97,88 @@ def restrict(coding: SpanCoding, transcript_ids: set[str]) -> SpanCoding:
         spans=[s for s in coding.spans if s.transcript_id in transcript_ids],
         scope={tid: r for tid, r in coding.scope.items() if tid in transcript_ids},
     )
+
+
+# ---------------------------------------------------------------------- sentences
+
+
+def project_to_sentences(
+    coding: SpanCoding, sentences: Iterable[Passage], *, threshold: float = 0.5
+) -> Coding:
+    """Sentence id -> codes: a sentence carries code C when the spans of C together
+    cover at least ``threshold`` of its characters, or a span of C lies inside it.
+
+    The sentence rule of ``docs/spans.md`` (the grid sentence-level agreement is measured
+    on). Sentences outside the coding's scope are left out (never judged); sentences in
+    scope that no span reaches carry ``frozenset()``. This is the one place the exchange
+    tables and the gold import project spans onto sentences, so a shared projection
+    module can take its place without touching its callers.
+    """
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    covered: dict[str, dict[str, list[Range]]] = defaultdict(lambda: defaultdict(list))
+    for s in coding.spans:
+        if s.end > s.start:
+            covered[s.transcript_id][s.code].append((s.start, s.end))
+    by_code = {
+        tid: {code: join_ranges(ranges) for code, ranges in codes.items()}
+        for tid, codes in covered.items()
+    }
+    scope = {tid: join_ranges(ranges) for tid, ranges in coding.scope.items()}
+    out: dict[str, frozenset[str]] = {}
+    for p in sentences:
+        if not _holds(scope.get(p.transcript_id, []), p.char_start, p.char_end):
+            continue
+        out[p.id] = frozenset(
+            code
+            for code, ranges in by_code.get(p.transcript_id, {}).items()
+            if _carries(ranges, p.char_start, p.char_end, threshold)
+        )
+    return out
+
+
+def _carries(ranges: list[Range], start: int, end: int, threshold: float) -> bool:
+    """Whether one code's joined ranges cover ``threshold`` of ``[start, end)`` or one of
+    them lies inside it."""
+    i = max(0, bisect.bisect_right(ranges, (start, start)) - 1)
+    covered = 0
+    while i < len(ranges) and ranges[i][0] < end:
+        a, b = ranges[i]
+        if b > start:
+            if start <= a and b <= end:
+                return True
+            covered += min(b, end) - max(a, start)
+        i += 1
+    return covered > 0 and covered >= threshold * (end - start)
+
+
+def _holds(ranges: list[Range], start: int, end: int) -> bool:
+    """Whether one of some joined, sorted ranges holds all of ``[start, end)``."""
+    i = bisect.bisect_right(ranges, (start, math.inf)) - 1
+    return i >= 0 and ranges[i][0] <= start and end <= ranges[i][1]
+
+
+def scope_sentences(store: Store, coding: SpanCoding) -> list[Passage]:
+    """The grid passages (sentences, or the transcript's stored grid when it has no
+    sentences) that lie inside the coding's scope, in transcript order."""
+    out: list[Passage] = []
+    for tid in sorted(coding.scope):
+        scope = join_ranges(coding.scope[tid])
+        grid = store.passages(transcript_id=tid, segmentation=store.grid_of(tid))
+        out += [p for p in grid if _holds(scope, p.char_start, p.char_end)]
+    return out
+
+
+def join_ranges(ranges: Iterable[Range]) -> list[Range]:
+    """Sorted ranges with overlapping and touching ones joined (for coverage; unlike
+    ``merge_ranges``, which keeps touching ranges apart)."""
+    out: list[Range] = []
+    for start, end in sorted(ranges):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
 
 
 # ---------------------------------------------------------------------- store: in

@@ -1,21 +1,29 @@
 """The tables that go into a paper, from any coding source, as CSV, XLSX or Markdown.
 
+Every table says which unit it counts. A coder's work is spans (highlights: stretches
+of text with a code); the sentences are the grid that sentence-level figures use. So:
+
 - ``code_frequency``: the form of the seed study's appendix: per category, each code's
-  title, description, count of tags (passages carrying the code) and number of
-  participants (distinct participants among those passages).
+  title, description, the number of highlights (spans) with the code, the number of
+  sentences carrying it, and the number of participants with a highlight of it.
 - ``participant_matrix``: participants (with their attributes, e.g. area and role) by
-  codes; a cell is the number of that participant's passages carrying the code.
-- ``quotes_by_code``: the passages carrying each code, with participant id and the
-  speaker of the line (so an interviewer's line is not taken for the participant's),
-  ready to quote in a findings section.
+  codes; a cell counts that participant's highlights of the code (or, with
+  ``unit="sentences"``, the participant's sentences carrying it).
+- ``quotes_by_code``: every highlight of each code, with participant id, the speaker
+  of the text (so an interviewer's line is not taken for the participant's), the
+  transcript and the offsets, ready to quote in a findings section.
+
+A sentence carries a code when the code's spans cover at least half of it or one lies
+inside it (``qualflow.exchange.spans.project_to_sentences``); only sentences inside the
+coder's scope (the text it answered for) are counted.
 
 A coding source is named by a short spec (``resolve_source``):
-``gold:SET`` or ``gold:SET:CODER``, ``run:ID``, ``review`` (every reviewer's finished
-passages, codes united per passage) or ``review:USERNAME``.
+``gold:SET`` or ``gold:SET:CODER``, ``run:ID`` (the run's spans as stored), ``review``
+(every reviewer's finished work, united) or ``review:USERNAME``.
 
-A passage's participant is its transcript's ``participant_id``; a transcript without
-one counts as its own participant under the transcript name (marked with ``?``), so
-nothing is silently dropped.
+A participant is a transcript's ``participant_id``; a transcript without one counts as
+its own participant under the transcript name (marked with ``?``), so nothing is
+silently dropped.
 
 Writers: CSV and XLSX cells go through ``qualflow.cells.safe_cell`` (a quote starting
 with ``=`` must not run as a formula); XLSX text cells are strings, never formulas, and
@@ -30,14 +38,26 @@ import csv
 import io
 import re
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from qualflow.cells import safe_cell, safe_row
-from qualflow.highlights import passages_by_ids
-from qualflow.models import Codebook, Coding, Passage
+from qualflow.exchange.spans import merge_ranges, project_to_sentences, scope_sentences
+from qualflow.models import Codebook, Passage, Span, SpanCoding, Transcript
 from qualflow.store import Store
+
+HIGHLIGHTS = "highlights (spans)"
+SENTENCES = "sentences coded"
+PARTICIPANTS = "participants"
+COLUMN_NOTES = {
+    HIGHLIGHTS: "highlights (spans): stretches of text coded with the code, as coded",
+    SENTENCES: "sentences coded: sentences carrying the code (its highlights cover at "
+    "least half of the sentence, or one lies inside it)",
+    PARTICIPANTS: "participants: participants with at least one highlight of the code",
+}
+MatrixUnit = Literal["highlights", "sentences"]
 
 
 class TableError(ValueError):
@@ -46,11 +66,11 @@ class TableError(ValueError):
 
 @dataclass
 class CodingSource:
-    """A resolved coding source: the codings plus where they came from."""
+    """A resolved coding source: one coder's spans and scope, and where they came from."""
 
     spec: str
     label: str
-    coding: Coding
+    coding: SpanCoding
     codebook_version: str | None = None
 
 
@@ -73,56 +93,66 @@ def resolve_source(store: Store, spec: str) -> CodingSource:
     if kind == "gold":
         return _gold_source(store, spec, rest)
     if kind == "run":
-        try:
-            run_id = int(rest)
-        except ValueError as exc:
-            raise TableError(f"coding source '{spec}': run id must be a number") from exc
-        sets = store.proposal_sets(run_id=run_id)
-        if not sets:
-            raise TableError(f"coding source '{spec}': run {run_id} has no proposals")
-        return CodingSource(
-            spec,
-            f"run {run_id} ({sets[0].coder}, {sets[0].model})",
-            store.run_coding(run_id),
-            sets[0].codebook_version,
-        )
+        return _run_source(store, spec, rest)
     if kind == "review":
-        from qualflow.review.decisions import reviewer_codings
-
-        codings = reviewer_codings(store)
-        if rest:
-            if rest not in codings:
-                known = ", ".join(sorted(codings)) or "none"
-                raise TableError(
-                    f"coding source '{spec}': reviewer '{rest}' has no finished passages "
-                    f"(reviewers with some: {known})"
-                )
-            return CodingSource(spec, f"reviewer {rest}", codings[rest])
-        merged: dict[str, set[str]] = defaultdict(set)
-        for coding in codings.values():
-            for pid, codes in coding.items():
-                merged[pid] |= codes
-        if not merged:
-            raise TableError(f"coding source '{spec}': no reviewed passages yet")
-        return CodingSource(
-            spec,
-            f"review ({', '.join(sorted(codings))})",
-            {pid: frozenset(c) for pid, c in merged.items()},
-        )
+        return _review_source(store, spec, rest)
     raise TableError(
         f"coding source '{spec}': expected gold:SET[:CODER], run:ID, review or review:USER"
     )
 
 
+def _run_source(store: Store, spec: str, rest: str) -> CodingSource:
+    try:
+        run_id = int(rest)
+    except ValueError as exc:
+        raise TableError(f"coding source '{spec}': run id must be a number") from exc
+    sets = store.proposal_sets(run_id=run_id)
+    if not sets:
+        raise TableError(f"coding source '{spec}': run {run_id} has no proposals")
+    label = f"run {run_id} ({sets[0].coder}, {sets[0].model})"
+    return CodingSource(
+        spec, label, store.span_coding(label, run_id=run_id), sets[0].codebook_version
+    )
+
+
+def _review_source(store: Store, spec: str, rest: str) -> CodingSource:
+    from qualflow.exchange.reviewed import review_work
+
+    reviewers = {r.reviewer: r.coding for r in review_work(store).reviewers}
+    if rest:
+        if rest not in reviewers:
+            known = ", ".join(sorted(reviewers)) or "none"
+            raise TableError(
+                f"coding source '{spec}': reviewer '{rest}' has no finished work "
+                f"(reviewers with some: {known})"
+            )
+        return CodingSource(spec, f"reviewer {rest}", reviewers[rest])
+    if not reviewers:
+        raise TableError(f"coding source '{spec}': nothing reviewed yet")
+    label = f"review ({', '.join(sorted(reviewers))})"
+    return CodingSource(spec, label, united(label, reviewers.values()))
+
+
+def united(coder: str, codings: Iterable[SpanCoding]) -> SpanCoding:
+    """Several codings as one: every distinct span, scopes joined."""
+    spans: set[Span] = set()
+    scope: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for coding in codings:
+        spans.update(coding.spans)
+        for tid, ranges in coding.scope.items():
+            scope[tid] += ranges
+    return SpanCoding(coder, sorted(spans), {t: merge_ranges(r) for t, r in scope.items()})
+
+
 def default_source(store: Store) -> str:
-    """The best coding there is: reviewed passages, else the newest run, else the only
+    """The best coding there is: reviewed work, else the newest run, else the only
     gold set."""
     from sqlalchemy import select
 
     from qualflow.db import RunRow
-    from qualflow.review.decisions import reviewer_codings
+    from qualflow.exchange.reviewed import review_work
 
-    if reviewer_codings(store):
+    if review_work(store).reviewers:
         return "review"
     with store.session() as s:
         run_id = s.scalar(select(RunRow.id).order_by(RunRow.id.desc()).limit(1))
@@ -146,7 +176,7 @@ def _gold_source(store: Store, spec: str, rest: str) -> CodingSource:
         raise TableError(
             f"coding source '{spec}': no gold set '{rest}' (known: {', '.join(sets) or 'none'})"
         )
-    coders = store.gold(gold_set)
+    coders = store.gold_codings(gold_set)
     if coder is None:
         if len(coders) != 1:
             raise TableError(
@@ -177,32 +207,79 @@ def source_codebook(store: Store, source: CodingSource, version: str | None = No
     return codebook
 
 
-# ---------------------------------------------------------------------- helpers
+# ---------------------------------------------------------------------- what a coding holds
 
 
 @dataclass
-class _Coded:
+class Highlight:
+    """One span of the coding with where it lies and its text."""
+
+    span: Span
+    participant: str
+    transcript: str
+    speaker: str
+    text: str
+
+
+@dataclass
+class Sentence:
+    """One sentence in the coding's scope with the codes it carries."""
+
     passage: Passage
     participant: str
     transcript: str
     codes: frozenset[str]
 
 
-def _coded_passages(store: Store, coding: Coding) -> list[_Coded]:
-    passages = passages_by_ids(store, coding)
-    transcripts = {}
-    for tid in {p.transcript_id for p in passages}:
+@dataclass
+class CodedText:
+    """A coding's highlights and the sentences of its scope, in reading order."""
+
+    highlights: list[Highlight]
+    sentences: list[Sentence]
+    grids: set[str]
+
+    def participants(self) -> set[str]:
+        return {h.participant for h in self.highlights} | {s.participant for s in self.sentences}
+
+
+def coded_text(store: Store, coding: SpanCoding) -> CodedText:
+    """The highlights and the sentences (with their codes) of a coding."""
+    transcripts: dict[str, Transcript] = {}
+    for tid in sorted(coding.transcripts()):
         t = store.transcript(tid)
         if t is not None:
             transcripts[tid] = t
-    out = []
-    for p in passages:
-        t = transcripts.get(p.transcript_id)
-        name = t.name if t else p.transcript_id
-        participant = (t.participant_id if t else None) or f"{name}?"
-        out.append(_Coded(p, participant, name, coding[p.id]))
-    out.sort(key=lambda c: (c.participant, c.transcript, c.passage.index))
-    return out
+
+    def who(tid: str) -> tuple[str, str]:
+        t = transcripts.get(tid)
+        name = t.name if t else tid
+        return (t.participant_id if t else None) or f"{name}?", name
+
+    highlights = []
+    for span in coding.spans:
+        t = transcripts.get(span.transcript_id)
+        participant, name = who(span.transcript_id)
+        text = t.text[span.start : span.end] if t else ""
+        highlights.append(Highlight(span, participant, name, _speakers(t, span), text))
+    grid = scope_sentences(store, coding)
+    carried = project_to_sentences(coding, grid)
+    sentences = [Sentence(p, *who(p.transcript_id), carried[p.id]) for p in grid]
+    highlights.sort(key=lambda h: (_natural(h.participant), h.transcript, h.span))
+    sentences.sort(key=lambda s: (_natural(s.participant), s.transcript, s.passage.index))
+    return CodedText(highlights, sentences, {p.segmentation for p in grid})
+
+
+def _speakers(t: Transcript | None, span: Span) -> str:
+    """The speakers of the turns a span overlaps, in order."""
+    if t is None:
+        return ""
+    found = [
+        turn.speaker
+        for turn in t.turns
+        if turn.speaker and turn.char_start < span.end and span.start < turn.char_end
+    ]
+    return ", ".join(dict.fromkeys(found))
 
 
 def category_of(title: str) -> str:
@@ -221,22 +298,35 @@ def _ordered_codes(codebook: Codebook, used: set[str]) -> tuple[list[str], list[
     return titles, extra
 
 
+def _grid_note(coded: CodedText) -> list[str]:
+    other = sorted(coded.grids - {"sentence"})
+    if not other:
+        return []
+    return [
+        f"transcripts without sentence passages count their stored grid ({', '.join(other)}) "
+        "as sentences"
+    ]
+
+
 # ---------------------------------------------------------------------- tables
 
 
 def code_frequency(store: Store, source: CodingSource, codebook: Codebook) -> Table:
-    """Per category: title, description, count of tags, number of participants."""
-    coded = _coded_passages(store, source.coding)
-    tags: dict[str, int] = defaultdict(int)
+    """Per category: title, description, highlights, sentences coded, participants."""
+    coded = coded_text(store, source.coding)
+    highlights: dict[str, int] = defaultdict(int)
     people: dict[str, set[str]] = defaultdict(set)
-    for c in coded:
-        for code in c.codes:
-            tags[code] += 1
-            people[code].add(c.participant)
-    titles, extra = _ordered_codes(codebook, set(tags))
+    for h in coded.highlights:
+        highlights[h.span.code] += 1
+        people[h.span.code].add(h.participant)
+    sentences: dict[str, int] = defaultdict(int)
+    for sentence in coded.sentences:
+        for code in sentence.codes:
+            sentences[code] += 1
+    titles, extra = _ordered_codes(codebook, set(highlights))
     table = Table(
         title=f"Code frequency: {source.label}",
-        columns=["category", "title", "description", "count of tags", "number of participants"],
+        columns=["category", "title", "description", HIGHLIGHTS, SENTENCES, PARTICIPANTS],
         group_by="category",
     )
     rows = []
@@ -247,8 +337,9 @@ def code_frequency(store: Store, source: CodingSource, codebook: Codebook) -> Ta
                 "category": category_of(title),
                 "title": title,
                 "description": code.description if code else "(not in the codebook)",
-                "count of tags": tags.get(title, 0),
-                "number of participants": len(people.get(title, ())),
+                HIGHLIGHTS: highlights.get(title, 0),
+                SENTENCES: sentences.get(title, 0),
+                PARTICIPANTS: len(people.get(title, ())),
             }
         )
     order = {cat: i for i, cat in enumerate(dict.fromkeys(r["category"] for r in rows))}
@@ -258,34 +349,50 @@ def code_frequency(store: Store, source: CodingSource, codebook: Codebook) -> Ta
         table.columns.remove("category")
         for r in table.rows:
             del r["category"]
-    n_participants = len({c.participant for c in coded})
+    n_coded = sum(1 for s in coded.sentences if s.codes)
     table.notes.append(
-        f"{len(coded)} passages ({sum(1 for c in coded if c.codes)} coded), "
-        f"{sum(tags.values())} tags, {n_participants} participants; "
+        f"{len(coded.highlights)} highlights (spans); {len(coded.sentences)} sentences in "
+        f"the coder's scope, {n_coded} coded; {len(coded.participants())} participants; "
         f"codebook '{codebook.name}' ({codebook.version})"
     )
+    table.notes += [COLUMN_NOTES[c] for c in (HIGHLIGHTS, SENTENCES, PARTICIPANTS)]
+    table.notes += _grid_note(coded)
     if extra:
         table.notes.append(f"codes not in the codebook: {', '.join(extra)}")
     return table
 
 
 def participant_matrix(
-    store: Store, source: CodingSource, codebook: Codebook, *, by_category: bool = False
+    store: Store,
+    source: CodingSource,
+    codebook: Codebook,
+    *,
+    by_category: bool = False,
+    unit: MatrixUnit = "highlights",
 ) -> Table:
-    """Participants with their attributes by codes (passages carrying each code).
+    """Participants with their attributes by codes: a cell counts the participant's
+    highlights of the code (``unit="highlights"``) or sentences carrying it
+    (``unit="sentences"``).
 
-    With ``by_category``, columns are categories (``category_of``) and a cell counts
-    the participant's passages carrying at least one code of that category.
+    With ``by_category``, columns are categories (``category_of``): a cell counts the
+    highlights of the category's codes, or the sentences carrying at least one of them.
     """
-    coded = _coded_passages(store, source.coding)
+    if unit not in ("highlights", "sentences"):
+        raise TableError(f"participant matrix: unit must be highlights or sentences, not {unit}")
+    coded = coded_text(store, source.coding)
     people = {p.id: p for p in store.participants()}
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    passages: dict[str, int] = defaultdict(int)
-    for c in coded:
-        passages[c.participant] += 1
-        keys = {category_of(code) for code in c.codes} if by_category else c.codes
-        for key in keys:
-            counts[c.participant][key] += 1
+    in_scope: dict[str, int] = defaultdict(int)
+    for sentence in coded.sentences:
+        in_scope[sentence.participant] += 1
+        if unit == "sentences":
+            keys = {category_of(c) for c in sentence.codes} if by_category else sentence.codes
+            for key in keys:
+                counts[sentence.participant][key] += 1
+    if unit == "highlights":
+        for h in coded.highlights:
+            key = category_of(h.span.code) if by_category else h.span.code
+            counts[h.participant][key] += 1
     used = {code for row in counts.values() for code in row}
     if by_category:
         titles = list(dict.fromkeys(category_of(t) for t in codebook.titles()))
@@ -297,23 +404,35 @@ def participant_matrix(
         for key in p.attributes:
             if key not in attrs:
                 attrs.append(key)
-    columns = ["participant", *attrs, "passages", *titles, *extra]
-    unit = "category" if by_category else "code"
-    table = Table(title=f"Participants by {unit}: {source.label}", columns=columns)
-    ids = sorted(passages, key=_natural)
-    absent = sorted(set(people) - set(passages), key=_natural)
+    scope_column = "sentences in scope"
+    columns = ["participant", *attrs, scope_column, *titles, *extra]
+    kind = "category" if by_category else "code"
+    cell = "highlights (spans)" if unit == "highlights" else "sentences coded"
+    table = Table(title=f"Participants by {kind}, {cell}: {source.label}", columns=columns)
+    table.notes.append(
+        f"cells: {cell} of each {kind} per participant; "
+        + (
+            "a highlight counts once, under its code's column"
+            if unit == "highlights"
+            else COLUMN_NOTES[SENTENCES].split(": ", 1)[1]
+        )
+    )
+    table.notes.append(f"{scope_column}: the participant's sentences the coder answered for")
+    table.notes += _grid_note(coded)
+    ids = sorted(coded.participants(), key=_natural)
+    absent = sorted(set(people) - set(ids), key=_natural)
     if absent:
-        table.notes.append(f"participants without passages in this coding: {', '.join(absent)}")
+        table.notes.append(f"participants without text in this coding: {', '.join(absent)}")
     for pid in ids:
         row: dict[str, Any] = {"participant": pid}
         for key in attrs:
             row[key] = people[pid].attributes.get(key, "") if pid in people else ""
-        row["passages"] = passages.get(pid, 0)
+        row[scope_column] = in_scope.get(pid, 0)
         for title in [*titles, *extra]:
             row[title] = counts.get(pid, {}).get(title, 0)
         table.rows.append(row)
     total: dict[str, Any] = {"participant": "total", **dict.fromkeys(attrs, "")}
-    total["passages"] = sum(passages.values())
+    total[scope_column] = sum(in_scope.values())
     for title in [*titles, *extra]:
         total[title] = sum(r[title] for r in table.rows)
     table.rows.append(total)
@@ -323,12 +442,11 @@ def participant_matrix(
 def quotes_by_code(
     store: Store, source: CodingSource, codebook: Codebook, *, max_per_code: int = 0
 ) -> Table:
-    """Every passage carrying each code, with participant and transcript."""
-    coded = _coded_passages(store, source.coding)
-    by_code: dict[str, list[_Coded]] = defaultdict(list)
-    for c in coded:
-        for code in c.codes:
-            by_code[code].append(c)
+    """Every highlight of each code, with participant, speaker, transcript and offsets."""
+    coded = coded_text(store, source.coding)
+    by_code: dict[str, list[Highlight]] = defaultdict(list)
+    for h in coded.highlights:
+        by_code[h.span.code].append(h)
     titles, extra = _ordered_codes(codebook, set(by_code))
     table = Table(
         title=f"Quotes by code: {source.label}",
@@ -338,26 +456,32 @@ def quotes_by_code(
             "participant",
             "speaker",
             "transcript",
-            "passage",
+            "start",
+            "end",
             "quote",
         ],
         group_by="code",
+        notes=[
+            "one row per highlight (span); quote = the highlighted text, start/end = its "
+            "character offsets in the transcript text"
+        ],
     )
     for title in [*titles, *extra]:
         items = by_code.get(title, [])
         if max_per_code:
             items = items[:max_per_code]
         code = codebook.get(title)
-        for c in items:
+        for h in items:
             table.rows.append(
                 {
                     "code": title,
                     "description": code.description if code else "",
-                    "participant": c.participant,
-                    "speaker": c.passage.speaker or "",
-                    "transcript": c.transcript,
-                    "passage": c.passage.index,
-                    "quote": " ".join(c.passage.text.split()),
+                    "participant": h.participant,
+                    "speaker": h.speaker,
+                    "transcript": h.transcript,
+                    "start": h.span.start,
+                    "end": h.span.end,
+                    "quote": " ".join(h.text.split()),
                 }
             )
     return table
@@ -365,8 +489,6 @@ def quotes_by_code(
 
 def _natural(value: str) -> tuple:
     """Sort I-2 before I-10."""
-    import re
-
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", value))
 
 
@@ -379,6 +501,7 @@ def write_paper_tables(
     codebook_version: str | None = None,
     max_quotes: int = 0,
     by_category: bool = False,
+    matrix_unit: MatrixUnit = "highlights",
 ) -> tuple[CodingSource, list[tuple[Path, int]]]:
     """All three tables for one coding source (default: ``default_source``), in every
     format asked for (default csv, xlsx, md); returns the source and (path, rows)."""
@@ -387,7 +510,9 @@ def write_paper_tables(
     fmts = [table_format(f"x.{f}") for f in (formats or FORMATS)]
     tables = {
         "code-frequency": code_frequency(store, coding, codebook),
-        "participant-matrix": participant_matrix(store, coding, codebook, by_category=by_category),
+        "participant-matrix": participant_matrix(
+            store, coding, codebook, by_category=by_category, unit=matrix_unit
+        ),
         "quotes-by-code": quotes_by_code(store, coding, codebook, max_per_code=max_quotes),
     }
     written = []
@@ -451,7 +576,7 @@ def _md_cell(value: Any) -> str:
 
 def to_markdown(table: Table) -> str:
     lines = [f"# {table.title}", ""]
-    lines += [f"_{note}_" for note in table.notes]
+    lines += [f"- {md_escape(note)}" for note in table.notes]  # escaped: no markup
     if table.notes:
         lines.append("")
     columns = [c for c in table.columns if c != table.group_by]
