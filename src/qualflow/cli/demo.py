@@ -47,9 +47,9 @@ def demo(
         int,
         typer.Option(
             help="Token budget of the LLM run (0 = none). The embedded CPU model codes a "
-            "few passages per minute; re-running the demo carries on where it stopped."
+            "chunk in a minute or more; re-running the demo carries on where it stopped."
         ),
-    ] = 30000,
+    ] = 8000,
 ) -> None:
     """Run the main job on examples/ offline: ingest, code, queue, measure agreement."""
     offline_defaults()
@@ -83,20 +83,18 @@ def _prepare_workspace(workspace: Path, examples: Path):
     if not (workspace / CONFIG_FILE).is_file():
         init(workspace, name="qualflow demo (invented example interviews)")
         config = workspace / CONFIG_FILE
-        config.write_text(
-            config.read_text() + f"\n# demo: participant metadata of the invented examples\n"
-            f'participants_file = "{(examples / "participants.tsv").resolve()}"\n'
-        )
+        config.write_text(_demo_settings(config.read_text(), examples))
     return load_settings(workspace)
 
 
 def _demo_settings(toml: str, examples: Path) -> str:
     """The demo workspace's settings: the defaults, tuned for the embedded CPU model.
 
-    SmolLM2-135M has a 4k context and codes a few passages a minute on 2 cores, so
-    the demo sends the 10 best candidates (~900 prompt tokens) instead of the whole
-    85-code codebook (~2,700) and caps answers at 300 tokens. A hosted model should
-    keep the defaults (whole codebook; see docs/retrieval.md).
+    SmolLM2-135M has a 4k context and codes a chunk in a minute or more on 2 cores,
+    so the demo sends the 10 best candidates of each chunk instead of the whole 85-code
+    codebook (about 3,900 prompt tokens with its answer schema: nearly the whole
+    context) and caps answers at 300 tokens. A hosted model should keep the defaults
+    (whole codebook; see docs/retrieval.md and docs/spans.md).
     """
     overrides = {
         "retrieval_k": "10",
