@@ -84,6 +84,8 @@ def test_sentence_projection_threshold_parameter():
     # A (5/10), D (5/10, 6/10) and F (7/10) fall below 0.8; B and G lie inside s2
     assert got == {"s1": frozenset(), "s2": frozenset({"B", "G"}), "s3": frozenset()}
     assert sp.to_sentences(GRID_CODING, SENTENCES, threshold=0.3)["s1"] == {"A", "F"}  # F 3/10
+    # coverage alone: B and G (inside s2, 2/10 and 1/10) no longer count
+    assert sp.to_sentences(GRID_CODING, SENTENCES, inside=False)["s2"] == {"D", "F"}
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError, match="threshold"):
             sp.to_sentences(GRID_CODING, SENTENCES, threshold=bad)

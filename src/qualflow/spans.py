@@ -231,12 +231,18 @@ def _project(
 
 
 def to_sentences(
-    coding: SpanCoding, sentences: Iterable[GridUnit], *, threshold: float = 0.5
+    coding: SpanCoding,
+    sentences: Iterable[GridUnit],
+    *,
+    threshold: float = 0.5,
+    inside: bool = True,
 ) -> Coding:
     """Sentence id -> codes: C when spans of C cover >= ``threshold`` of it or lie inside it.
 
     Sentences outside the coder's scope are absent from the result. Blanks inside the
-    sentence count as characters (see the module docstring).
+    sentence count as characters (see the module docstring). ``inside=False`` drops
+    the "lies inside" clause (coverage alone decides), for comparison with figures
+    computed that way.
     """
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
@@ -245,7 +251,7 @@ def to_sentences(
         start, end = u.char_start, u.char_end
         if overlap_with(rs, start, end) >= threshold * (end - start):
             return True
-        return any(start <= a and b <= end for a, b in _touching(rs, start, end))
+        return inside and any(start <= a and b <= end for a, b in _touching(rs, start, end))
 
     return _project(coding, sentences, carries)
 
@@ -314,7 +320,7 @@ def coverage(
 # --------------------------------------------------------------------------- span agreement
 
 # Counts kept per transcript and code; the figures are ratios of their (resampled) sums.
-_COUNTS = (
+SPAN_COUNTS = (
     "chars_reference",
     "chars_other",
     "chars_both",
@@ -401,8 +407,8 @@ def _transcript_counts(
     codes: Sequence[str],
     min_share: float,
 ) -> np.ndarray:
-    """codes x counts (in the order of ``_COUNTS``) for one transcript."""
-    out = np.zeros((len(codes), len(_COUNTS)))
+    """codes x counts (in the order of ``SPAN_COUNTS``) for one transcript."""
+    out = np.zeros((len(codes), len(SPAN_COUNTS)))
     for j, code in enumerate(codes):
         r, o = ref.get(code, []), other.get(code, [])
         if not r and not o:
@@ -430,8 +436,8 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 
 def _figures(totals: np.ndarray) -> dict[str, np.ndarray]:
-    """Span figures from count totals (``...`` x len(_COUNTS)); NaN = undefined."""
-    c = {name: totals[..., i] for i, name in enumerate(_COUNTS)}
+    """Span figures from count totals (``...`` x len(SPAN_COUNTS)); NaN = undefined."""
+    c = {name: totals[..., i] for i, name in enumerate(SPAN_COUNTS)}
     hp = _ratio(c["spans_matched"], c["spans_other"])
     hr = _ratio(c["spans_found"], c["spans_reference"])
     # Harmonic mean; 0 (not undefined) when one side has no span of the code: that
@@ -472,7 +478,7 @@ def _estimate(point: float, samples: np.ndarray | None, note: str | None) -> Est
 
 
 def _undefined_note(metric: str, counts: np.ndarray) -> str:
-    c = dict(zip(_COUNTS, counts, strict=True))
+    c = dict(zip(SPAN_COUNTS, counts, strict=True))
     if not (c["chars_reference"] or c["chars_other"]):
         return NEVER_USED
     if metric.endswith("precision") and not c["chars_other"]:
@@ -526,7 +532,7 @@ def span_agreement(
             ]
         )
         if transcripts
-        else np.zeros((0, len(code_list), len(_COUNTS)))
+        else np.zeros((0, len(code_list), len(SPAN_COUNTS)))
     )
     totals = per_transcript.sum(axis=0)  # codes x counts
     point = _figures(totals)
@@ -536,7 +542,7 @@ def span_agreement(
         labels = [clusters.get(t, t) for t in transcripts] if clusters is not None else None
         w = bootstrap_weights(len(transcripts), n_boot, seed, labels)
         flat = per_transcript.reshape(len(transcripts), -1)
-        resampled = (w @ flat).reshape(n_boot, len(code_list), len(_COUNTS))
+        resampled = (w @ flat).reshape(n_boot, len(code_list), len(SPAN_COUNTS))
         boot = _figures(resampled)
         boot_all = _overall(resampled, boot, axis=1)
     rows = []
