@@ -1,0 +1,116 @@
+"""Time and peak memory of ``agreement.compare()`` (1000 bootstrap resamples) as passages grow.
+
+Two constructed codings (invented data, not a study): 85 codes with Zipf-like use
+(code k used in proportion to 1/k), a third of the passages coded by the reference
+with 1-5 codes each; the other coder keeps each of those codes with probability 0.7,
+adds a random code to a fifth of the passages and codes a tenth of the uncoded
+ones. That gives a realistic spread of distinct code sets (thousands at 100k
+passages), which is what the set-valued alpha grows with.
+
+Each size runs in a fresh child process so that its peak resident memory (``ru_maxrss``,
+minus the memory held before ``compare()`` starts) is that call's alone.
+
+    .venv/bin/python benchmarks/agreement_speed.py                   # 10k, 30k, 100k passages
+    .venv/bin/python benchmarks/agreement_speed.py --sizes 100000 --n-boot 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+
+def constructed_codings(
+    n: int, n_codes: int = 85, seed: int = 0
+) -> tuple[dict[str, frozenset[str]], dict[str, frozenset[str]]]:
+    """Reference and other coder over ``n`` passages (see the module docstring)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    codes = [f"{k // 10:02d}.code{k:02d}" for k in range(n_codes)]
+    weights = 1 / np.arange(1, n_codes + 1)
+    weights /= weights.sum()
+    a: dict[str, frozenset[str]] = {}
+    b: dict[str, frozenset[str]] = {}
+    coded = rng.random(n) < 1 / 3
+    sizes = np.minimum(rng.geometric(0.55, n), 5)
+    for i in range(n):
+        pid = f"p{i:06d}"
+        ref: set[str] = set()
+        if coded[i]:
+            ref = {codes[k] for k in rng.choice(n_codes, sizes[i], replace=False, p=weights)}
+        other = {c for c in sorted(ref) if rng.random() < 0.7}
+        if (ref and rng.random() < 0.2) or (not ref and rng.random() < 0.1):
+            other.add(codes[rng.choice(n_codes, p=weights)])
+        a[pid], b[pid] = frozenset(ref), frozenset(other)
+    return a, b
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def child(n: int, n_boot: int, n_codes: int) -> dict:
+    from qualflow import agreement as ag
+
+    a, b = constructed_codings(n, n_codes)
+    distinct = len(set(a.values()) | set(b.values()))
+    pairs = len({(a[p], b[p]) for p in a})
+    before = _rss_mib()
+    started = time.perf_counter()
+    result = ag.compare(a, b, n_boot=n_boot, seed=0)
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    o = result.overall
+    return {
+        "passages": n,
+        "codes": n_codes,
+        "distinct_sets": distinct,
+        "set_pairs": pairs,
+        "seconds": seconds,
+        "peak_mib": peak - before,
+        "masi_alpha": [o["masi_alpha"].value, o["masi_alpha"].low, o["masi_alpha"].high],
+        "pooled_kappa": [o["pooled_kappa"].value, o["pooled_kappa"].low, o["pooled_kappa"].high],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 30_000, 100_000])
+    ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--codes", type=int, default=85)
+    ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args.child, args.n_boot, args.codes)))
+        return
+    print(
+        f"{'passages':>9} {'codes':>5} {'sets':>6} {'set pairs':>9} {'compare s':>9} "
+        f"{'peak MiB':>8}  masi alpha [95% CI]        pooled kappa [95% CI]"
+    )
+    for n in args.sizes:
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", str(n), "--n-boot", str(args.n_boot)]
+            + ["--codes", str(args.codes)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        alpha, kappa = r["masi_alpha"], r["pooled_kappa"]
+        print(
+            f"{r['passages']:>9} {r['codes']:>5} {r['distinct_sets']:>6} {r['set_pairs']:>9} "
+            f"{r['seconds']:>9.2f} {r['peak_mib']:>8.0f}  "
+            f"{alpha[0]:.4f} [{alpha[1]:.4f}, {alpha[2]:.4f}]  "
+            f"{kappa[0]:.4f} [{kappa[1]:.4f}, {kappa[2]:.4f}]",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
