@@ -94,9 +94,10 @@ def main(argv: list[str] | None = None) -> None:
         f"{'peak MiB':>8}  masi alpha [95% CI]        pooled kappa [95% CI]"
     )
     for n in args.sizes:
+        command = [sys.executable, __file__, "--child", str(n)]
+        command += ["--n-boot", str(args.n_boot), "--codes", str(args.codes)]
         out = subprocess.run(
-            [sys.executable, __file__, "--child", str(n), "--n-boot", str(args.n_boot)]
-            + ["--codes", str(args.codes)],
+            command,
             check=True,
             capture_output=True,
             text=True,
