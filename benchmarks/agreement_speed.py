@@ -22,6 +22,7 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 
 def constructed_codings(
@@ -55,28 +56,39 @@ def _rss_mib() -> float:
         return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def child(n: int, n_boot: int, n_codes: int) -> dict:
+def measure(a: dict, b: dict, n_boot: int) -> dict:
+    """compare(a, b) once: seconds, peak resident memory above the start, figures."""
     from qualflow import agreement as ag
 
-    a, b = constructed_codings(n, n_codes)
     distinct = len(set(a.values()) | set(b.values()))
-    pairs = len({(a[p], b[p]) for p in a})
+    pairs = len({(a[p], b[p]) for p in a.keys() & b.keys()})
     before = _rss_mib()
     started = time.perf_counter()
     result = ag.compare(a, b, n_boot=n_boot, seed=0)
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     o = result.overall
+
+    def triple(m: str) -> list[float | None]:
+        return [o[m].value, o[m].low, o[m].high]
+
     return {
-        "passages": n,
-        "codes": n_codes,
+        "passages": result.n_passages,
+        "codes": len(result.codes),
         "distinct_sets": distinct,
         "set_pairs": pairs,
         "seconds": seconds,
         "peak_mib": peak - before,
-        "masi_alpha": [o["masi_alpha"].value, o["masi_alpha"].low, o["masi_alpha"].high],
-        "pooled_kappa": [o["pooled_kappa"].value, o["pooled_kappa"].low, o["pooled_kappa"].high],
+        "masi_alpha": triple("masi_alpha"),
+        "pooled_kappa": triple("pooled_kappa"),
+        "micro_f1": triple("micro_f1"),
     }
+
+
+def from_file(path: Path) -> tuple[dict, dict]:
+    """Two codings from a JSON file ``{"a": {passage: [codes]}, "b": {...}}``."""
+    data = json.loads(path.read_text())
+    return tuple({p: frozenset(cs) for p, cs in data[k].items()} for k in ("a", "b"))  # type: ignore[return-value]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -84,10 +96,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 30_000, 100_000])
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--codes", type=int, default=85)
+    ap.add_argument(
+        "--codings", type=Path, help='one run on codings from a JSON file {"a": ..., "b": ...}'
+    )
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.codings:
+        print(json.dumps(measure(*from_file(args.codings), args.n_boot)))
+        return
     if args.child:
-        print(json.dumps(child(args.child, args.n_boot, args.codes)))
+        a, b = constructed_codings(args.child, args.codes)
+        print(json.dumps(measure(a, b, args.n_boot)))
         return
     print(
         f"{'passages':>9} {'codes':>5} {'sets':>6} {'set pairs':>9} {'compare s':>9} "

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import re
 import sqlite3
 import sys
 import time
@@ -52,17 +53,17 @@ README_FIGURES = {"sentences": 922, "precision": 0.67, "recall": 0.55, "f1": 0.6
 
 
 def nonblank_alignment(source: str, target: str) -> dict[int, int]:
-    """Offset in ``source`` -> offset in ``target`` for every non-blank character the
-    two texts share (``difflib`` on the texts with blanks removed)."""
-    src = [i for i, ch in enumerate(source) if not ch.isspace()]
-    dst = [i for i, ch in enumerate(target) if not ch.isspace()]
+    """Offset in ``source`` -> offset in ``target`` for every character of the words
+    the two texts share, in order (``difflib`` on their words: blanks do not count)."""
+    words = [list(re.finditer(r"\S+", text)) for text in (source, target)]
     matcher = difflib.SequenceMatcher(
-        None, "".join(source[i] for i in src), "".join(target[i] for i in dst), autojunk=False
+        None, [m.group() for m in words[0]], [m.group() for m in words[1]], autojunk=False
     )
     out: dict[int, int] = {}
     for a, b, size in matcher.get_matching_blocks():
         for k in range(size):
-            out[src[a + k]] = dst[b + k]
+            src, dst = words[0][a + k].start(), words[1][b + k].start()
+            out.update((src + i, dst + i) for i in range(len(words[0][a + k].group())))
     return out
 
 
