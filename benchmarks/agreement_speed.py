@@ -7,8 +7,8 @@ adds a random code to a fifth of the passages and codes a tenth of the uncoded
 ones. That gives a realistic spread of distinct code sets (thousands at 100k
 passages), which is what the set-valued alpha grows with.
 
-Each size runs in a fresh child process so that its peak resident memory (``ru_maxrss``,
-minus the memory held before ``compare()`` starts) is that call's alone.
+Each size runs in a fresh child process; the peak resident memory (VmHWM, reset just
+before the call) minus the memory held before ``compare()`` starts is that call's alone.
 
     .venv/bin/python benchmarks/agreement_speed.py                   # 10k, 30k, 100k passages
     .venv/bin/python benchmarks/agreement_speed.py --sizes 100000 --n-boot 1000
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -51,9 +50,18 @@ def constructed_codings(
     return a, b
 
 
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
+def _status_mib(field: str) -> float:
+    """A memory line of /proc/self/status (VmRSS, VmHWM) in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _reset_peak() -> None:
+    """Set the peak resident memory (VmHWM) to the current one (Linux 4.0+)."""
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
 
 
 def measure(a: dict, b: dict, n_boot: int) -> dict:
@@ -62,11 +70,14 @@ def measure(a: dict, b: dict, n_boot: int) -> dict:
 
     distinct = len(set(a.values()) | set(b.values()))
     pairs = len({(a[p], b[p]) for p in a.keys() & b.keys()})
-    before = _rss_mib()
+    import scipy.sparse  # noqa: F401  (a dependency's import is not compare()'s memory)
+
+    _reset_peak()
+    before = _status_mib("VmRSS")
     started = time.perf_counter()
     result = ag.compare(a, b, n_boot=n_boot, seed=0)
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak = _status_mib("VmHWM")
     o = result.overall
 
     def triple(m: str) -> list[float | None]:

@@ -200,7 +200,7 @@ def _group(codings: Sequence[Mapping[str, Any]], passages: Sequence[str]) -> _Gr
     return _Grouped(list(index), sizes, member)
 
 
-_BLOCK_CELLS = 1 << 22
+_BLOCK_CELLS = 1 << 20
 """Random draws per block of resamples (bounds the memory of the bootstrap)."""
 
 
