@@ -6,7 +6,11 @@ code titles) and returns plain dataclasses. Any two coders compare over the pass
 
 Per code the unit is binary presence per passage (a 2x2 table per code). Coefficients
 are computed from those tables with numpy so that the bootstrap (resampling passages,
-seeded) can evaluate a thousand resamples as one matrix product. The closed forms
+seeded) evaluates many resamples as one matrix product. Passages with the same code
+sets are one group with a weight (every figure depends on a passage only through its
+sets), resamples are drawn a block at a time and summed per group, and the MASI alpha
+avoids a values x values matrix, so time and memory grow with the passages, not with
+passages x resamples or passages x distinct code sets. The closed forms
 used for two coders without missing data are pinned in ``tests/test_agreement_*`` to
 scikit-learn, ``krippendorff``, statsmodels and irrCAC, and to published examples.
 
@@ -19,9 +23,10 @@ it as undefined like kappa and alpha, because that 1.0 says nothing about coding
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from itertools import combinations
+from itertools import combinations, permutations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -166,16 +171,84 @@ def _category_function(to: Callable[[str], str] | Codebook | None) -> Callable[[
     return lambda code: known.get(code, category_of(code))
 
 
-def _indicator(coding: Coding, passages: Sequence[str], codes: Sequence[str]) -> np.ndarray:
-    """Boolean matrix passages x codes: code present on passage."""
-    col = {c: j for j, c in enumerate(codes)}
-    out = np.zeros((len(passages), len(codes)), dtype=bool)
-    for i, pid in enumerate(passages):
-        for c in coding[pid]:
-            j = col.get(c)
-            if j is not None:
-                out[i, j] = True
-    return out
+@dataclass
+class _Grouped:
+    """Passages grouped by the code sets the codings give them.
+
+    Every figure here depends on a passage only through those sets, so a group of
+    passages with the same sets counts like one passage with a weight: the number of
+    passages in it (point estimates) or of draws from it (a bootstrap resample). Real
+    codings have far fewer distinct set combinations than passages.
+    """
+
+    keys: list[tuple[frozenset[str], ...]]
+    sizes: np.ndarray  # passages per group
+    member: np.ndarray  # group of each passage, in passage order
+
+    def column(self, i: int) -> list[frozenset[str]]:
+        """Coding ``i``'s set for each group."""
+        return [k[i] for k in self.keys]
+
+
+def _group(codings: Sequence[Mapping[str, Any]], passages: Sequence[str]) -> _Grouped:
+    index: dict[tuple[Any, ...], int] = {}
+    member = np.empty(len(passages), dtype=np.intp)
+    for n, pid in enumerate(passages):
+        key = tuple(c.get(pid) for c in codings)
+        member[n] = index.setdefault(key, len(index))
+    sizes = np.bincount(member, minlength=len(index)).astype(float)
+    return _Grouped(list(index), sizes, member)
+
+
+_BLOCK_CELLS = 1 << 20
+"""Random draws per block of resamples (bounds the memory of the bootstrap)."""
+
+
+def _weight_blocks(
+    member: np.ndarray,
+    n_groups: int,
+    n_boot: int,
+    seed: int,
+    clusters: Sequence[Any] | None = None,
+    block_cells: int = _BLOCK_CELLS,
+) -> Iterator[np.ndarray]:
+    """Bootstrap resample counts per *group* (rows of resamples, in blocks).
+
+    The draws are exactly those of ``bootstrap_weights(len(member), n_boot, seed,
+    clusters)`` (the generator is consumed in the same order, a block of rows at a
+    time), summed over the passages of each group: ``member[i]`` is passage i's group.
+    Time is linear in n_boot x passages; memory is one block, never n_boot x passages.
+    """
+    n = len(member)
+    rng = np.random.default_rng(seed)
+    if n == 0 or n_boot == 0:
+        yield np.zeros((n_boot, n_groups))
+        return
+    per_cluster = None
+    if clusters is not None:
+        labels = {c: i for i, c in enumerate(dict.fromkeys(clusters))}
+        cluster_of = np.array([labels[c] for c in clusters], dtype=np.intp)
+        units = len(labels)
+        per_cluster = _sparse_counts(cluster_of, member, units, n_groups)
+    else:
+        units = n
+    rows = max(1, block_cells // units)
+    for start in range(0, n_boot, rows):
+        b = min(rows, n_boot - start)
+        draws = rng.integers(0, units, size=(b, units))
+        if per_cluster is None:
+            draws = member[draws]
+        width = units if per_cluster is not None else n_groups
+        draws += width * np.arange(b)[:, None]  # one bincount for the whole block
+        counts = np.bincount(draws.ravel(), minlength=b * width).reshape(b, width).astype(float)
+        yield counts if per_cluster is None else np.asarray((per_cluster.T @ counts.T).T)
+
+
+def _sparse_counts(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int) -> Any:
+    """Sparse n_rows x n_cols matrix counting the (rows[i], cols[i]) pairs."""
+    from scipy.sparse import csr_matrix
+
+    return csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_rows, n_cols))
 
 
 def bootstrap_weights(
@@ -187,28 +260,61 @@ def bootstrap_weights(
     share resamples (paired comparisons rely on that). With ``clusters`` (one label
     per passage, e.g. the participant), whole clusters are resampled instead of
     passages: passages of one interview are not independent, and this interval says so.
+    The figures themselves never build this matrix: they resample groups of passages
+    with the same draws (``_weight_blocks``).
     """
-    rng = np.random.default_rng(seed)
     if n == 0 or n_boot == 0:
         return np.zeros((n_boot, n))
-    if clusters is not None:
-        labels = {c: i for i, c in enumerate(dict.fromkeys(clusters))}
-        member = np.array([labels[c] for c in clusters])
-        k = len(labels)
-        draws = rng.integers(0, k, size=(n_boot, k))
-        flat = (draws + k * np.arange(n_boot)[:, None]).ravel()
-        per_cluster = np.bincount(flat, minlength=n_boot * k).reshape(n_boot, k)
-        return per_cluster[:, member].astype(float)
-    idx = rng.integers(0, n, size=(n_boot, n))
-    flat = (idx + n * np.arange(n_boot)[:, None]).ravel()
-    return np.bincount(flat, minlength=n_boot * n).reshape(n_boot, n).astype(float)
+    blocks = _weight_blocks(np.arange(n), n, n_boot, seed, clusters)
+    return np.vstack(list(blocks))
 
 
-def _weights(
-    passages: Sequence[str], n_boot: int, seed: int, clusters: Mapping[str, Any] | None
-) -> np.ndarray:
-    labels = [clusters.get(p, p) for p in passages] if clusters is not None else None
-    return bootstrap_weights(len(passages), n_boot, seed, labels)
+def _cluster_labels(
+    passages: Sequence[str], clusters: Mapping[str, Any] | None
+) -> list[Any] | None:
+    return [clusters.get(p, p) for p in passages] if clusters is not None else None
+
+
+def _bootstrap(
+    grouped: _Grouped,
+    passages: Sequence[str],
+    n_boot: int,
+    seed: int,
+    clusters: Mapping[str, Any] | None,
+    figures: Callable[[np.ndarray], dict[str, np.ndarray]],
+) -> dict[str, np.ndarray]:
+    """``figures(group weights)`` over every block of resamples, joined along axis 0."""
+    parts: dict[str, list[np.ndarray]] = {}
+    labels = _cluster_labels(passages, clusters)
+    for w in _weight_blocks(grouped.member, len(grouped.keys), n_boot, seed, labels):
+        for name, value in figures(w).items():
+            parts.setdefault(name, []).append(value)
+    return {name: np.concatenate(values, axis=0) for name, values in parts.items()}
+
+
+def _bootstrap_pairs(
+    grouped: _Grouped,
+    pairs: Sequence[_Pair],
+    passages: Sequence[str],
+    n_boot: int,
+    seed: int,
+    clusters: Mapping[str, Any] | None,
+) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+    """Per-resample (per-code, overall) figures of several coder pairs on the same draws."""
+
+    def figures(w: np.ndarray) -> dict[str, np.ndarray]:
+        return {
+            f"{k}|{name}": value
+            for k, pair in enumerate(pairs)
+            for name, value in pair.resampled(w).items()
+        }
+
+    flat = _bootstrap(grouped, passages, n_boot, seed, clusters, figures)
+    out = []
+    for k in range(len(pairs)):
+        prefix = f"{k}|"
+        out.append(_split({n[len(prefix) :]: v for n, v in flat.items() if n.startswith(prefix)}))
+    return out
 
 
 def _interval(samples: np.ndarray, level: float = 0.95) -> tuple[float | None, float | None]:
@@ -289,14 +395,6 @@ def table_metrics(
     }
 
 
-def _tables(a: np.ndarray, b: np.ndarray, w: np.ndarray | None) -> tuple[np.ndarray, ...]:
-    """2x2 counts per code; with weights (resamples x passages) per resample and code."""
-    cells = (a & b, a & ~b, ~a & b, ~a & ~b)
-    if w is None:
-        return tuple(c.sum(axis=0).astype(float) for c in cells)
-    return tuple(w @ c.astype(float) for c in cells)
-
-
 def _overall(
     tables: tuple[np.ndarray, ...], per: dict[str, np.ndarray], axis: int
 ) -> dict[str, np.ndarray]:
@@ -367,6 +465,149 @@ def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
     return 1.0 if not union else len(a & b) / len(union)
 
 
+def _masi_similarity(a: int, b: int, k: int) -> float:
+    """1 - MASI distance of two sets of sizes a and b sharing k members."""
+    if a == b == k:
+        return 1.0
+    if k == min(a, b):  # one set inside the other (the empty set is inside any)
+        return 0.67 * k / max(a, b)
+    return 0.33 * k / (a + b - k) if k else 0.0
+
+
+class _MasiSums:
+    """sum over ordered pairs of values (v, w) of c_v c_w (1 - MASI(v, w)), for many c.
+
+    The similarity depends only on the two sizes and the size of the intersection.
+    Counting pairs by the subsets T they share gives, for every j, the sum over pairs
+    of c_v c_w C(|v & w|, j) as sum over |T| = j of g(T, |v|) g(T, |w|) with
+    g(T, a) = sum of c_v over values of size a containing T; a binomial inversion
+    turns those moments into the similarity sum. Cost: the subsets of each value
+    (2^|v|, small for code sets) instead of a values x values matrix. A subset held by
+    one value only contributes c_v^2 times a constant, folded into a per-value term.
+    """
+
+    LIMIT = 1 << 21  # subsets to enumerate before falling back to the dense matrix
+
+    def __init__(self, values: Sequence[frozenset[str]]):
+        self.values = list(values)
+        self.dense = None
+        if sum(2 ** len(v) for v in values) > self.LIMIT:
+            self.dense = _masi_matrix(self.values)
+            return
+        top = max((len(v) for v in values), default=0)
+        self.coef = _moment_coefficients(top)
+        holders: dict[tuple[str, ...], list[int]] = defaultdict(list)
+        for vi, v in enumerate(self.values):
+            items = sorted(v)
+            for j in range(len(items) + 1):
+                for subset in combinations(items, j):
+                    holders[subset].append(vi)
+        self.diagonal = np.zeros(len(self.values))
+        columns: dict[tuple[tuple[str, ...], int], int] = {}
+        rows, cols, pairs = [], [], []
+        for subset, held_by in holders.items():
+            j = len(subset)
+            if len(held_by) == 1:
+                a = len(self.values[held_by[0]])
+                self.diagonal[held_by[0]] += self.coef[j, a, a]
+                continue
+            mine: dict[int, int] = {}
+            for vi in held_by:
+                a = len(self.values[vi])
+                col = mine.setdefault(a, columns.setdefault((subset, a), len(columns)))
+                rows.append(vi)
+                cols.append(col)
+            for a, ca in mine.items():
+                for b, cb in mine.items():
+                    if self.coef[j, a, b]:
+                        pairs.append((ca, cb, self.coef[j, a, b]))
+        from scipy.sparse import csr_matrix
+
+        n_cols = len(columns)
+        # subset-column x value incidence, and the moment weights between columns
+        self.gather = _sparse_counts(np.array(cols), np.array(rows), n_cols, len(values))
+        left = np.array([p[0] for p in pairs], dtype=np.intp)
+        right = np.array([p[1] for p in pairs], dtype=np.intp)
+        weight = np.array([p[2] for p in pairs], dtype=float)
+        self.kernel = csr_matrix((weight, (left, right)), shape=(n_cols, n_cols))
+
+    def __call__(self, counts: np.ndarray) -> np.ndarray:
+        """One sum per column of ``counts`` (values x resamples)."""
+        if self.dense is not None:
+            return ((1.0 - self.dense) @ counts * counts).sum(axis=0)
+        out = self.diagonal @ counts**2
+        step = max(1, _BLOCK_CELLS // max(1, self.kernel.nnz, self.gather.shape[0]))
+        for start in range(0, counts.shape[1], step):
+            g = self.gather @ counts[:, start : start + step]  # subset columns x resamples
+            out[start : start + step] += np.asarray(self.kernel @ g * g).sum(axis=0)
+        return out
+
+
+def _moment_coefficients(top: int) -> np.ndarray:
+    """coef[j, a, b] = sum_k (-1)^(j-k) C(j, k) s(a, b, k): the weight of the j-th
+    shared-subset moment of sizes (a, b) in the similarity sum (binomial inversion)."""
+    coef = np.zeros((top + 1, top + 1, top + 1))
+    for a in range(top + 1):
+        for b in range(top + 1):
+            for j in range(min(a, b) + 1):
+                coef[j, a, b] = sum(
+                    (-1) ** (j - k) * math.comb(j, k) * _masi_similarity(a, b, k)
+                    for k in range(j + 1)
+                )
+    return coef
+
+
+class _SetAlpha:
+    """Krippendorff's alpha on set values for units given once, weights given many times.
+
+    ``units`` are the distinct units (each a tuple of the values its coders gave, missing
+    left out); ``__call__(weights)`` takes how often each unit counts (resamples x
+    units) and returns one alpha per row, without a units x values dense matrix.
+    """
+
+    def __init__(
+        self,
+        units: Sequence[Sequence[frozenset[str]]],
+        distance: Callable[[frozenset[str], frozenset[str]], float] = masi_distance,
+    ):
+        values: dict[frozenset[str], int] = {}
+        rows, cols = [], []
+        self.within = np.zeros(len(units))  # sum over ordered pairs of d / (m_u - 1)
+        for i, unit in enumerate(units):
+            present = [values.setdefault(v, len(values)) for v in unit]
+            if len(present) < 2:
+                continue
+            rows.extend([i] * len(present))
+            cols.extend(present)
+            d = sum(distance(x, y) for x, y in permutations(unit, 2))  # ordered pairs
+            self.within[i] = d / (len(present) - 1)
+        keys = list(values)
+        # values x units: how many of a unit's coders gave the value
+        self.by_value = _sparse_counts(
+            np.array(cols, dtype=np.intp), np.array(rows, dtype=np.intp), len(keys), len(units)
+        )
+        self.similarity = None
+        self.dmat = None
+        if distance is masi_distance:
+            self.similarity = _MasiSums(keys)
+        else:
+            n = len(keys)
+            self.dmat = np.array([[distance(x, y) for y in keys] for x in keys]).reshape(n, n)
+
+    def __call__(self, weights: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
+        """Alpha per row of ``weights``; ``columns``: the same weights transposed, if at hand."""
+        if columns is None:
+            columns = np.ascontiguousarray(weights.T)
+        counts = np.asarray(self.by_value @ columns)  # values x resamples
+        big_n = counts.sum(axis=0)
+        observed = weights @ self.within
+        if self.similarity is not None:  # ordered pairs: N^2 minus the similarity sum
+            expected = big_n**2 - self.similarity(counts)
+        else:  # the diagonal of dmat is 0
+            expected = (self.dmat @ counts * counts).sum(axis=0)
+        return 1 - _div((big_n - 1) * observed, expected)
+
+
 def set_alpha(
     units: Sequence[Sequence[frozenset[str] | None]],
     distance: Callable[[frozenset[str], frozenset[str]], float] = masi_distance,
@@ -377,55 +618,16 @@ def set_alpha(
     ``units`` is a list of units, each a list of one value per coder (None = missing).
     With ``weights`` (resamples x units) returns one alpha per resample.
     """
-    values: dict[frozenset[str], int] = {}
-    rows = []
-    for unit in units:
-        present = [values.setdefault(v, len(values)) for v in unit if v is not None]
-        rows.append(present)
-    nv = len(values)
-    keys = list(values)
-    if distance is masi_distance:
-        dmat = _masi_matrix(keys)
-    else:
-        dmat = np.array([[distance(x, y) for y in keys] for x in keys]).reshape(nv, nv)
-    counts = np.zeros((len(rows), nv))  # pairable values per unit
-    within = np.zeros(len(rows))  # sum over ordered pairs in the unit of d / (m_u - 1)
-    for i, present in enumerate(rows):
-        m = len(present)
-        if m < 2:
-            continue
-        for v in present:
-            counts[i, v] += 1
-        d = sum(dmat[x, y] for k, x in enumerate(present) for j, y in enumerate(present) if k != j)
-        within[i] = d / (m - 1)
-    w = np.ones((1, len(rows))) if weights is None else weights
-    c = w @ counts  # resamples x values
-    big_n = c.sum(axis=1)
-    observed = w @ within
-    expected = ((c @ dmat) * c).sum(axis=1)  # ordered pairs; the diagonal of dmat is 0
-    alpha = 1 - _div((big_n - 1) * observed, expected)
-    return float(alpha[0]) if weights is None else alpha
-
-
-def _set_figures(
-    a: Sequence[frozenset[str]], b: Sequence[frozenset[str]], w: np.ndarray | None
-) -> dict[str, np.ndarray]:
-    jac = np.array([jaccard(x, y) for x, y in zip(a, b, strict=True)])
-    exact = np.array([float(x == y) for x, y in zip(a, b, strict=True)])
-    units = [[x, y] for x, y in zip(a, b, strict=True)]
-    if w is None:
-        n = max(len(jac), 1)
-        return {
-            "jaccard": np.array(jac.sum() / n if len(jac) else np.nan),
-            "exact_match": np.array(exact.sum() / n if len(exact) else np.nan),
-            "masi_alpha": np.array(set_alpha(units)),
-        }
-    tot = w.sum(axis=1)
-    return {
-        "jaccard": _div(w @ jac, tot),
-        "exact_match": _div(w @ exact, tot),
-        "masi_alpha": set_alpha(units, weights=w),
-    }
+    index: dict[tuple[frozenset[str], ...], int] = {}
+    member = np.array(
+        [index.setdefault(tuple(v for v in u if v is not None), len(index)) for u in units],
+        dtype=np.intp,
+    )
+    alpha = _SetAlpha(list(index), distance)
+    if weights is None:
+        return float(alpha(np.bincount(member, minlength=len(index))[None, :].astype(float))[0])
+    grouped = _sparse_counts(np.arange(len(member)), member, len(member), len(index))
+    return alpha(np.asarray((grouped.T @ np.asarray(weights, dtype=float).T).T))
 
 
 # --------------------------------------------------------------------------- two coders
@@ -439,18 +641,68 @@ def _code_list(a: Coding, b: Coding, passages: Sequence[str], codes: Iterable[st
     return listed + [c for c in used if c not in set(listed)]
 
 
-def _pair_figures(
-    a: Coding, b: Coding, passages: Sequence[str], codes: Sequence[str], w: np.ndarray | None
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], tuple[np.ndarray, ...]]:
-    """Per-code and overall figures (point when w is None, else per resample)."""
-    ma = _indicator(a, passages, codes)
-    mb = _indicator(b, passages, codes)
-    tables = _tables(ma, mb, w)
-    per = table_metrics(*tables)
-    axis = 0 if w is None else 1
-    overall = _overall(tables, per, axis)
-    overall.update(_set_figures([a[p] for p in passages], [b[p] for p in passages], w))
-    return per, overall, tables
+def _indicator(sets: Sequence[frozenset[str]], codes: Sequence[str]) -> np.ndarray:
+    """Boolean matrix sets x codes: code in set."""
+    col = {c: j for j, c in enumerate(codes)}
+    out = np.zeros((len(sets), len(codes)), dtype=bool)
+    for i, codes_here in enumerate(sets):
+        for c in codes_here:
+            j = col.get(c)
+            if j is not None:
+                out[i, j] = True
+    return out
+
+
+class _Pair:
+    """Coder pair (column i as A, column j as B of a grouping): what its figures need per
+    group of passages, prepared once; ``figures(w)`` for group weights w."""
+
+    def __init__(self, grouped: _Grouped, i: int, j: int, codes: Sequence[str]):
+        a, b = grouped.column(i), grouped.column(j)
+        ma, mb = _indicator(a, codes), _indicator(b, codes)
+        from scipy.sparse import csr_matrix
+
+        # codes x groups, sparse: a group holds a handful of codes
+        self.marks = tuple(csr_matrix(x.T.astype(float)) for x in (ma & mb, ma, mb))
+        self.jaccard = np.array([jaccard(x, y) for x, y in zip(a, b, strict=True)])
+        self.exact = np.array([float(x == y) for x, y in zip(a, b, strict=True)])
+        self.alpha = _SetAlpha([(x, y) for x, y in zip(a, b, strict=True)])
+        self.sizes = grouped.sizes
+
+    def figures(
+        self, w: np.ndarray | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], tuple[np.ndarray, ...]]:
+        """Per-code and overall figures: point (w None: every passage once) or one per
+        row of w (resamples x groups)."""
+        weights = self.sizes[None, :] if w is None else w
+        total = weights.sum(axis=1)
+        # resamples x codes; sums of whole numbers, so exact
+        columns = np.ascontiguousarray(weights.T)  # groups x resamples, for sparse products
+        n11, pos_a, pos_b = (np.asarray((m @ columns).T) for m in self.marks)
+        n00 = total[:, None] - pos_a - pos_b + n11
+        tables = (n11, pos_a - n11, pos_b - n11, n00)
+        sets = {
+            "jaccard": _div(weights @ self.jaccard, total),
+            "exact_match": _div(weights @ self.exact, total),
+            "masi_alpha": self.alpha(weights, columns),
+        }
+        if w is None:
+            tables = tuple(t[0] for t in tables)
+            sets = {k: v[0] for k, v in sets.items()}
+        per = table_metrics(*tables)
+        overall = _overall(tables, per, axis=0 if w is None else 1)
+        overall.update(sets)
+        return per, overall, tables
+
+    def resampled(self, w: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-resample figures, flat: per-code ones as ``per:<metric>``."""
+        per, overall, _ = self.figures(w)
+        return {**{f"per:{k}": v for k, v in per.items()}, **overall}
+
+
+def _split(flat: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    per = {k[4:]: v for k, v in flat.items() if k.startswith("per:")}
+    return per, {k: v for k, v in flat.items() if not k.startswith("per:")}
 
 
 def compare(
@@ -483,11 +735,12 @@ def compare(
     else:
         passages = shared
     code_list = _code_list(a, b, passages, codes)
-    per, overall, tables = _pair_figures(a, b, passages, code_list, None)
-    w = _weights(passages, n_boot, seed, clusters) if n_boot else None
-    per_s, overall_s, _ = (
-        _pair_figures(a, b, passages, code_list, w) if w is not None else (None, None, None)
-    )
+    grouped = _group([a, b], passages)
+    pair = _Pair(grouped, 0, 1, code_list)
+    per, overall, tables = pair.figures()
+    per_s = overall_s = None
+    if n_boot:
+        [(per_s, overall_s)] = _bootstrap_pairs(grouped, [pair], passages, n_boot, seed, clusters)
     n = len(passages)
     rows = []
     for j, code in enumerate(code_list):
@@ -687,21 +940,29 @@ def compare_many(
     passages = sorted(p for p in every if sum(p in cd for cd in codings.values()) >= 2)
     used = sorted({c for cd in codings.values() for p in passages if p in cd for c in cd[p]})
     code_list = list(dict.fromkeys([*(codes or []), *used]))
-    w = _weights(passages, n_boot, seed, clusters) if n_boot else None
+    grouped = _group(list(codings.values()), passages)
+    tables = _presence_tables(grouped, code_list)  # codes x groups x (absent, present)
+    sizes = grouped.sizes[None, :]
+    supports = [int(grouped.sizes[tables[j][:, 1] > 0].sum()) for j in range(len(code_list))]
+    used_j = [j for j, n in enumerate(supports) if n]
+
+    def resampled(w: np.ndarray) -> dict[str, np.ndarray]:
+        out = {}
+        for j in used_j:
+            out[f"fleiss:{j}"] = fleiss_kappa_counts(tables[j], w)
+            out[f"alpha:{j}"] = krippendorff_alpha_counts(tables[j], w)
+        return out
+
+    boot = _bootstrap(grouped, passages, n_boot, seed, clusters, resampled) if n_boot else None
     rows: list[dict[str, Any]] = []
     fleiss_pts, alpha_pts = [], []
     fleiss_boot, alpha_boot = [], []
-    for code in code_list:
-        table = np.zeros((len(passages), 2))
-        for i, p in enumerate(passages):
-            for cd in codings.values():
-                if p in cd:
-                    table[i, int(code in cd[p])] += 1
-        support = int((table[:, 1] > 0).sum())
-        fk = float(fleiss_kappa_counts(table)[0]) if support else float("nan")
-        ka = float(krippendorff_alpha_counts(table)[0]) if support else float("nan")
-        fk_s = fleiss_kappa_counts(table, w) if w is not None and support else None
-        ka_s = krippendorff_alpha_counts(table, w) if w is not None and support else None
+    for j, code in enumerate(code_list):
+        support = supports[j]
+        fk = float(fleiss_kappa_counts(tables[j], sizes)[0]) if support else float("nan")
+        ka = float(krippendorff_alpha_counts(tables[j], sizes)[0]) if support else float("nan")
+        fk_s = boot[f"fleiss:{j}"] if boot is not None and support else None
+        ka_s = boot[f"alpha:{j}"] if boot is not None and support else None
         note = NEVER_USED if not support else None
         fleiss_pts.append(fk)
         alpha_pts.append(ka)
@@ -723,6 +984,24 @@ def compare_many(
         "mean_alpha": _estimate(_nanmean(alpha_pts), _mean_samples(alpha_boot)),
     }
     return MultiCoderAgreement(names, len(passages), rows, overall, n_boot, seed)
+
+
+def _presence_tables(grouped: _Grouped, codes: Sequence[str]) -> list[np.ndarray]:
+    """Per code, groups x 2: how many coders of the group's passages left the code out
+    and how many applied it (coders missing on the passage do not count)."""
+    tables = [np.zeros((len(grouped.keys), 2)) for _ in codes]
+    col = {c: j for j, c in enumerate(codes)}
+    for g, key in enumerate(grouped.keys):
+        present = [s for s in key if s is not None]
+        for t in tables:
+            t[g, 0] = len(present)
+        for s in present:
+            for c in s:
+                j = col.get(c)
+                if j is not None:
+                    tables[j][g, 0] -= 1
+                    tables[j][g, 1] += 1
+    return tables
 
 
 def _mean_samples(samples: list[np.ndarray]) -> np.ndarray | None:
@@ -828,11 +1107,13 @@ def compare_runs(
     """
     passages = shared_passages(reference, run, baseline)
     code_list = _code_list(reference, {p: run[p] | baseline[p] for p in passages}, passages, codes)
-    w = _weights(passages, n_boot, seed, clusters)
-    per_r, all_r, _ = _pair_figures(reference, run, passages, code_list, None)
-    per_b, all_b, _ = _pair_figures(reference, baseline, passages, code_list, None)
-    per_rs, all_rs, _ = _pair_figures(reference, run, passages, code_list, w)
-    per_bs, all_bs, _ = _pair_figures(reference, baseline, passages, code_list, w)
+    grouped = _group([reference, run, baseline], passages)
+    pairs = [_Pair(grouped, 0, 1, code_list), _Pair(grouped, 0, 2, code_list)]
+    per_r, all_r, _ = pairs[0].figures()
+    per_b, all_b, _ = pairs[1].figures()
+    (per_rs, all_rs), (per_bs, all_bs) = _bootstrap_pairs(
+        grouped, pairs, passages, n_boot, seed, clusters
+    )
     code_diffs = []
     for j, code in enumerate(code_list):
         for m in metrics:
@@ -900,28 +1181,26 @@ def human_baseline(
     passages = shared_passages(*humans.values(), machine)
     union = {p: frozenset().union(*(h[p] for h in humans.values()), machine[p]) for p in passages}
     code_list = _code_list(union, union, passages, codes)
-    w = _weights(passages, n_boot, seed, clusters)
+    grouped = _group([*humans.values(), machine], passages)
+    k = len(names)  # the machine's column in the grouping
+    hh_pairs = [_Pair(grouped, x, y, code_list) for x, y in combinations(range(k), 2)]
+    mh_pairs = [_Pair(grouped, x, k, code_list) for x in range(k)]
+    resampled = _bootstrap_pairs(grouped, hh_pairs + mh_pairs, passages, n_boot, seed, clusters)
+    hh_boot, mh_boot = resampled[: len(hh_pairs)], resampled[len(hh_pairs) :]
 
-    def mean_of(pairs: list[tuple[Coding, Coding]], weights: np.ndarray | None):
-        pers, alls = [], []
-        for x, y in pairs:
-            per, overall, _ = _pair_figures(x, y, passages, code_list, weights)
-            pers.append(per)
-            alls.append(overall)
+    def mean_of(figures: Sequence[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]):
         import warnings
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            per_mean = {m: np.nanmean([p[m] for p in pers], axis=0) for m in metrics}
-            all_mean = {m: np.nanmean([a[m] for a in alls], axis=0) for m in overall_metrics}
+            per_mean = {m: np.nanmean([p[m] for p, _ in figures], axis=0) for m in metrics}
+            all_mean = {m: np.nanmean([a[m] for _, a in figures], axis=0) for m in overall_metrics}
         return per_mean, all_mean
 
-    hh_pairs = [(humans[x], humans[y]) for x, y in combinations(names, 2)]
-    mh_pairs = [(humans[x], machine) for x in names]
-    hh, hh_all = mean_of(hh_pairs, None)
-    mh, mh_all = mean_of(mh_pairs, None)
-    hh_s, hh_all_s = mean_of(hh_pairs, w)
-    mh_s, mh_all_s = mean_of(mh_pairs, w)
+    hh, hh_all = mean_of([pair.figures()[:2] for pair in hh_pairs])
+    mh, mh_all = mean_of([pair.figures()[:2] for pair in mh_pairs])
+    hh_s, hh_all_s = mean_of(hh_boot)
+    mh_s, mh_all_s = mean_of(mh_boot)
 
     def row(subject: str, m: str, hp, mp, hs, ms) -> dict[str, Any]:
         diff = _diff_estimate(float(mp), float(hp), ms, hs)
