@@ -467,8 +467,8 @@ def _add_codes(store: Store, resolved: Resolved, set_ids: list[int]) -> None:
 def _onto_grid(store: Store, resolved: Resolved) -> None:
     """Chunk answers as a coding of the sentence grid, so a machine coder compares with
     gold and reviewers unit for unit: the codable grid passages inside an answered
-    chunk are answered, each carrying the codes whose spans cover it (the rule of
-    ``highlights.map_highlights``); those inside a ``needs_human`` chunk were handed to a
+    chunk are answered, each carrying the codes whose spans cover it (the sentence rule
+    of ``spans.to_sentences``); those inside a ``needs_human`` chunk were handed to a
     human. Units that are grid passages already (passage-level runs) stay as they are."""
     units = {p.id: p for p in store.passages(ids=[*resolved.coding, *resolved.needs_human])}
     chunks = {pid: u for pid, u in units.items() if u.is_chunk}
@@ -485,7 +485,7 @@ def _onto_grid(store: Store, resolved: Resolved) -> None:
         if pid in resolved.needs_human:
             handed |= {g.id for g in grid}
             continue
-        mapped = _project(grid, spans.get(pid, []))
+        mapped = _project(unit, grid, spans.get(pid, []))
         coding.update(mapped)
         for span, confidence in spans.get(pid, []):
             confidences += [
@@ -548,16 +548,15 @@ def _grid_inside(store: Store, unit: Any) -> list[Any]:
     ]
 
 
-def _project(grid: Sequence[Any], spans: Sequence[tuple[Any, float]]) -> Coding:
-    from qualflow.highlights import Highlight, map_highlights
+def _project(unit: Any, grid: Sequence[Any], spans: Sequence[tuple[Any, float]]) -> Coding:
+    """The chunk's spans on its grid passages by the sentence rule (``spans.to_sentences``:
+    spans of a code cover at least half of a sentence, or one lies inside it)."""
+    from qualflow.models import SpanCoding
+    from qualflow.spans import to_sentences
 
-    highlights = [
-        Highlight(
-            transcript_id=sp.transcript_id, char_start=sp.start, char_end=sp.end, code=sp.code
-        )
-        for sp, _ in spans
-    ]
-    return map_highlights(list(grid), highlights)
+    scope = {unit.transcript_id: [(p.char_start, p.char_end) for p in unit.codable_pieces()]}
+    coding = SpanCoding(coder="chunk", spans=[sp for sp, _ in spans], scope=scope)
+    return to_sentences(coding, grid)
 
 
 def learned_from(store: Store, run_ids: Iterable[int]) -> list[dict[str, Any]]:

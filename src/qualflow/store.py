@@ -663,12 +663,13 @@ class Store:
         """Gold codings of a set on the passage grid: coder -> passage id -> codes.
 
         Every grid passage inside a coder's scope is listed (an empty set where no span
-        carries a code to it); spans are mapped onto passages by the rule of
-        ``highlights.map_highlights``. The grid is ``segmentation``, or the transcript's
-        stored grid (``sentence`` when it has several). Passage-level gold comes back
-        exactly as it was stored.
+        carries a code to it); spans are projected onto passages by the sentence rule
+        (``spans.to_sentences``: spans of a code cover at least half of the passage, or
+        one lies inside it). The grid is ``segmentation``, or the transcript's stored grid
+        (``sentence`` when it has several). Passage-level gold comes back exactly as it
+        was stored.
         """
-        from qualflow.highlights import Highlight, map_highlights
+        from qualflow.spans import to_sentences
 
         out: dict[str, Coding] = {}
         for name, coding in sorted(self.gold_codings(gold_set, coder).items()):
@@ -680,17 +681,7 @@ class Store:
                 )
                 if _inside(p.char_start, p.char_end, ranges)
             ]
-            highlights = [
-                Highlight(
-                    transcript_id=sp.transcript_id,
-                    char_start=sp.start,
-                    char_end=sp.end,
-                    code=sp.code,
-                    coder=name,
-                )
-                for sp in coding.spans
-            ]
-            out[name] = map_highlights(grid, highlights) if grid else {}
+            out[name] = to_sentences(coding, grid) if grid else {}
         return out
 
     def grid_of(self, transcript_id: str) -> str:

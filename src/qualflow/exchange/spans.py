@@ -105,51 +105,12 @@ def restrict(coding: SpanCoding, transcript_ids: set[str]) -> SpanCoding:
 def project_to_sentences(
     coding: SpanCoding, sentences: Iterable[Passage], *, threshold: float = 0.5
 ) -> Coding:
-    """Sentence id -> codes: a sentence carries code C when the spans of C together
-    cover at least ``threshold`` of its characters, or a span of C lies inside it.
+    """Sentence id -> codes by the sentence rule of ``docs/spans.md``
+    (``qualflow.spans.to_sentences``): sentences outside the coding's scope are left out
+    (never judged); sentences in scope that no span reaches carry ``frozenset()``."""
+    from qualflow.spans import to_sentences
 
-    The sentence rule of ``docs/spans.md`` (the grid sentence-level agreement is measured
-    on). Sentences outside the coding's scope are left out (never judged); sentences in
-    scope that no span reaches carry ``frozenset()``. This is the one place the exchange
-    tables and the gold import project spans onto sentences, so a shared projection
-    module can take its place without touching its callers.
-    """
-    if not 0.0 < threshold <= 1.0:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-    covered: dict[str, dict[str, list[Range]]] = defaultdict(lambda: defaultdict(list))
-    for s in coding.spans:
-        if s.end > s.start:
-            covered[s.transcript_id][s.code].append((s.start, s.end))
-    by_code = {
-        tid: {code: join_ranges(ranges) for code, ranges in codes.items()}
-        for tid, codes in covered.items()
-    }
-    scope = {tid: join_ranges(ranges) for tid, ranges in coding.scope.items()}
-    out: dict[str, frozenset[str]] = {}
-    for p in sentences:
-        if not _holds(scope.get(p.transcript_id, []), p.char_start, p.char_end):
-            continue
-        out[p.id] = frozenset(
-            code
-            for code, ranges in by_code.get(p.transcript_id, {}).items()
-            if _carries(ranges, p.char_start, p.char_end, threshold)
-        )
-    return out
-
-
-def _carries(ranges: list[Range], start: int, end: int, threshold: float) -> bool:
-    """Whether one code's joined ranges cover ``threshold`` of ``[start, end)`` or one of
-    them lies inside it."""
-    i = max(0, bisect.bisect_right(ranges, (start, start)) - 1)
-    covered = 0
-    while i < len(ranges) and ranges[i][0] < end:
-        a, b = ranges[i]
-        if b > start:
-            if start <= a and b <= end:
-                return True
-            covered += min(b, end) - max(a, start)
-        i += 1
-    return covered > 0 and covered >= threshold * (end - start)
+    return to_sentences(coding, sentences, threshold=threshold)
 
 
 def _holds(ranges: list[Range], start: int, end: int) -> bool:
