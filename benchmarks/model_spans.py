@@ -28,92 +28,30 @@ coder's scope is the codable text: the codable turns.
 from __future__ import annotations
 
 import argparse
-import difflib
-import json
-import re
 import sqlite3
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.serdif_support import (
+    DOCUMENTS,
+    MODEL_SPANS,
+    README_FIGURES,
+    SERDIF,
+    TAGUETTE,
+    human_spans,
+    model_file_spans,
+    model_lines,
+)
+
 from qualflow import agreement as ag
 from qualflow import spans as sp
-from qualflow.exchange.taguette import ByteOffsets, document_transcript, strip_tags
-from qualflow.models import Range, Span, SpanCoding, Transcript
+from qualflow.models import Range, Span, SpanCoding
 from qualflow.readers import read_transcript
 from qualflow.segment import is_interviewer, segment
-
-REPO = Path(__file__).resolve().parents[1]
-SERDIF = REPO.parent / "shared" / "corpora" / "serdif-usability"
-MODEL_SPANS = SERDIF / "model-spans" / "spans.jsonl"
-TAGUETTE = SERDIF / "taguette-project.sqlite3"
-DOCUMENTS = ("P3_GMT20211125", "P6_GMT20211126", "P10_GMT20211130")
-README_FIGURES = {"sentences": 922, "precision": 0.67, "recall": 0.55, "f1": 0.61}
-
-
-def nonblank_alignment(source: str, target: str) -> dict[int, int]:
-    """Offset in ``source`` -> offset in ``target`` for every character of the words
-    the two texts share, in order (``difflib`` on their words: blanks do not count)."""
-    words = [list(re.finditer(r"\S+", text)) for text in (source, target)]
-    matcher = difflib.SequenceMatcher(
-        None, [m.group() for m in words[0]], [m.group() for m in words[1]], autojunk=False
-    )
-    out: dict[int, int] = {}
-    for a, b, size in matcher.get_matching_blocks():
-        for k in range(size):
-            src, dst = words[0][a + k].start(), words[1][b + k].start()
-            out.update((src + i, dst + i) for i in range(len(words[0][a + k].group())))
-    return out
-
-
-def human_spans(db: sqlite3.Connection, name: str, odt: Transcript) -> tuple[list[Span], list[str]]:
-    """The Taguette highlights of document ``name`` as spans of the ODT transcript."""
-    did, contents = db.execute(
-        "SELECT id, contents FROM documents WHERE name = ?", (f"{name}.odt",)
-    ).fetchone()
-    taguette = document_transcript(name=name, contents=contents, source_path=str(TAGUETTE))
-    to_odt = nonblank_alignment(taguette.text, odt.text)
-    offsets = ByteOffsets(taguette.text)
-    spans: list[Span] = []
-    problems: list[str] = []
-    rows = db.execute(
-        "SELECT h.id, h.start_offset, h.end_offset, h.snippet, t.path FROM highlights h "
-        "JOIN highlight_tags ht ON ht.highlight_id = h.id JOIN tags t ON t.id = ht.tag_id "
-        "WHERE h.document_id = ? ORDER BY h.start_offset, h.id, t.path",
-        (did,),
-    )
-    for hid, start, end, snippet, code in rows:
-        cs, ce = offsets.to_char(start), offsets.to_char(end)
-        if cs is None or ce is None or taguette.text[cs:ce] != strip_tags(snippet):
-            problems.append(f"{name}: highlight {hid}: offsets do not match its snippet")
-            continue
-        mapped = [to_odt[i] for i in range(cs, ce) if i in to_odt]
-        if not mapped:
-            problems.append(f"{name}: highlight {hid}: no character of it is in the ODT text")
-            continue
-        spans.append(Span(odt.id, mapped[0], mapped[-1] + 1, code))
-    return spans, problems
-
-
-def model_spans(
-    lines: list[dict], transcripts: dict[str, Transcript]
-) -> tuple[list[Span], list[str]]:
-    """Each model span placed by its verbatim quote inside its turn."""
-    spans: list[Span] = []
-    problems: list[str] = []
-    for n, row in enumerate(lines, 1):
-        t = transcripts[row["transcript"]]
-        turn = t.turns[row["turn_index"]]
-        at = turn.text.find(row["quote"])
-        if at < 0:
-            problems.append(f"line {n}: quote not found in turn {row['turn_index']}")
-            continue
-        if turn.text.find(row["quote"], at + 1) >= 0:
-            problems.append(f"line {n}: quote occurs twice in turn {row['turn_index']}")
-        start = turn.char_start + at
-        spans.append(Span(t.id, start, start + len(row["quote"]), row["code"]))
-    return spans, problems
 
 
 def fmt(e: ag.Estimate) -> str:
@@ -145,8 +83,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"SERDIF corpus with model spans not found under {SERDIF}")
     t0 = time.perf_counter()
     transcripts = {n: read_transcript(SERDIF / "raw" / f"{n}.odt") for n in DOCUMENTS}
-    lines = [json.loads(x) for x in MODEL_SPANS.read_text(encoding="utf-8").splitlines() if x]
-    machine, problems = model_spans(lines, transcripts)
+    lines = model_lines()
+    machine, problems = model_file_spans(transcripts)
     human: list[Span] = []
     with sqlite3.connect(f"file:{TAGUETTE}?mode=ro", uri=True) as db:
         for name, t in transcripts.items():

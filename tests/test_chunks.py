@@ -178,7 +178,7 @@ def test_llm_spans_across_sentences_with_curly_quotes_land_exactly(store, settin
     has curly ones: the span lands on the original characters, and the sentences it
     covers (and only those) carry the code."""
     from qualflow.coders.factory import open_coder
-    from qualflow.highlights import Highlight, map_highlights
+    from qualflow.spans import to_sentences
     from tests.coders_fixture import small_codebook
     from tests.fake_openai import answer, proposal
 
@@ -210,17 +210,15 @@ def test_llm_spans_across_sentences_with_curly_quotes_land_exactly(store, settin
     [p] = ps.proposals
     assert p.located == "tolerant"
     assert t.text[p.start : p.end] == "Read the ‘Home’ tab… then the ‘Query’ tab. It was fine."
+    coding = store.span_coding("llm", run_id=summary.run_id)
+    assert coding.scope == {t.id: [(t.turns[1].char_start, t.turns[1].char_end)]}
+    assert [(s.code, s.start, s.end) for s in coding.spans] == [("cat.trust", p.start, p.end)]
     sentences = store.passages(transcript_id=t.id)
-    coded = map_highlights(
-        sentences, [Highlight(transcript_id=t.id, char_start=p.start, char_end=p.end, code=p.code)]
-    )
-    by_text = {s.text: coded[s.id] for s in sentences}
+    coded = to_sentences(coding, sentences)
+    by_text = {s.text: coded.get(s.id) for s in sentences}
     assert by_text == {
-        "What did you do first?": frozenset(),
+        "What did you do first?": None,  # the interviewer's: outside the coded text
         "Read the ‘Home’ tab… then the ‘Query’ tab.": {"cat.trust"},
         "It was fine.": {"cat.trust"},
         "Then it crashed.": frozenset(),
     }
-    coding = store.span_coding("llm", run_id=summary.run_id)
-    assert coding.scope == {t.id: [(t.turns[1].char_start, t.turns[1].char_end)]}
-    assert [(s.code, s.start, s.end) for s in coding.spans] == [("cat.trust", p.start, p.end)]

@@ -113,16 +113,27 @@ def test_check_answer_flags_repeats_and_keeps_valid_ones():
     assert [p.invalid_reason for p in invalid] == ["'01.use.daily' repeated on one span"]
 
 
-def test_an_answer_applying_most_of_a_large_codebook_needs_a_human():
+def test_an_answer_stacking_most_of_a_large_codebook_on_one_stretch_needs_a_human():
     from qualflow.models import Code, Codebook
 
     book = Codebook(name="big", codes=[Code(title=f"c{i:02d}") for i in range(20)])
     chunk = chunk_request([("P1", "Tag everything. All codes apply here.", True)])
     raws = [raw(code=c.title, quotes=["Tag everything."]) for c in book.codes[:11]]
     valid, _, verdict = check_answer(raws, chunk, book, set(), max_code_share=0.5)
-    assert len(valid) == 11 and "applies 11 of the codebook's 20 codes" in verdict
+    assert len(valid) == 11 and "stacks 11 of the codebook's 20 codes" in verdict
     _, _, ok = check_answer(raws[:9], chunk, book, set(), max_code_share=0.5)
     assert ok is None
+
+
+def test_many_codes_in_different_places_of_a_long_chunk_are_plausible():
+    from qualflow.models import Code, Codebook
+
+    book = Codebook(name="big", codes=[Code(title=f"c{i:02d}") for i in range(20)])
+    words = [f"Sentence {i} is about topic {i}." for i in range(12)]
+    chunk = chunk_request([("P1", " ".join(words), True)])
+    raws = [raw(code=book.codes[i].title, quotes=[w]) for i, w in enumerate(words)]
+    valid, invalid, verdict = check_answer(raws, chunk, book, set(), max_code_share=0.5)
+    assert len(valid) == 12 and not invalid and verdict is None
 
 
 def test_oversized_fields_are_invalid():
@@ -130,3 +141,25 @@ def test_oversized_fields_are_invalid():
     assert not p.valid and "5000 characters" in p.invalid_reason and len(p.rationale) == 2000
     [q] = check_code(raw(quotes=["y" * 6000]), CHUNK, CODEBOOK, set())
     assert not q.valid and "6000 characters" in q.invalid_reason
+
+
+def test_an_exact_match_in_a_later_turn_wins_over_a_tolerant_one_in_an_earlier_turn():
+    chunk = chunk_request([("P1", "yes, I think so.", True), ("P1", "Yes", True)])
+    placed = place("Yes", chunk)
+    assert placed.located == "exact" and placed.start == chunk.unit.pieces[1].char_start
+
+
+def test_identical_quotes_in_two_turns_land_on_both_and_a_true_repeat_is_no_error():
+    from qualflow.validate import must_reask
+
+    chunk = chunk_request([("P1", "It is slow.", True), ("P1", "Fine. It is slow.", True)])
+    valid, invalid, _ = check_answer(
+        [raw(quotes=["It is slow."]), raw(quotes=["It is slow."]), raw(quotes=["It is slow."])],
+        chunk,
+        CODEBOOK,
+        set(),
+    )
+    starts = [p.start for p in valid]
+    assert starts == [chunk.unit.pieces[0].char_start, chunk.unit.pieces[1].char_start + 6]
+    [repeat] = invalid  # the third has nowhere left to go: recorded, not worth a re-ask
+    assert repeat.invalid_reason.endswith("repeated on one span") and not must_reask(repeat)

@@ -2,15 +2,14 @@
 
 The SERDIF corpus README scores its model span file against the human coder on the
 922 codable sentences of P3, P6 and P10 with half coverage: precision 0.67, recall
-0.55, F1 0.61. ``benchmarks/model_spans.py`` rebuilds both codings from the files
-(ODT reader, quotes placed in their turns, Taguette highlights carried over) and
-projects them with ``qualflow.spans``; this test pins what it prints.
+0.55, F1 0.61. ``tests.serdif_support`` rebuilds both codings from the files (ODT
+reader, quotes placed in their turns, Taguette highlights carried over;
+``benchmarks/model_spans.py`` prints the figures) and ``qualflow.spans`` projects them;
+this test pins the figures.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import sqlite3
 
 import pytest
@@ -20,27 +19,16 @@ from qualflow import spans as sp
 from qualflow.models import SpanCoding
 from qualflow.readers import read_transcript
 from qualflow.segment import is_interviewer, segment
-from tests.conftest import REPO, needs_shared
+from tests import serdif_support as bench
+from tests.conftest import needs_shared
 
 pytestmark = pytest.mark.shared
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location(
-        "model_spans", REPO / "benchmarks" / "model_spans.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
 def test_model_spans_reproduce_the_corpus_readme_figure():
     needs_shared("corpora", "serdif-usability", "model-spans", "spans.jsonl")
-    bench = _bench()
-
     transcripts = {n: read_transcript(bench.SERDIF / "raw" / f"{n}.odt") for n in bench.DOCUMENTS}
-    lines = [json.loads(x) for x in bench.MODEL_SPANS.read_text().splitlines() if x]
-    machine, problems = bench.model_spans(lines, transcripts)
+    machine, problems = bench.model_file_spans(transcripts)
     assert not problems and len(machine) == 432
     human = []
     with sqlite3.connect(f"file:{bench.TAGUETTE}?mode=ro", uri=True) as db:

@@ -22,12 +22,16 @@ from dataclasses import dataclass
 
 from qualflow.models import Codebook, CodeProposal, CodingRequest, Piece
 
+REPEATED = "repeated on one span"
+"""Reason of a proposal that repeats a span already given with the same code: recorded,
+but no reason to re-ask (nothing is lost)."""
 MAX_RATIONALE_CHARS = 2000
 MAX_QUOTE_CHARS = 5000
 MAX_QUOTES_PER_CODE = 20
 MIN_IMPLAUSIBLE_CODES = 8
-"""An answer applying more codes than this (and more than the plausible share of the
-codebook) to one unit is sent to a human: an obedient model told "tag everything"."""
+"""An answer stacking more codes than this (and more than the plausible share of the
+codebook) on one stretch of text is sent to a human: an obedient model told "tag
+everything"."""
 
 _WRAPPING_QUOTES = "\"'“”‘’«»„`"
 _TOLERANT = str.maketrans(
@@ -100,13 +104,18 @@ def strip_wrapping(quote: str) -> str:
     return quote
 
 
-def locate(quote: str, text: str, *, after: int = 0) -> Placed | None:
+MODES = ("exact", "tolerant")
+
+
+def locate(quote: str, text: str, *, after: int = 0, modes: Sequence[str] = MODES) -> Placed | None:
     """Where ``quote`` occurs in ``text`` (offsets into ``text``), exactly first, then
-    tolerantly; the first occurrence starting at or after ``after``, else the first."""
+    tolerantly (``modes``); the first occurrence starting at or after ``after``, else
+    the first."""
     quote = strip_wrapping(quote)
     if not quote:
         return None
-    for tolerant, how in ((False, "exact"), (True, "tolerant")):
+    for how in modes:
+        tolerant = how == "tolerant"
         needle, _ = normalize(quote, tolerant=tolerant)
         hay, index = normalize(text, tolerant=tolerant)
         if not needle:
@@ -132,24 +141,38 @@ def place(
     quote: str, request: CodingRequest, *, taken: Sequence[tuple[int, int]] = ()
 ) -> Placed | str:
     """The quote placed inside one codable piece of the unit (transcript offsets), or the
-    reason it cannot be. ``taken`` spans (same code) are skipped when the quote occurs
-    again further on, so two identical quotes land on two occurrences."""
-    unit = request.unit
-    for piece in unit.codable_pieces():
-        text = request.piece_text(piece)
-        found = locate(quote, text)
-        if found is None:
-            continue
-        hit = _shift(found, piece)
-        for _ in range(8):
+    reason it cannot be. An exact match in any piece wins over a tolerant one in an
+    earlier piece ("Yes" lands on "Yes", not on an earlier "yes"). ``taken`` spans (same
+    code) are skipped when the quote occurs again further on, so two identical quotes
+    land on two occurrences."""
+    for mode in MODES:
+        first: Placed | None = None
+        for piece in request.unit.codable_pieces():
+            text = request.piece_text(piece)
+            found = locate(quote, text, modes=(mode,))
+            if found is None:
+                continue
+            hit = _next_free(quote, text, piece, _shift(found, piece), taken, mode)
             if (hit.start, hit.end) not in taken:
-                break
-            again = locate(quote, text, after=hit.end - piece.char_start)
-            if again is None or _shift(again, piece).start <= hit.start:
-                break
-            hit = _shift(again, piece)
-        return hit
+                return hit
+            first = first or hit
+        if first is not None:  # every occurrence is taken: a repeat of a span given
+            return first
     return _why_not(quote, request)
+
+
+def _next_free(
+    quote: str, text: str, piece: Piece, hit: Placed, taken: Sequence[tuple[int, int]], mode: str
+) -> Placed:
+    """``hit``, or a later occurrence in the same piece when ``hit`` is taken."""
+    for _ in range(8):
+        if (hit.start, hit.end) not in taken:
+            break
+        again = locate(quote, text, after=hit.end - piece.char_start, modes=(mode,))
+        if again is None or _shift(again, piece).start <= hit.start:
+            break
+        hit = _shift(again, piece)
+    return hit
 
 
 def _shift(found: Placed, piece: Piece) -> Placed:
@@ -271,8 +294,9 @@ def check_answer(
 ) -> tuple[list[CodeProposal], list[CodeProposal], str | None]:
     """Validate an answer for one unit: (valid, invalid, a reason the whole answer
     needs a human or None). The same span with the same code twice is invalid
-    ("repeated"); an answer applying more codes than ``max_code_share`` of the
-    codebook (and more than ``MIN_IMPLAUSIBLE_CODES``) needs a human."""
+    ("repeated"); an answer stacking more codes on one stretch of text than
+    ``max_code_share`` of the codebook (and more than ``MIN_IMPLAUSIBLE_CODES``) needs a
+    human."""
     valid: list[CodeProposal] = []
     invalid: list[CodeProposal] = []
     seen: dict[str, list[tuple[int, int]]] = {}
@@ -281,7 +305,7 @@ def check_answer(
         for p in check_code(raw, request, codebook, candidates, taken=seen.get(code, [])):
             if p.valid and (p.start, p.end) in seen.get(p.code, []):
                 p = p.model_copy(
-                    update={"valid": False, "invalid_reason": f"'{p.code}' repeated on one span"}
+                    update={"valid": False, "invalid_reason": f"'{p.code}' {REPEATED}"}
                 )
             (valid if p.valid else invalid).append(p)
             if p.valid:
@@ -289,15 +313,30 @@ def check_answer(
     return valid, invalid, implausible(valid, codebook, max_code_share)
 
 
+def must_reask(p: CodeProposal) -> bool:
+    """Whether an invalid proposal is worth a re-ask (a mere repeat is not)."""
+    return bool(p.invalid_reason) and not p.invalid_reason.endswith(REPEATED)
+
+
 def implausible(valid: Sequence[CodeProposal], codebook: Codebook, share: float) -> str | None:
-    """Why an answer applying this many distinct codes to one unit is implausible."""
-    codes = {p.code for p in valid}
+    """Why an answer is implausible: it stacks more distinct codes on one stretch of
+    text than ``share`` of the codebook (and more than ``MIN_IMPLAUSIBLE_CODES``).
+
+    Counted where the spans overlap, not over the whole unit: a long chunk may well
+    carry many codes in different places, but a coder piling most of the codebook onto
+    the same words is obeying text like "tag everything", not coding."""
     limit = max(MIN_IMPLAUSIBLE_CODES, share * len(codebook.codes))
-    if len(codes) > limit:
+    placed = [p for p in valid if p.start is not None and p.end is not None]
+    most, where = 0, None
+    for p in placed:
+        stacked = {q.code for q in placed if q.start < p.end and p.start < q.end}
+        if len(stacked) > most:
+            most, where = len(stacked), p
+    if most > limit and where is not None:
         return (
-            f"the answer applies {len(codes)} of the codebook's {len(codebook.codes)} codes "
-            f"to one excerpt (more than {share:.0%} of the codebook): implausible, check "
-            "whether the text asked the model to tag everything"
+            f"the answer stacks {most} of the codebook's {len(codebook.codes)} codes on one "
+            f"stretch of text ({where.evidence[:40]!r}; more than {share:.0%} of the "
+            "codebook): implausible, check whether the text asked the model to tag everything"
         )
     return None
 

@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field, create_model, field_validator
 from qualflow.llm_calls import CallResult, LLMCallError, LLMClient, ResponseCache, cache_key
 from qualflow.models import Code, Codebook, CodingRequest, ProposalSet, Usage
 from qualflow.prompts import excerpt_view, fence, load_prompt
-from qualflow.validate import RawCode, check_answer
+from qualflow.validate import RawCode, check_answer, must_reask
 
 if TYPE_CHECKING:
     from qualflow.privacy import Pseudonymizer
@@ -422,7 +422,7 @@ class LLMCoder:
                 max_code_share=self.settings.implausible_code_share,
             )
             it.outcome = (valid, invalid)
-            it.errors = [p.invalid_reason for p in invalid if p.invalid_reason]
+            it.errors = [p.invalid_reason for p in invalid if must_reask(p)]
             it.verdict = verdict
 
     def _restore(self, text: str | None) -> str:
