@@ -10,9 +10,9 @@ Tolerance: none at the default budget. Chunks never cut a sentence, and a quote 
 one turn, so the only way the pipeline can lose a span is a turn longer than the budget
 split across two chunks with a quote over the cut. At 200 words no turn of these
 transcripts is cut through a quote (the stored spans equal the file's, which checks it),
-so every span must come back and every figure must be equal. Interviewer turns are context, not coded: the model's
-spans there (26) are never asked for, and are outside the codable text both codings
-are scored on.
+so every span must come back and every figure must be equal. Interviewer turns are
+context, not coded: the model's spans there (26) are never asked for, and are outside
+the codable text both codings are scored on.
 """
 
 from __future__ import annotations
