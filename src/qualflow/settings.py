@@ -60,6 +60,11 @@ class Settings(BaseSettings):
         "context, not coded.",
     )
     code_interviewer: bool = Field(default=False, description="Also code the interviewer's turns.")
+    reader_max_xml_mb: float = Field(
+        default=64.0,
+        description="Largest amount of XML, in MB, a DOCX or ODT may inflate to; a bigger "
+        "file (or a ZIP bomb) fails with that reason before it is unpacked.",
+    )
     participants_file: Path | None = Field(
         default=None,
         description="CSV/TSV of participant metadata (first column = participant id) "
@@ -119,6 +124,19 @@ class Settings(BaseSettings):
         default=4, description="Retries on 429, 5xx, timeouts and connection errors."
     )
     llm_concurrency: int = Field(default=4, description="Concurrent LLM calls.")
+    llm_circuit_breaker: int = Field(
+        default=20,
+        description="Consecutive rate-limit (429), server (5xx), timeout or connection "
+        "errors, counted over all of a run's concurrent calls, after which the run stops "
+        "sending and ends as 'failed' (resumable: unanswered passages get nothing stored). "
+        "401, 403 and 404 stop it at once. 0 = never stop.",
+    )
+    llm_max_response_kb: int = Field(
+        default=512,
+        description="Largest answer body accepted, in KiB; a larger one is refused while "
+        "it is read and counts as an invalid answer with that reason (re-asked once, then "
+        "needs_human). A normal answer is a few KiB.",
+    )
     llm_requests_per_minute: int = Field(
         default=0, description="Request rate limit (0 = unlimited)."
     )

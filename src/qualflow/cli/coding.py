@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from qualflow.cli.common import WorkspaceOption, fail, offline_defaults
+from qualflow.cli.common import WorkspaceOption, exit_code, fail, offline_defaults
 from qualflow.cli.runs import (
     BatchOption,
     CodebookOption,
@@ -21,6 +21,7 @@ from qualflow.cli.runs import (
     InboxOption,
     MaxCostOption,
     MaxTokensOption,
+    end_leftovers,
     progress_bar,
     show_summary,
 )
@@ -56,6 +57,7 @@ def code(
         overrides["max_tokens_per_run"] = max_tokens
     if max_cost is not None:
         overrides["max_cost_per_run"] = max_cost
+    end_leftovers(workspace)
     settings = load_settings(workspace, **overrides)
     sources = [f.resolve() for f in files or []] or pipeline.sources_of(settings, inbox)
     store = open_store(settings)
@@ -74,4 +76,6 @@ def code(
         raise fail(str(exc)) from exc
     finally:
         store.close()
-    show_summary(summary.model_dump(mode="json"))
+    status = show_summary(summary.model_dump(mode="json"))
+    if exit_code(status):
+        raise typer.Exit(exit_code(status))

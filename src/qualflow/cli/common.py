@@ -31,6 +31,23 @@ def offline_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
+EXIT_OK = 0
+EXIT_FAILED = 1
+"""Nothing was done: the run failed, every file failed, or the command could not start."""
+EXIT_PARTIAL = 3
+"""Partly done: some passages or files failed or are left uncoded (a budget stop too);
+run the same command again to resume. (2 is the usage-error code of the CLI itself.)"""
+
+
+def exit_code(status: str) -> int:
+    """The exit code for a coding run's status (see docs/scheduled-runs.md)."""
+    if status == "completed":
+        return EXIT_OK
+    if status in {"partial", "stopped_budget"}:
+        return EXIT_PARTIAL
+    return EXIT_FAILED
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print an error and return the Exit to raise."""
     err_console.print(f"[bold red]error:[/] {message}")

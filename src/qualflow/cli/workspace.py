@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from qualflow.cli.common import WorkspaceOption, console, fail
+from qualflow.cli.common import EXIT_FAILED, EXIT_PARTIAL, WorkspaceOption, console, fail
 
 codebook_app = typer.Typer(help="Inspect and load codebooks.", no_args_is_help=True)
 
@@ -88,8 +88,8 @@ def ingest(
         f"{report.count('new')} new, {report.count('new_version')} new versions, "
         f"{report.count('unchanged')} unchanged, {len(report.errors)} errors"
     )
-    if report.errors and not report.transcript_ids:
-        raise typer.Exit(1)
+    if report.errors:  # some files failed: partly done (3), or nothing read (1)
+        raise typer.Exit(EXIT_PARTIAL if report.transcript_ids else EXIT_FAILED)
 
 
 def passages(
