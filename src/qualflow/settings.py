@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     )
     code_interviewer: bool = Field(default=False, description="Also code the interviewer's turns.")
     reader_max_xml_mb: float = Field(
-        default=64.0,
+        default=32.0,
         description="Largest amount of XML, in MB, a DOCX or ODT may inflate to; a bigger "
         "file (or a ZIP bomb) fails with that reason before it is unpacked.",
     )
