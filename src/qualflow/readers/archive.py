@@ -58,9 +58,7 @@ def _is_xml(name: str) -> bool:
     return name.lower().endswith((".xml", ".rels"))
 
 
-def _check_sizes(
-    path: Path, fmt: str, infos: list[zipfile.ZipInfo], max_xml_bytes: int
-) -> None:
+def _check_sizes(path: Path, fmt: str, infos: list[zipfile.ZipInfo], max_xml_bytes: int) -> None:
     limit = f"{max_xml_bytes / 1e6:.0f} MB (setting reader_max_xml_mb)"
     xml = sum(i.file_size for i in infos if _is_xml(i.filename))
     if xml > max_xml_bytes:
