@@ -95,7 +95,12 @@ def client_for(url: str):
 
 @pytest.fixture
 def workspace(tmp_path: Path) -> Path:
+    from typer.testing import CliRunner
+
+    from qualflow.cli import app
+
     ws = tmp_path / "ws"
+    assert CliRunner().invoke(app, ["init", str(ws)]).exit_code == 0
     write_transcript_file(ws / "inbox", "alpha")
     book = small_codebook()
     codes = [{"title": c.title, "description": c.description} for c in book.codes]

@@ -310,6 +310,7 @@ def test_qualflow_code_command_codes_inbox_and_reruns_incrementally(tmp_path, mo
     from tests.coders_fixture import write_transcript_file
 
     ws = tmp_path / "ws"
+    _cli("init", str(ws))
     write_transcript_file(ws / "inbox", "alpha")
     (ws / "inbox" / "broken.docx").write_bytes(b"not a zip")
     book = small_codebook()
@@ -336,12 +337,14 @@ def test_qualflow_code_command_codes_inbox_and_reruns_incrementally(tmp_path, mo
 
 
 def test_learned_coder_without_training_data_is_a_clear_error(tmp_path):
+    _cli("init", str(tmp_path / "ws"))
     result = _cli("code", "-w", str(tmp_path / "ws"), "--coder", "learned")
     assert result.exit_code == 1
     assert "nothing to train on" in result.output
 
 
 def test_unknown_coder_is_a_clear_error(tmp_path):
+    _cli("init", str(tmp_path / "ws"))
     result = _cli("code", "-w", str(tmp_path / "ws"), "--coder", "oracle")
     assert result.exit_code == 1 and "unknown coder 'oracle'" in result.output
 

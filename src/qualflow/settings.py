@@ -227,9 +227,19 @@ class Settings(BaseSettings):
 
     @property
     def db_url(self) -> str:
+        """The store's URL; the default SQLite path percent-encoded, so a workspace path
+        with '%', '#', '?' or non-ASCII characters stays the same path."""
         if self.database_url:
             return self.database_url
-        return f"sqlite:///{(self.data_dir / 'qualflow.sqlite3').resolve()}"
+        from sqlalchemy.engine import URL
+
+        path = (self.data_dir / "qualflow.sqlite3").resolve()
+        return URL.create("sqlite", database=str(path)).render_as_string()
+
+    @property
+    def db_url_masked(self) -> str:
+        """The store's URL with its password replaced by ``***`` (for printing)."""
+        return mask_url(self.db_url)
 
     @property
     def chroma_path(self) -> Path:
@@ -240,6 +250,25 @@ class Settings(BaseSettings):
         if self.llm_api_key is not None:
             return self.llm_api_key.get_secret_value()
         return os.environ.get("OPENAI_API_KEY") or None
+
+
+def mask_url(url: str) -> str:
+    """A database URL with its password replaced by ``***``; one that does not parse
+    has everything between ``://`` and ``@`` masked."""
+    import re
+
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return re.sub(r"(://)[^/@]*@", r"\1***@", url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database:
+        return f"sqlite:///{parsed.database}"  # the path as it is, not percent-encoded
+    if parsed.password is None:
+        return url
+    return parsed.render_as_string(hide_password=True)
 
 
 def load_settings(workspace: Path | str | None = None, **overrides: Any) -> Settings:

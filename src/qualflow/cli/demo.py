@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from qualflow.cli.common import WorkspaceOption, console, fail, offline_defaults
+from qualflow.cli.common import NewWorkspaceOption, console, fail, offline_defaults
 
 DEMO_GOLD_SET = "examples"
 DEMO_REVIEWERS = ("reviewer-1", "reviewer-2")
@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
 
 
 def demo(
-    workspace: WorkspaceOption = Path("demo-workspace"),
+    workspace: NewWorkspaceOption = Path("demo-workspace"),
     coders: Annotated[
         str, typer.Option(help="Comma-separated coders to run: similarity, llm, learned.")
     ] = "similarity,llm",
