@@ -286,7 +286,7 @@ def code_transcripts(
 
     started = time.monotonic()
     logger = get_run_logger()
-    watched = processes.watch_parent_from_env()
+    watched = processes.watch_parent_from_env(hard_exit_after=STOP_GRACE_SECONDS + 10)
     overrides: dict[str, Any] = {}
     if max_tokens is not None:
         overrides["max_tokens_per_run"] = max_tokens
@@ -431,6 +431,7 @@ def _code(
         store.finish_run(
             run_id, status="interrupted" if interrupted else "failed", usage=total.usage
         )
+        processes.exit_if_orphaned()  # serve is gone, and its Prefect API with it
         raise
     return pipeline.finish_run(
         store,

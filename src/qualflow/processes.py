@@ -35,6 +35,8 @@ PARENT_ENV = "QUALFLOW_PARENT_PID"
 """Set by ``qualflow serve`` for the processes Prefect starts for it: the pid they
 watch (and stop with) and record as their owner."""
 PID_DIR = "processes"
+ORPHANED = threading.Event()
+"""Set by the parent watch once the parent is gone (see :func:`exit_if_orphaned`)."""
 _PR_SET_PDEATHSIG = 1
 
 
@@ -114,18 +116,21 @@ def watch_parent(
     on_orphan: Callable[[], None] | None = None,
     *,
     interval: float = 1.0,
+    hard_exit_after: float = 30.0,
 ) -> threading.Thread:
     """A daemon thread that calls ``on_orphan`` once ``parent`` is gone.
 
     Default ``on_orphan``: SIGTERM to this process (Prefect turns it into a clean
-    stop of the flow run), and a hard exit 60 s later if that did not end it.
+    stop of the flow run), and a hard exit ``hard_exit_after`` seconds later if that
+    did not end it (with its parent gone, Prefect's API may be gone too, and a clean
+    stop can hang on reporting to it).
     """
-    action = on_orphan or _terminate_self
+    action = on_orphan or (lambda: _terminate_self(hard_exit_after))
 
     def watch() -> None:
         while os.getppid() == parent and is_running(parent):
             time.sleep(interval)
-        log.warning("parent process %d is gone: stopping", parent)
+        ORPHANED.set()
         action()
 
     thread = threading.Thread(target=watch, name="qualflow-parent-watch", daemon=True)
@@ -133,13 +138,38 @@ def watch_parent(
     return thread
 
 
-def _terminate_self(hard_after: float = 60.0) -> None:
-    os.kill(os.getpid(), signal.SIGTERM)
-    time.sleep(hard_after)
+def _terminate_self(hard_after: float) -> None:
+    """SIGTERM to the main thread, then ``os._exit`` after ``hard_after`` seconds.
+
+    Nothing here logs: with the parent gone, a log line to the console can meet a
+    closed pipe, and rich (Prefect's console handler) answers that with SystemExit
+    in the logging thread, which would end this watch before the hard exit. The
+    signal goes to the main thread itself, so that a main thread blocked in a wait
+    is interrupted (a process-wide signal may be taken by this thread instead).
+    """
+    deadline = time.monotonic() + hard_after
+    try:
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)
+    except (AttributeError, OSError, ValueError):  # pragma: no cover - no pthread_kill
+        os.kill(os.getpid(), signal.SIGTERM)
+    while (left := deadline - time.monotonic()) > 0:
+        with contextlib.suppress(BaseException):  # nothing may stop the hard exit
+            time.sleep(min(left, 1.0))
     os._exit(1)
 
 
-def watch_parent_from_env() -> int | None:
+def exit_if_orphaned(code: int = 1) -> None:
+    """End this process now if its watched parent is gone.
+
+    For the flow-run process of ``qualflow serve``: once its run is closed in the
+    store there is nothing left to do, and Prefect's own clean-up would only wait on
+    the API that died with the serve process.
+    """
+    if ORPHANED.is_set():
+        os._exit(code)
+
+
+def watch_parent_from_env(*, hard_exit_after: float = 30.0) -> int | None:
     """Under ``qualflow serve``: watch the serve process named in ``QUALFLOW_PARENT_PID``.
 
     Only a direct child watches (the variable is inherited by grandchildren too); a
@@ -154,7 +184,7 @@ def watch_parent_from_env() -> int | None:
         return None
     if os.getppid() != parent and is_running(parent):
         return None  # a grandchild: its own parent takes care of it
-    watch_parent(parent)
+    watch_parent(parent, hard_exit_after=hard_exit_after)
     return parent
 
 
