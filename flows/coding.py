@@ -148,9 +148,22 @@ def batch_plan(settings: Settings, coder: Any, batch_size: int | None) -> tuple[
 
 @task(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2), cache_policy=NO_CACHE)
 def ingest_sources(store: Store, settings: Settings, sources: list[str]) -> dict:
-    """Read and segment the files; bad files are recorded, never fatal."""
-    ids, failures = pipeline.ingest(store, sources, settings)
-    return {"transcript_ids": ids, "failures": [f.model_dump() for f in failures]}
+    """Read and segment the files; bad files are recorded, never fatal. What a reader
+    kept but flags (caption cues with unusable timing) goes to the run's log."""
+    from qualflow.ingest import ingest_paths
+
+    report = ingest_paths(store, sources, settings)
+    logger = get_run_logger()
+    for warning in report.warnings:  # file, line and reason: never transcript text
+        logger.warning("ingest: %s", warning)
+    failures = [
+        pipeline.Failure(stage="ingest", subject=f.path, reason=f.reason or "unreadable")
+        for f in report.errors
+    ]
+    return {
+        "transcript_ids": report.transcript_ids,
+        "failures": [f.model_dump() for f in failures],
+    }
 
 
 def _index_cache_key(_context: Any, parameters: dict[str, Any]) -> str:
