@@ -324,3 +324,17 @@ def test_real_binary_is_still_binary(tmp_path: Path):
     path.write_bytes(bytes(range(256)) * 20)
     with pytest.raises(ReadError, match="binary data"):
         read_transcript(path)
+
+
+def test_ingest_command_prints_cue_warnings(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from qualflow.cli import app
+
+    ws = tmp_path / "ws"
+    assert CliRunner().invoke(app, ["init", str(ws)]).exit_code == 0
+    path = tmp_path / "I-21_zoom.vtt"
+    path.write_text(BAD_VTT, encoding="utf-8")
+    result = CliRunner().invoke(app, ["ingest", str(path), "-w", str(ws)])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("warning") == 4 and "impossible time" in result.output

@@ -324,14 +324,17 @@ def foreground_api() -> Iterator[str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     server = _start_server(port, ephemeral=True)
-    atexit.register(_stop_server, server)
+    atexit.register(_stop_server, server, 5, force=True)
     os.environ["PREFECT_API_URL"] = url
     with temporary_settings({PREFECT_API_URL: url}):
         yield url
 
 
-def _stop_server(server: Any, timeout: float = 20) -> None:
+def _stop_server(server: Any, timeout: float = 20, *, force: bool = False) -> None:
+    """Stop a server of ``_start_server``; ``force``: without waiting for the open
+    keep-alive connections of Prefect's clients (at exit nobody uses them any more)."""
     server.should_exit = True
+    server.force_exit = force
     server_thread = getattr(server, "_qualflow_thread", None)
     if server_thread is not None:
         server_thread.join(timeout=timeout)

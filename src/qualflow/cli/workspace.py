@@ -123,6 +123,8 @@ def ingest(
             console.print(f"[dim]skipped   {f.path} ({f.reason})[/]")
         else:
             console.print(f"{f.status:<10}{f.path} ({f.passages} passages)")
+        for warning in f.warnings:
+            console.print(f"[yellow]  warning  {warning}[/]")
     console.print(
         f"{report.count('new')} new, {report.count('new_version')} new versions, "
         f"{report.count('unchanged')} unchanged, {len(report.errors)} errors"

@@ -26,8 +26,9 @@ from xml.parsers import expat
 from qualflow.readers.base import ReadError
 
 DEFAULT_MAX_XML_BYTES = 32_000_000
-"""The ``reader_max_xml_mb`` default: about 8 times the XML of a long interview in a
-heavily formatted Word file, read in under two minutes (docs/transcripts.md)."""
+"""The ``reader_max_xml_mb`` default: six times the XML of a 16,000-turn document
+(5 MB), read at about 1 s and 15-20 MB of memory per MB of XML (benchmarks/
+office_read.py, docs/transcripts.md)."""
 
 PARTS = {
     "docx": ("[Content_Types].xml", "word/document.xml", "word/styles.xml", "docProps/core.xml"),
