@@ -271,3 +271,11 @@ def test_examples_list_and_numbers_still_read(tmp_path: Path):
     )
     [code] = load_codebook(path).codes
     assert code.description == "2019" and code.examples == ["one example", "42"]
+
+
+def test_malformed_settings_file_is_a_clear_error(tmp_path: Path):
+    ws = tmp_path / "ws"
+    assert cli("init", str(ws)).exit_code == 0
+    (ws / "qualflow.toml").write_text("llm_concurrency = [oops\n")
+    result = cli("status", "-w", str(ws))
+    assert result.exit_code == 1 and "qualflow.toml: cannot read the settings" in result.output

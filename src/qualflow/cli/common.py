@@ -37,15 +37,19 @@ def is_workspace(path: Path) -> bool:
 
 
 def workspace_write_problem(path: Path) -> str | None:
-    """Why the workspace's SQLite store cannot be used here, or None.
+    """Why the workspace cannot be used here (settings that do not load, a SQLite
+    store that cannot be written), or None.
 
     Checked up front so that even ``status`` explains a read-only workspace instead
     of failing deep inside SQLite. A workspace whose store is a server URL is not
     checked here.
     """
-    from qualflow.settings import load_settings
+    from qualflow.settings import CONFIG_FILE, load_settings
 
-    settings = load_settings(path)
+    try:
+        settings = load_settings(path)
+    except Exception as exc:  # a malformed qualflow.toml or a bad QUALFLOW_* value
+        return f"{path / CONFIG_FILE}: cannot read the settings: {exc}"
     if settings.database_url:
         return None
     data = settings.data_dir
