@@ -22,6 +22,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy import select
 
+from qualflow import processes
 from qualflow.db import RunRow
 from qualflow.settings import load_settings
 from qualflow.store import ProposalKey, Store, open_store
@@ -34,7 +35,7 @@ def latest_keys(store: Store, limit: int) -> list[ProposalKey]:
     with store.session() as s:
         rows = s.scalars(
             select(RunRow)
-            .where(RunRow.status.in_(["completed", "stopped_budget"]))
+            .where(RunRow.status.in_(["completed", "partial", "stopped_budget"]))
             .order_by(RunRow.id.desc())
         ).all()
         keys: list[ProposalKey] = []
@@ -171,6 +172,7 @@ def agreement_report(
     Returns the path of the report file.
     """
     logger = get_run_logger()
+    processes.watch_parent_from_env()
     settings = load_settings(workspace)
     path = Path(output)
     if not path.is_absolute():

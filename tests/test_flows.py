@@ -25,7 +25,7 @@ os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="qualflow-test-prefect-")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-from qualflow.db import DecisionRow, ProposalRow, ProposalSetRow, UserRow
+from qualflow.db import DecisionRow, ProposalRow, ProposalSetRow, RunRow, UserRow
 from qualflow.settings import load_settings
 from qualflow.store import open_store
 from tests.coders_fixture import small_codebook, write_transcript_file
@@ -123,7 +123,7 @@ def test_flow_codes_inbox_isolates_failures_and_publishes_artifact(flows, ws, mo
     monkeypatch.setenv("QF_TEST_NEVER_VALID_TEXT", "beta turn 3")
     summary = _run(flows, ws, batch_size=2)
     sets, _props, per_passage, codable = _rows(ws)
-    assert summary["status"] == "completed"
+    assert summary["status"] == "partial"  # broken.docx failed: honest, not "completed"
     assert summary["transcripts"] == 2 and summary["coded"] == len(codable) == sets
     assert set(per_passage) == codable and set(per_passage.values()) == {1}
     stages = sorted((f["stage"], Path(f["subject"]).name) for f in summary["failures"])
@@ -380,3 +380,81 @@ def test_flow_with_the_llm_coder_on_the_fake_server(flows, ws, monkeypatch, fake
     assert first["proposals"] == 2 and first["prompt_tokens"] > 0 and not first["failures"]
     again = _run(flows, ws, coder="llm")
     assert again["coded"] == 0 and fake_openai.chat_count == first["coded"]
+
+
+# ---------------------------------------------------------------------- honest outcomes
+
+
+def _llm_env(monkeypatch, fake_openai, **extra: str) -> None:
+    monkeypatch.setenv("QUALFLOW_LLM_BASE_URL", fake_openai.base_url)
+    monkeypatch.setenv("QUALFLOW_LLM_API_KEY", "k")
+    monkeypatch.setenv("QUALFLOW_LLM_MAX_RETRIES", "0")
+    for key, value in extra.items():
+        monkeypatch.setenv(key, value)
+
+
+def test_flow_in_which_every_call_failed_ends_failed(flows, ws, monkeypatch, fake_openai):
+    """Every LLM call answered 500: the flow run is Failed in Prefect, its summary says
+    failed, the run row too, and nothing is stored (the next run retries)."""
+    from tests.fake_openai import Fault
+
+    _llm_env(monkeypatch, fake_openai, QUALFLOW_LLM_CIRCUIT_BREAKER="0")
+    fake_openai.responder = lambda body: Fault(500)
+    state = _run(flows, ws, coder="llm", return_state=True)
+    assert state.is_failed()
+    summary = flows["code"].fn.__globals__["summary_of"](state)
+    assert summary["status"] == "failed" and summary["coded"] == 0
+    assert _rows(ws)[0] == 0
+    store = open_store(load_settings(ws))
+    try:
+        with store.session() as s:
+            assert s.get(RunRow, summary["run_id"]).status == "failed"
+    finally:
+        store.close()
+
+
+def test_flow_stops_when_the_endpoint_circuit_opens(flows, ws, monkeypatch, fake_openai):
+    from tests.fake_openai import Fault
+
+    _llm_env(
+        monkeypatch,
+        fake_openai,
+        QUALFLOW_LLM_CIRCUIT_BREAKER="3",
+        QUALFLOW_LLM_MAX_RETRIES="2",
+        QUALFLOW_LLM_CONCURRENCY="2",
+    )
+    fake_openai.responder = lambda body: Fault(429, headers={"Retry-After": "0.1"})
+    state = _run(flows, ws, coder="llm", return_state=True)
+    summary = flows["code"].fn.__globals__["summary_of"](state)
+    codable = _rows(ws)[3]
+    assert summary["status"] == "failed" and summary["remaining"] == len(codable)
+    assert any(f["stage"] == "circuit" for f in summary["failures"])
+    assert fake_openai.chat_count <= 3 + 2  # not every passage times every retry
+
+
+def test_qualflow_run_exit_codes(flows, ws, monkeypatch, fake_openai, prefect_api):
+    """1 when nothing could be coded, 3 when partly done, 0 when done."""
+    from typer.testing import CliRunner
+
+    from qualflow.cli import app
+    from tests.fake_openai import Fault, answer
+
+    _llm_env(monkeypatch, fake_openai, QUALFLOW_LLM_CIRCUIT_BREAKER="0")
+    monkeypatch.setenv("PREFECT_API_URL", prefect_api)
+    args = ["run", "--inbox", str(ws / "inbox"), "--codebook", str(ws / "book.yaml"), "-w", str(ws)]
+    (ws / "qualflow.toml").write_text("")
+    fake_openai.responder = lambda body: Fault(500)
+    failed = CliRunner().invoke(app, args)
+    assert failed.exit_code == 1, failed.output
+    calls: list[int] = []
+
+    def every_other(body):
+        calls.append(1)
+        return Fault(500) if len(calls) % 2 else answer()
+
+    fake_openai.responder = every_other
+    partial = CliRunner().invoke(app, args)
+    assert partial.exit_code == 3, partial.output
+    fake_openai.responder = lambda body: answer()
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 0, done.output

@@ -78,7 +78,7 @@ def base_env(tmp: Path) -> dict[str, str]:
         PREFECT_HOME=str(tmp / "prefect-home"),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         DO_NOT_TRACK="1",
-        PYTHONPATH=str(REPO),
+        PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO)]),
         QUALFLOW_RETRIEVAL_K="0",
     )
     return env
@@ -95,7 +95,12 @@ def client_for(url: str):
 
 @pytest.fixture
 def workspace(tmp_path: Path) -> Path:
+    from typer.testing import CliRunner
+
+    from qualflow.cli import app
+
     ws = tmp_path / "ws"
+    assert CliRunner().invoke(app, ["init", str(ws)]).exit_code == 0
     write_transcript_file(ws / "inbox", "alpha")
     book = small_codebook()
     codes = [{"title": c.title, "description": c.description} for c in book.codes]
@@ -251,3 +256,128 @@ def scheduled_runs(url: str) -> dict[str, int]:
             )
             out[d.name] = len(runs)
     return out
+
+
+# ---------------------------------------------------------------------- serve killed or stopped
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            children.setdefault(int(stat[stat.rfind(")") + 2 :].split()[1]), []).append(
+                int(entry.name)
+            )
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return not stat[stat.rfind(")") + 2 :].startswith("Z")
+
+
+@contextmanager
+def serving_a_slow_run(tmp_path: Path, workspace: Path) -> Iterator[tuple[subprocess.Popen, Path]]:
+    """``qualflow serve`` with a coding run in flight (1 s per passage, one at a time)."""
+    for name in ("beta", "gamma", "delta"):
+        write_transcript_file(workspace / "inbox", name, n_turns=12)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    calls = tmp_path / "calls.jsonl"
+    env = {
+        **base_env(tmp_path),
+        "QF_TEST_DELAY": "1.0",
+        "QF_TEST_CALL_LOG": str(calls),
+        "QUALFLOW_LLM_CONCURRENCY": "1",
+    }
+    log = tmp_path / "serve.log"
+    cmd = [*QUALFLOW, "serve", "-w", str(workspace), "--port", str(port)]
+    with started(cmd, env, log, cwd=workspace) as proc:
+        wait_healthy(url, proc, log)
+        with client_for(url) as client:
+            deadline = time.monotonic() + 120
+            while not (
+                found := [d for d in client.read_deployments() if d.name == "nightly-coding"]
+            ):
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(1)
+            client.create_flow_run_from_deployment(
+                found[0].id,
+                parameters={
+                    "inbox": str(workspace / "inbox"),
+                    "coder": "tests.coders_fixture:scripted_coder",
+                    "codebook": str(workspace / "book.yaml"),
+                    "batch_size": 1,
+                },
+            )
+        deadline = time.monotonic() + 240
+        while not (calls.exists() and len(calls.read_text().splitlines()) >= 3):
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the served run coded nothing"
+            time.sleep(0.3)
+        yield proc, log
+
+
+def test_sigkill_of_serve_stops_its_flow_run_process(tmp_path: Path, workspace: Path):
+    """The flow-run process Prefect starts for a served run used to keep coding, then
+    idle, after ``qualflow serve`` was killed."""
+    below: set[int] = set()
+    try:
+        with serving_a_slow_run(tmp_path, workspace) as (proc, _log):
+            below = _descendants(proc.pid)
+            assert below, "no flow-run process"
+            os.kill(proc.pid, signal.SIGKILL)  # serve only: not its process group
+            proc.wait(timeout=30)
+            deadline = time.monotonic() + 60
+            while any(_alive(p) for p in below) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert not [p for p in below if _alive(p)], "flow-run process outlived serve"
+    finally:
+        for pid in below:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_sigterm_of_serve_stops_batches_then_marks_the_run_interrupted(
+    tmp_path: Path, workspace: Path
+):
+    """Today the run was marked failed while its batches went on writing: now the
+    batches stop first, the run is ``interrupted`` and nothing is written after it."""
+    from sqlalchemy import func, select
+
+    from qualflow.db import ProposalSetRow, RunRow
+    from qualflow.settings import load_settings
+    from qualflow.store import open_store
+
+    with serving_a_slow_run(tmp_path, workspace) as (proc, log):
+        below = _descendants(proc.pid)
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+    assert not [p for p in below if _alive(p)], "a process outlived serve"
+    store = open_store(load_settings(workspace))
+    try:
+        with store.session() as s:
+            [run] = s.scalars(select(RunRow)).all()
+            last_write = s.scalar(select(func.max(ProposalSetRow.created_at)))
+            written = s.scalar(select(func.count()).select_from(ProposalSetRow))
+        assert run.status == "interrupted", (run.status, log.read_text()[-3000:])
+        assert run.finished_at is not None and last_write is not None
+        assert last_write.replace(tzinfo=None) <= run.finished_at.replace(tzinfo=None)
+        time.sleep(3)
+        with store.session() as s:
+            assert s.scalar(select(func.count()).select_from(ProposalSetRow)) == written
+    finally:
+        store.close()

@@ -138,9 +138,12 @@ def test_empty_tool_arguments_need_human(fake_openai, fast):
 
 
 def test_body_that_is_not_json_is_recorded_not_raised(fake_openai, fast):
+    # A proxy's error page is no answer of the model: retried, then failed (the next
+    # run asks again), never parked for a human.
     fake_openai.script(BadBody("<html>proxy error</html>"), BadBody(), BadBody())
     [ps] = make_coder(fake_openai, fast).propose([request(TEXT)], CODEBOOK)
-    assert ps.status == "needs_human" and ps.reason
+    assert ps.status == "failed" and ps.reason
+    assert fake_openai.chat_count == 1 + fast.llm_max_retries
 
 
 def test_one_bad_unit_does_not_stop_the_batch(fake_openai, fast):

@@ -305,8 +305,8 @@ def test_cli_index_and_retrieve(tmp_path):
     rows = ["title\tdescription"] + [f"{c.title}\t{c.description}" for c in small_codebook().codes]
     book.write_text("\n".join(rows) + "\n")
     ws = tmp_path / "ws"
-    ws.mkdir()
     runner = CliRunner()
+    assert runner.invoke(app, ["init", str(ws)]).exit_code == 0  # -w must be a workspace
     built = runner.invoke(app, ["index", "-w", str(ws), "--codebook", str(book)])
     assert built.exit_code == 0, built.output
     assert "codes 6" in built.output and "version" in built.output

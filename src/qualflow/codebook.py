@@ -4,6 +4,13 @@ A codebook's hierarchy comes from dot-separated titles (``01.use.frequency.daily
 sits under ``01.use.frequency``); a title's first segment is its top-level category.
 Parents may be codes themselves and may be applied directly. Flat codebooks
 (SERDIF's ``Navigation complex``) are simply one level deep.
+
+What cannot be read as meant is an error naming the file, the code and the field,
+never silently changed: duplicate titles (a stored codebook needs unique titles;
+``check`` still reports them with ``allow_duplicates``), a ``parent`` key or column
+(the hierarchy is in the dotted titles), an unknown key in a YAML code, a title that
+is not text, a list or mapping where text belongs, ``examples`` that are not a list
+of texts.
 """
 
 from __future__ import annotations
@@ -36,8 +43,18 @@ _COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 
-def load_codebook(source: str | Path, *, name: str | None = None) -> Codebook:
-    """Load a codebook by shipped name (``benchmark-practices``) or from a file path."""
+YAML_KEYS = ("title", "description", "inclusion", "exclusion", "examples", "count")
+"""The keys of one code in a YAML codebook (what ``to_yaml`` writes)."""
+
+
+def load_codebook(
+    source: str | Path, *, name: str | None = None, allow_duplicates: bool = False
+) -> Codebook:
+    """Load a codebook by shipped name (``benchmark-practices``) or from a file path.
+
+    Duplicate titles are refused (with every duplicated title and where it occurs)
+    unless ``allow_duplicates`` (for ``check``, which reports them as a quirk).
+    """
     path = _resolve(source)
     suffix = path.suffix.lower()
     try:
@@ -56,7 +73,22 @@ def load_codebook(source: str | Path, *, name: str | None = None) -> Codebook:
         raise CodebookError(f"{path}: unsupported codebook format '{suffix}' (TSV, CSV or YAML)")
     if name:
         codebook.name = name
+    if not allow_duplicates:
+        _refuse_duplicates(codebook, path)
     return codebook
+
+
+def _refuse_duplicates(codebook: Codebook, path: Path) -> None:
+    counts = Counter(codebook.titles())
+    dupes = [t for t, n in counts.items() if n > 1]
+    if not dupes:
+        return
+    listed = ", ".join(f"'{t}' ({counts[t]}x)" for t in dupes[:20])
+    more = f" and {len(dupes) - 20} more" if len(dupes) > 20 else ""
+    raise CodebookError(
+        f"{path}: duplicate code titles: {listed}{more}. Titles must be unique: merge or "
+        "rename them (`qualflow codebook check` lists every quirk)"
+    )
 
 
 def _resolve(source: str | Path) -> Path:
@@ -78,8 +110,29 @@ def _from_yaml(raw: str, path: Path) -> Codebook:
         raise CodebookError(f"{path}: invalid YAML: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("codes"), list):
         raise CodebookError(f"{path}: expected a mapping with a 'codes' list")
-    codes = [_code_from_mapping(item, path, f"codes[{i}]") for i, item in enumerate(data["codes"])]
+    codes = []
+    for i, item in enumerate(data["codes"]):
+        where = f"codes[{i}]"
+        if isinstance(item, dict):
+            where = f"codes[{i}] ('{item.get('title')}')" if item.get("title") else where
+            _check_yaml_keys(item, path, where)
+        codes.append(_code_from_mapping(item, path, where))
     return Codebook(name=str(data.get("name") or path.stem), source=str(path), codes=codes)
+
+
+def _check_yaml_keys(item: dict, path: Path, where: str) -> None:
+    if "parent" in item:
+        raise CodebookError(
+            f"{path}: {where}: a 'parent' key is not read: the hierarchy comes from dotted "
+            "titles (a code 'a.b' sits under 'a'); put the parent's title in front of the "
+            "code's title instead"
+        )
+    unknown = sorted(str(k) for k in item if k not in YAML_KEYS)
+    if unknown:
+        raise CodebookError(
+            f"{path}: {where}: unknown key(s) {', '.join(repr(k) for k in unknown)} "
+            f"(a code has: {', '.join(YAML_KEYS)})"
+        )
 
 
 def _from_table(raw: str, path: Path, *, delimiter: str) -> Codebook:
@@ -87,6 +140,11 @@ def _from_table(raw: str, path: Path, *, delimiter: str) -> Codebook:
     if not reader.fieldnames:
         raise CodebookError(f"{path}: no header row")
     header = {h.strip().lower(): h for h in reader.fieldnames if h}
+    if "parent" in header:
+        raise CodebookError(
+            f"{path}: a 'parent' column is not read: the hierarchy comes from dotted titles "
+            "(a code 'a.b' sits under 'a'); put the parent's title in front of each title"
+        )
     if not any(c in header for c in _COLUMNS["title"]):
         raise CodebookError(
             f"{path}: no title column (expected one of {', '.join(_COLUMNS['title'])}; "
@@ -107,7 +165,13 @@ def _from_table(raw: str, path: Path, *, delimiter: str) -> Codebook:
 def _code_from_mapping(item: Any, path: Path, where: str) -> Code:
     if not isinstance(item, dict):
         raise CodebookError(f"{path}: {where}: expected a mapping, got {type(item).__name__}")
-    title = str(item.get("title") or "").strip()
+    raw_title = item.get("title")
+    if raw_title is not None and not isinstance(raw_title, str):
+        raise CodebookError(
+            f"{path}: {where}: title {raw_title!r} is a {type(raw_title).__name__}, not text "
+            "(YAML reads 1.10 as the number 1.1): put it in quotes"
+        )
+    title = (raw_title or "").strip()
     if not title:
         raise CodebookError(f"{path}: {where}: missing title")
     count = item.get("count")
@@ -118,17 +182,49 @@ def _code_from_mapping(item: Any, path: Path, where: str) -> Code:
             raise CodebookError(f"{path}: {where}: count '{count}' is not a number") from exc
     else:
         count = None
-    examples = item.get("examples") or []
-    if isinstance(examples, str):
-        examples = [e.strip() for e in examples.split("|") if e.strip()]
     return Code(
         title=title,
-        description=str(item.get("description") or "").strip(),
-        inclusion=str(item.get("inclusion") or "").strip(),
-        exclusion=str(item.get("exclusion") or "").strip(),
-        examples=[str(e) for e in examples],
+        description=_text(item, "description", path, where),
+        inclusion=_text(item, "inclusion", path, where),
+        exclusion=_text(item, "exclusion", path, where),
+        examples=_examples(item.get("examples"), path, where),
         count=count,
     )
+
+
+def _text(item: dict, field: str, path: Path, where: str) -> str:
+    """A text field: text (numbers are taken as written); a list, mapping or yes/no is
+    an error rather than being turned into text."""
+    value = item.get(field)
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise CodebookError(
+            f"{path}: {where}: {field} must be text, got a {type(value).__name__} "
+            f"({_clip(value)}); write it as one string (quote it, or use YAML's '|' block)"
+        )
+    return str(value).strip()
+
+
+def _examples(value: Any, path: Path, where: str) -> list[str]:
+    """A list of texts, or one text with '|' between examples (tables)."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        return [e.strip() for e in value.split("|") if e.strip()]
+    if isinstance(value, list) and all(
+        isinstance(e, str | int | float) and not isinstance(e, bool) for e in value
+    ):
+        return [str(e) for e in value]
+    raise CodebookError(
+        f"{path}: {where}: examples must be a list of example texts (or one text with '|' "
+        f"between examples), got {type(value).__name__} {_clip(value)}"
+    )
+
+
+def _clip(value: Any, n: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 # ---------------------------------------------------------------------- quirks

@@ -7,6 +7,8 @@ Alembic migrations in ``qualflow/migrations``; ``open_store`` runs them.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,9 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    text,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from qualflow.models import utcnow
@@ -444,11 +447,12 @@ class WorkspaceMetaRow(Base):
 
 def make_engine(url: str) -> Engine:
     """An engine for a store URL; SQLite gets WAL, foreign keys and a busy timeout."""
-    if url.startswith("sqlite:///"):
-        path = url.removeprefix("sqlite:///")
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = parsed.database
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(parsed, connect_args={"timeout": 30})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -459,22 +463,58 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(parsed, pool_pre_ping=True)
+
+
+MIGRATION_LOCK_ID = 0x7175_616C_666C_6F77 >> 1
+"""PostgreSQL advisory lock key held while migrating (``b"qualflow"``, fits a bigint)."""
 
 
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest Alembic revision (all heads, so areas can add
-    migrations side by side; a merge revision joins them later)."""
+    migrations side by side; a merge revision joins them later).
+
+    Serialised between processes: two processes opening a fresh store at once would
+    both create the schema and collide on ``alembic_version``. On PostgreSQL the
+    migration transaction holds an advisory lock; on SQLite a file lock beside the
+    database file (``<file>.migrate.lock``) is held. The second process waits, then
+    finds the schema current.
+    """
     from alembic import command
     from alembic.config import Config
 
     here = Path(__file__).parent / "migrations"
     cfg = Config()
-    cfg.set_main_option("script_location", str(here))
-    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
-    with engine.begin() as conn:
+    # Config values go through configparser interpolation: a '%' (a percent-encoded
+    # path such as 'ws 100%' or 'é') must be doubled.
+    cfg.set_main_option("script_location", str(here).replace("%", "%%"))
+    url = engine.url.render_as_string(hide_password=False)
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    with _migration_file_lock(engine), engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_ID})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "heads")
+
+
+@contextmanager
+def _migration_file_lock(engine: Engine) -> Iterator[None]:
+    """An exclusive lock on ``<sqlite file>.migrate.lock`` (nothing for other databases,
+    in-memory SQLite, or platforms without ``fcntl``)."""
+    path = engine.url.database if engine.url.get_backend_name() == "sqlite" else None
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        fcntl = None  # type: ignore[assignment]
+    if not path or path == ":memory:" or fcntl is None:
+        yield
+        return
+    with open(f"{path}.migrate.lock", "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def session_factory(engine: Engine) -> sessionmaker:

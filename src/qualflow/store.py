@@ -135,8 +135,26 @@ class Store:
 
         Unchanged content (same name and hash) is a no-op; new content under a known
         name becomes the next version (the previous one stays, marked not current);
-        the same content under another name is refused as a duplicate.
+        the same content under another name is refused as a duplicate. Insert-or-get:
+        when another process stores the same version at the same moment, the loser's
+        insert fails on the unique key and it reports ``unchanged``.
         """
+        try:
+            return self._save_transcript(transcript, passages)
+        except IntegrityError:
+            with self.session() as s:
+                stored = s.scalar(
+                    select(TranscriptRow.id).where(
+                        TranscriptRow.name == transcript.name,
+                        TranscriptRow.content_hash == transcript.content_hash,
+                    )
+                )
+                if stored is None:
+                    raise
+                self._add_missing_passages(s, passages)
+            return "unchanged"
+
+    def _save_transcript(self, transcript: Transcript, passages: list[Passage]) -> SaveOutcome:
         with self.session() as s:
             existing = s.scalars(
                 select(TranscriptRow).where(TranscriptRow.content_hash == transcript.content_hash)

@@ -18,6 +18,7 @@ from qualflow.cli.common import (
     codebook_source,
     command_codebook,
     console,
+    exit_code,
     fail,
     offline_defaults,
     require_shared_codes,
@@ -30,6 +31,7 @@ from qualflow.cli.runs import (
     InboxOption,
     MaxCostOption,
     MaxTokensOption,
+    end_leftovers,
     progress_bar,
     show_summary,
 )
@@ -65,6 +67,7 @@ def code(
         overrides["max_tokens_per_run"] = max_tokens
     if max_cost is not None:
         overrides["max_cost_per_run"] = max_cost
+    end_leftovers(workspace)
     settings = load_settings(workspace, **overrides)
     sources = [f.resolve() for f in files or []] or pipeline.sources_of(settings, inbox)
     store = open_store(settings)
@@ -87,9 +90,11 @@ def code(
         raise fail(str(exc)) from exc
     finally:
         store.close()
-    show_summary(summary.model_dump(mode="json"))
+    status = show_summary(summary.model_dump(mode="json"))
     for line in learned_from:
         console.print(line, markup=False, highlight=False)
+    if exit_code(status):
+        raise typer.Exit(exit_code(status))
 
 
 def _learned_from(store, run_id: int | None) -> list[str]:

@@ -12,15 +12,102 @@ from rich.console import Console
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
+
+def require_workspace(path: Path) -> Path:
+    """``path`` if it is a usable workspace, else a clear error (exit 1).
+
+    A workspace holds ``qualflow.toml`` (``qualflow init``) or already a store
+    (``data/qualflow.sqlite3``, made through the library). Any other folder is
+    refused: a mistyped ``-w`` must not create a new store and code everything again
+    there. So is a workspace whose store cannot be written (SQLite needs to write
+    beside its file even to read).
+    """
+    if not is_workspace(path):
+        raise fail(f"{path}: not a qualflow workspace (run `qualflow init {path}`)")
+    problem = workspace_write_problem(path)
+    if problem:
+        raise fail(problem)
+    return path
+
+
+def is_workspace(path: Path) -> bool:
+    from qualflow.settings import CONFIG_FILE
+
+    return (path / CONFIG_FILE).is_file() or (path / "data" / "qualflow.sqlite3").is_file()
+
+
+def workspace_write_problem(path: Path) -> str | None:
+    """Why the workspace cannot be used here (settings that do not load, a SQLite
+    store that cannot be written), or None.
+
+    Checked up front so that even ``status`` explains a read-only workspace instead
+    of failing deep inside SQLite. A workspace whose store is a server URL is not
+    checked here.
+    """
+    from qualflow.settings import CONFIG_FILE, load_settings
+
+    try:
+        settings = load_settings(path)
+    except Exception as exc:  # a malformed qualflow.toml or a bad QUALFLOW_* value
+        return f"{path / CONFIG_FILE}: cannot read the settings: {exc}"
+    if settings.database_url:
+        return None
+    data = settings.data_dir
+    folder = data if data.exists() else settings.workspace
+    db = data / "qualflow.sqlite3"
+    if not os.access(folder, os.W_OK | os.X_OK) or (db.exists() and not os.access(db, os.W_OK)):
+        where = db if db.exists() and not os.access(db, os.W_OK) else folder
+        return (
+            f"{path}: the workspace is read-only ({where} cannot be written). qualflow "
+            "writes to its store even to read it (SQLite keeps a journal beside the "
+            "file): give write access, or copy the workspace somewhere writable"
+        )
+    return None
+
+
+def open_workspace_store(settings):  # -> Store
+    """Open (and migrate) the workspace's store; a store that cannot be opened is a
+    clear error naming it (password masked) and the reason, not a traceback."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from qualflow.store import open_store
+
+    try:
+        return open_store(settings)
+    except (SQLAlchemyError, OSError) as exc:
+        detail = getattr(exc, "orig", None) or exc
+        raise fail(
+            f"cannot open the store {settings.db_url_masked}: {type(detail).__name__}: "
+            f"{str(detail).splitlines()[0] if str(detail) else ''}"
+        ) from exc
+
+
+def _workspace_callback(ctx: typer.Context, value: Path) -> Path:
+    if ctx.resilient_parsing:  # shell completion: no checks
+        return value
+    return require_workspace(value)
+
+
 WorkspaceOption = Annotated[
     Path,
     typer.Option(
         "--workspace",
         "-w",
         envvar="QUALFLOW_WORKSPACE",
-        help="Workspace folder (holds qualflow.toml and data/).",
+        help="Workspace folder (holds qualflow.toml and data/; made by `qualflow init`).",
+        callback=_workspace_callback,
     ),
 ]
+NewWorkspaceOption = Annotated[
+    Path,
+    typer.Option(
+        "--workspace",
+        "-w",
+        envvar="QUALFLOW_WORKSPACE",
+        help="Workspace folder (created when missing).",
+    ),
+]
+"""For the commands that create their workspace (``demo``)."""
 
 
 def offline_defaults() -> None:
@@ -29,6 +116,23 @@ def offline_defaults() -> None:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     # The temporary local server can take a while to start on a busy 2-core machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+"""Nothing was done: the run failed, every file failed, or the command could not start."""
+EXIT_PARTIAL = 3
+"""Partly done: some passages or files failed or are left uncoded (a budget stop too);
+run the same command again to resume. (2 is the usage-error code of the CLI itself.)"""
+
+
+def exit_code(status: str) -> int:
+    """The exit code for a coding run's status (see docs/scheduled-runs.md)."""
+    if status == "completed":
+        return EXIT_OK
+    if status in {"partial", "stopped_budget"}:
+        return EXIT_PARTIAL
+    return EXIT_FAILED
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

@@ -19,7 +19,7 @@ from typing import Annotated
 import typer
 
 from qualflow.cli.common import (
-    WorkspaceOption,
+    NewWorkspaceOption,
     adopt_codebook,
     codebook_source,
     console,
@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
 
 
 def demo(
-    workspace: WorkspaceOption = Path("demo-workspace"),
+    workspace: NewWorkspaceOption = Path("demo-workspace"),
     coders: Annotated[
         str, typer.Option(help="Comma-separated coders to run: similarity, llm, learned.")
     ] = "similarity,llm",

@@ -24,6 +24,7 @@ from qualflow.cli.common import (
     codebook_source,
     command_codebook,
     console,
+    exit_code,
     fail,
     offline_defaults,
     require_shared_codes,
@@ -103,12 +104,13 @@ def run(
     """
     offline_defaults()
     workspace = workspace.resolve()
+    end_leftovers(workspace)
     codebook = _run_codebook(workspace, codebook)
     flow = load_flow("flows/coding.py:code_transcripts")
-    with progress_bar() as update:
+    with foreground_api(), progress_bar() as update:
         flow.fn.__globals__["progress_hook"] = update
         try:
-            result = flow(
+            state = flow(
                 inbox=str(inbox.resolve()) if inbox else None,
                 files=[str(f.resolve()) for f in files] if files else None,
                 workspace=str(workspace),
@@ -117,12 +119,29 @@ def run(
                 batch_size=batch_size,
                 max_tokens=max_tokens,
                 max_cost=max_cost,
+                return_state=True,
             )
+            result = flow.fn.__globals__["summary_of"](state)
         except Exception as exc:
             raise fail(f"coding run failed: {exc}") from exc
         finally:
             flow.fn.__globals__["progress_hook"] = None
-    show_summary(result)
+    status = show_summary(result)
+    if exit_code(status):
+        raise typer.Exit(exit_code(status))
+
+
+def end_leftovers(workspace: Path) -> None:
+    """End processes a killed qualflow left running for this workspace (pid files)."""
+    from qualflow import processes
+    from qualflow.settings import load_settings
+
+    folder = processes.pid_dir(load_settings(workspace).data_dir)
+    for record in processes.reap_leftovers(folder):
+        console.print(
+            f"[yellow]ended a left-over {record.get('role')} process (pid {record['pid']}) "
+            "of a qualflow process that was killed[/]"
+        )
 
 
 def _run_codebook(workspace: Path, given: str | None) -> str:
@@ -172,7 +191,8 @@ def progress_bar() -> Iterator[Any]:
         yield update
 
 
-def show_summary(result: dict) -> None:
+def show_summary(result: dict) -> str:
+    """Print a run summary and what to do next; returns the run's status."""
     from rich.markdown import Markdown
 
     from qualflow.pipeline import RunSummary, render_markdown
@@ -181,6 +201,17 @@ def show_summary(result: dict) -> None:
     console.print(Markdown(render_markdown(summary)))
     if summary.status == "stopped_budget":
         console.print("[yellow]Budget reached: run the same command again to resume.[/]")
+    elif summary.status == "partial":
+        console.print(
+            "[yellow]Partly done: some passages failed or are left uncoded (see failures); "
+            "run the same command again to retry them.[/]"
+        )
+    elif summary.status == "failed":
+        console.print(
+            "[red]Run failed: nothing was coded (see failures). Fix the cause, then run the "
+            "same command again.[/]"
+        )
+    return summary.status
 
 
 # ---------------------------------------------------------------------- serve
@@ -211,9 +242,14 @@ def serve(
     (UI and scheduler) on 127.0.0.1; otherwise it registers with that server. Stops
     cleanly on SIGTERM or Ctrl-C.
     """
+    from qualflow import processes
+
     offline_defaults()
     workspace = workspace.resolve()
+    end_leftovers(workspace)
     specs = deployment_specs(workspace, coding_cron=coding_cron, report_cron=report_cron)
+    # Prefect's flow-run processes watch this process and stop when it is gone.
+    os.environ[processes.PARENT_ENV] = str(os.getpid())
     with api_server(port) as url:
         from prefect import serve as prefect_serve
         from prefect.schedules import Cron
@@ -269,7 +305,7 @@ def deployment_specs(
 
 
 @contextmanager
-def api_server(port: int) -> Iterator[str]:
+def api_server(port: int, *, ephemeral: bool = False) -> Iterator[str]:
     """The Prefect API to use: PREFECT_API_URL if set, else a server in this process."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -279,26 +315,61 @@ def api_server(port: int) -> Iterator[str]:
         return
     port = port or free_port()
     url = f"http://127.0.0.1:{port}/api"
-    server = _start_server(port)
+    server = _start_server(port, ephemeral=ephemeral)
     os.environ["PREFECT_API_URL"] = url  # flow-run subprocesses report here too
     try:
         with temporary_settings({PREFECT_API_URL: url}):
             yield url
     finally:
         os.environ.pop("PREFECT_API_URL", None)
-        server.should_exit = True
-        server_thread = getattr(server, "_qualflow_thread", None)
-        if server_thread is not None:
-            server_thread.join(timeout=20)
+        _stop_server(server)
 
 
-def _start_server(port: int) -> Any:
-    """Prefect's API, UI and services (scheduler included) on 127.0.0.1, in a thread."""
+@contextmanager
+def foreground_api() -> Iterator[str]:
+    """The Prefect API of ``qualflow run``: PREFECT_API_URL if set, else a temporary
+    API server in a thread of this process.
+
+    Prefect's own temporary server is a separate process that a SIGKILL of
+    ``qualflow run`` left running for good; a thread dies with the process. The
+    server is stopped at interpreter exit, after Prefect has flushed its logs and
+    events to it (Prefect drains those in threading's exit hooks, which run first).
+    """
+    import atexit
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    configured = PREFECT_API_URL.value()
+    if configured:
+        yield configured
+        return
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    server = _start_server(port, ephemeral=True)
+    atexit.register(_stop_server, server, 5, force=True)
+    os.environ["PREFECT_API_URL"] = url
+    with temporary_settings({PREFECT_API_URL: url}):
+        yield url
+
+
+def _stop_server(server: Any, timeout: float = 20, *, force: bool = False) -> None:
+    """Stop a server of ``_start_server``; ``force``: without waiting for the open
+    keep-alive connections of Prefect's clients (at exit nobody uses them any more)."""
+    server.should_exit = True
+    server.force_exit = force
+    server_thread = getattr(server, "_qualflow_thread", None)
+    if server_thread is not None:
+        server_thread.join(timeout=timeout)
+
+
+def _start_server(port: int, *, ephemeral: bool = False) -> Any:
+    """Prefect's API on 127.0.0.1, in a thread: with UI and services (scheduler
+    included), or without them (``ephemeral``, for one foreground run)."""
     import uvicorn
     from prefect.server.api.server import create_app
 
     config = uvicorn.Config(
-        app=create_app(final=True),
+        app=create_app(ephemeral=ephemeral, final=True),
         host="127.0.0.1",
         port=port,
         log_level="warning",

@@ -10,7 +10,17 @@ from typing import Annotated
 
 import typer
 
-from qualflow.cli.common import WorkspaceOption, codebook_label, console, fail
+from qualflow.cli.common import (
+    EXIT_FAILED,
+    EXIT_PARTIAL,
+    WorkspaceOption,
+    codebook_label,
+    console,
+    fail,
+    open_workspace_store,
+    require_workspace,
+    workspace_write_problem,
+)
 
 codebook_app = typer.Typer(help="Inspect and load codebooks.", no_args_is_help=True)
 
@@ -25,35 +35,65 @@ def register(app: typer.Typer) -> None:
 
 
 def _open(workspace: Path):
-    from qualflow.settings import CONFIG_FILE, load_settings
-    from qualflow.store import open_store
+    from qualflow.settings import load_settings
 
-    if not (workspace / CONFIG_FILE).is_file():
-        raise fail(f"{workspace}: not a qualflow workspace (run `qualflow init {workspace}`)")
+    require_workspace(workspace)
     settings = load_settings(workspace)
-    return settings, open_store(settings)
+    return settings, open_workspace_store(settings)
 
 
 def init(
     study_dir: Annotated[Path, typer.Argument(help="Folder to create the workspace in.")],
     name: Annotated[str | None, typer.Option(help="Study name (default: folder name).")] = None,
 ) -> None:
-    """Create a workspace: qualflow.toml plus data/ holding the SQLite store."""
-    from qualflow.settings import CONFIG_FILE, Settings, load_settings, render_toml
-    from qualflow.store import open_store
+    """Create a workspace: qualflow.toml plus data/ holding the SQLite store.
 
-    study_dir.mkdir(parents=True, exist_ok=True)
+    All or nothing: when the store cannot be made, what this command created is
+    removed again (an existing qualflow.toml or data/ is never touched).
+    """
+    from qualflow.settings import CONFIG_FILE, Settings, load_settings, render_toml
+
     config = study_dir / CONFIG_FILE
-    if config.exists():
-        console.print(f"{config} exists; keeping it")
-    else:
-        config.write_text(render_toml(Settings(study_name=name or study_dir.resolve().name)))
-    settings = load_settings(study_dir)
-    store = open_store(settings)
-    store.close()
+    created = _made_by_init(study_dir)
+    try:
+        study_dir.mkdir(parents=True, exist_ok=True)
+        if config.exists():
+            console.print(f"{config} exists; keeping it")
+        else:
+            created.append(config)
+            config.write_text(render_toml(Settings(study_name=name or study_dir.resolve().name)))
+        settings = load_settings(study_dir)
+        problem = workspace_write_problem(study_dir)
+        if problem:
+            raise fail(problem)
+        open_workspace_store(settings).close()
+    except BaseException:
+        _remove(created)
+        raise
     console.print(f"workspace ready: {study_dir.resolve()}")
     console.print(f"  settings: {config}")
-    console.print(f"  store:    {settings.db_url}")
+    console.print(f"  store:    {settings.db_url_masked}")
+
+
+def _made_by_init(study_dir: Path) -> list[Path]:
+    """The folders ``init`` is about to create (outermost first): removed on failure."""
+    missing = [p for p in [study_dir, *study_dir.parents] if not p.exists()]
+    data = study_dir / "data"
+    return [*reversed(missing), *([] if data.exists() else [data])]
+
+
+def _remove(paths: list[Path]) -> None:
+    """Undo a failed ``init``: innermost first; folders only when only we filled them."""
+    import shutil
+
+    for path in reversed(paths):
+        try:
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+        except OSError as exc:
+            console.print(f"[yellow]could not remove {path}: {exc}[/]")
 
 
 def ingest(
@@ -87,12 +127,14 @@ def ingest(
             console.print(f"[dim]skipped   {f.path} ({f.reason})[/]")
         else:
             console.print(f"{f.status:<10}{f.path} ({f.passages} passages)")
+        for warning in f.warnings:
+            console.print(f"[yellow]  warning  {warning}[/]")
     console.print(
         f"{report.count('new')} new, {report.count('new_version')} new versions, "
         f"{report.count('unchanged')} unchanged, {len(report.errors)} errors"
     )
-    if report.errors and not report.transcript_ids:
-        raise typer.Exit(1)
+    if report.errors:  # some files failed: partly done (3), or nothing read (1)
+        raise typer.Exit(EXIT_PARTIAL if report.transcript_ids else EXIT_FAILED)
 
 
 def passages(
@@ -178,7 +220,7 @@ def status(workspace: WorkspaceOption = Path(".")) -> None:
     transcripts = store.transcripts()
     passages = store.passages(segmentation=settings.segmentation, codable_only=True)
     console.print(f"workspace:   {settings.workspace}")
-    console.print(f"store:       {settings.db_url}")
+    console.print(f"store:       {settings.db_url_masked}")
     console.print(f"transcripts: {len(transcripts)}")
     console.print(f"passages:    {len(passages)} codable ({settings.segmentation})")
     console.print(f"guide lines: {_guide_marked(store, settings)} passages marked (context)")
@@ -219,7 +261,7 @@ def codebook_check(
     from qualflow.codebook import CodebookError, check_codebook, load_codebook, summarize
 
     try:
-        codebook = load_codebook(file)
+        codebook = load_codebook(file, allow_duplicates=True)  # reported below, not refused
     except CodebookError as exc:
         raise fail(str(exc)) from exc
     info = summarize(codebook)

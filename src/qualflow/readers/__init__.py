@@ -2,7 +2,12 @@
 
 The reader is chosen by extension and content together: a ``.txt`` holding WebVTT
 is read as WebVTT, a ``.vtt`` without the WEBVTT header is an error, a ZIP is
-opened as DOCX or ODT by what it contains.
+opened as DOCX or ODT by what it contains (after ``archive.check_container``: bounded
+in size, every parsed XML part complete).
+
+A file is read completely or not at all: anything a reader cannot take in fails the
+file with its reason, except caption cues with unusable timing, whose speech is kept
+without times and reported in ``warnings`` (file, line, reason).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 from qualflow.models import Transcript
+from qualflow.readers.archive import DEFAULT_MAX_XML_BYTES, check_container
 from qualflow.readers.base import RawTurn, ReadError, build_transcript, normalize
 
 __all__ = ["SUPPORTED_SUFFIXES", "ReadError", "normalize", "read_transcript"]
@@ -27,8 +33,20 @@ _SIGNATURES = {
 }
 
 
-def read_transcript(path: Path, *, name: str | None = None) -> Transcript:
-    """Read one transcript file; raises ``ReadError`` naming the file and the reason."""
+def read_transcript(
+    path: Path,
+    *,
+    name: str | None = None,
+    max_xml_bytes: int = DEFAULT_MAX_XML_BYTES,
+    warnings: list[str] | None = None,
+) -> Transcript:
+    """Read one transcript file; raises ``ReadError`` naming the file and the reason.
+
+    ``max_xml_bytes``: the most XML a DOCX/ODT may unpack to (setting
+    ``reader_max_xml_mb``). ``warnings`` collects what was read but is worth a look
+    (``"<file>:<line>: <reason>"``, never transcript text), e.g. caption cues whose
+    timing could not be used.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
@@ -47,11 +65,12 @@ def read_transcript(path: Path, *, name: str | None = None) -> Transcript:
             raise ReadError(path, reason)
     if data.startswith(b"PK\x03\x04"):
         fmt = _zip_format(path, data)
+        check_container(path, data, fmt, max_xml_bytes)
         return _read_office(path, data, fmt, name)
     if suffix in OFFICE_SUFFIXES:
         raise ReadError(path, f"not a {suffix[1:].upper()} file (no ZIP container)")
     text = _decode(path, data)
-    fmt, turns, meta = _read_text(path, suffix, text)
+    fmt, turns, meta = _read_text(path, suffix, text, warnings)
     return build_transcript(path, data, fmt, turns, name=name, metadata=meta)
 
 
@@ -98,6 +117,15 @@ def _decode(path: Path, data: bytes) -> str:
         except UnicodeDecodeError as e:
             raise ReadError(path, f"undecodable UTF-16 bytes at byte {e.start}") from e
     if b"\x00" in data[:8192]:
+        utf16 = _looks_like_utf16(data)
+        if utf16:
+            raise ReadError(
+                path,
+                f"the text looks like {utf16} without a byte-order mark (NUL bytes between "
+                f"the letters); save it as UTF-8 (e.g. iconv -f {utf16.replace(' ', '')} "
+                f"-t UTF-8 '{path.name}' > '{path.stem}.utf8{path.suffix}'), then ingest "
+                "that file",
+            )
         raise ReadError(path, "binary data (NUL bytes), not a text transcript")
     try:
         text = data.decode("utf-8-sig")
@@ -111,7 +139,34 @@ def _decode(path: Path, data: bytes) -> str:
     return text
 
 
-def _read_text(path: Path, suffix: str, text: str) -> tuple[str, list[RawTurn], dict[str, str]]:
+def _looks_like_utf16(data: bytes) -> str | None:
+    """'UTF-16 LE' or 'UTF-16 BE' when the NUL bytes sit where UTF-16 puts them for
+    mostly Latin text (every other byte) and the bytes decode as text that way."""
+    sample = data[:8192]
+    sample = sample[: len(sample) // 2 * 2]
+    if len(sample) < 4:
+        return None
+    even_nul = sample[0::2].count(0) / (len(sample) // 2)
+    odd_nul = sample[1::2].count(0) / (len(sample) // 2)
+    for codec, label, nul_share in (
+        ("utf-16-le", "UTF-16 LE", odd_nul),
+        ("utf-16-be", "UTF-16 BE", even_nul),
+    ):
+        if nul_share < 0.3 or min(even_nul, odd_nul) > 0.05:
+            continue
+        try:
+            text = sample.decode(codec)
+        except UnicodeDecodeError:
+            continue
+        printable = sum(1 for c in text if c.isprintable() or c in "\r\n\t")
+        if printable >= 0.95 * len(text):
+            return label
+    return None
+
+
+def _read_text(
+    path: Path, suffix: str, text: str, warnings: list[str] | None = None
+) -> tuple[str, list[RawTurn], dict[str, str]]:
     from qualflow.readers import captions
     from qualflow.readers.text import is_otter, read_markdown, read_otter, read_text
 
@@ -122,7 +177,10 @@ def _read_text(path: Path, suffix: str, text: str) -> tuple[str, list[RawTurn], 
     if captions.is_vtt(text) or captions.is_srt(text):
         fmt = "vtt" if captions.is_vtt(text) else "srt"
         notes: list[str] = []
-        turns = captions.merge_cues(captions.parse_cues(text, notes=notes))
+        problems: list[str] = []
+        turns = captions.merge_cues(captions.parse_cues(text, notes=notes, problems=problems))
+        if warnings is not None:
+            warnings.extend(f"{path}:{p}" for p in problems)
         meta = {"notes": " | ".join(notes)} if notes else {}
         return fmt, turns, meta
     if is_otter(text):
