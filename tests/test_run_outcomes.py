@@ -18,13 +18,21 @@ from tests.coders_fixture import (
 from tests.fake_openai import Fault, answer
 
 
-def _seed(store, names=("alpha", "beta")) -> None:
+@pytest.fixture
+def settings(settings):
+    """Chunks of one answer each (see test_pipeline.py): easy counts."""
+    return settings.model_copy(update={"chunk_words": 5})
+
+
+def _seed(store, settings, names=("alpha", "beta")) -> None:
     for name in names:
         store.save_transcript(*make_transcript(name, 6))
+    pipeline.ensure_chunks(store, settings)
 
 
-def _codable(store) -> list[str]:
-    return [p.id for p in store.passages(codable_only=True)]
+def _codable(store, settings) -> list[str]:
+    """The units a run codes: the stored chunks."""
+    return [p.id for p in store.passages(segmentation=pipeline.unit_segmentation(settings))]
 
 
 def _sets(store) -> int:
@@ -66,8 +74,8 @@ def test_run_status_rules(coded, remaining, stages, budget, circuit, status):
 
 
 def test_run_in_which_every_call_failed_is_failed(store, settings):
-    _seed(store)
-    coder = ScriptedCoder(raise_for=_codable(store))
+    _seed(store, settings)
+    coder = ScriptedCoder(raise_for=_codable(store, settings))
     summary = pipeline.run_coding(store, coder, small_codebook(), settings, batch_size=2)
     assert summary.status == "failed" and summary.coded == 0
     with store.session() as s:
@@ -76,8 +84,8 @@ def test_run_in_which_every_call_failed_is_failed(store, settings):
 
 
 def test_some_failed_is_partial(store, settings):
-    _seed(store)
-    coder = ScriptedCoder(raise_for=_codable(store)[:1])
+    _seed(store, settings)
+    coder = ScriptedCoder(raise_for=_codable(store, settings)[:1])
     summary = pipeline.run_coding(store, coder, small_codebook(), settings, batch_size=1)
     assert summary.status == "partial" and summary.remaining == 1
     assert "partial" in pipeline.render_markdown(summary)
@@ -91,8 +99,8 @@ def test_circuit_breaker_stops_the_run_failed_and_resumable(store, settings, fak
     stores nothing for the unanswered passages, and the next run codes them all."""
     from tests.llm_helpers import make_coder
 
-    _seed(store, names=("alpha", "beta", "gamma", "delta"))
-    todo = _codable(store)
+    _seed(store, settings, names=("alpha", "beta", "gamma", "delta"))
+    todo = _codable(store, settings)
     fake_openai.responder = lambda body: Fault(429, headers={"Retry-After": "0.2"})
     s = settings.model_copy(
         update={"llm_max_retries": 3, "llm_concurrency": 2, "llm_circuit_breaker": 4}
@@ -121,6 +129,7 @@ def endpoint_ws(tmp_path, monkeypatch, fake_openai):
     monkeypatch.setenv("QUALFLOW_LLM_MAX_RETRIES", "0")
     monkeypatch.setenv("QUALFLOW_LLM_CONCURRENCY", "1")
     monkeypatch.setenv("QUALFLOW_RETRIEVAL_K", "0")
+    monkeypatch.setenv("QUALFLOW_CHUNK_WORDS", "5")  # one chunk per answer: three units
     return ws
 
 
