@@ -18,14 +18,30 @@ user runs them, and print their figures:
 - ``code llm`` / ``rerun llm``: ``qualflow code --coder llm`` against the fake
   OpenAI-compatible server (``tests/fake_openai.py``, zero latency, "no code applies"
   answers), then again (0 requests expected);
+- ``run llm``: ``qualflow run --coder llm`` (the Prefect flow, its temporary API in
+  the process) over the same units under another model name (so every unit is new
+  to it), zero latency: compare its wall time with ``code llm``;
+- ``dispatch C=4`` / ``C=8`` / ``C=16``: ``qualflow code --coder llm`` with
+  ``llm_concurrency`` C while the fake server waits ``--latency`` seconds (default
+  0.3) before every answer, each under its own model name. ``ratio`` is the request
+  rate the endpoint saw (from the first to the last request's arrival) over the ideal
+  C / latency; ``wall ratio`` the same over the command's whole wall time (start-up,
+  ingest check and planning included);
 - ``agreement``: ``agreement.compare(gold, similarity coding)`` with 1000 resamples, in
   a child process for its time and peak memory.
 
-A part is a function ``(Size) -> dict`` registered in ``PARTS``; add review pages or
-``qualflow run`` the same way.
+Every coding part also prints ``first/last tenth``: units per second over the first
+and the last tenth of the units it stored (by the time each answer was made), which
+shows whether a run slows down as it goes.
+
+A part is a function ``(Size) -> dict`` registered in ``PARTS``; add review pages the
+same way.
 
     .venv/bin/python benchmarks/scale.py                        # 11 and 40 transcripts
     .venv/bin/python benchmarks/scale.py --transcripts 11 100 --parts ingest "code llm"
+    .venv/bin/python benchmarks/scale.py --transcripts 40 --parts ingest "code llm" "run llm"
+    .venv/bin/python benchmarks/scale.py --transcripts 40 --latency 0.3 \
+        --parts ingest "dispatch C=4" "dispatch C=8" "dispatch C=16"
 """
 
 from __future__ import annotations
@@ -162,14 +178,15 @@ class Size:
     workspace: Path
     env: dict[str, str]
     fake: Any
+    latency: float = 0.3
     notes: dict[str, Any] = field(default_factory=dict)
 
-    def qualflow(self, *args: str) -> float:
+    def qualflow(self, *args: str, env: dict[str, str] | None = None) -> float:
         """Run a qualflow command in the workspace; its wall time in seconds."""
         started = time.perf_counter()
         done = subprocess.run(
             [*QUALFLOW, *args, "--workspace", str(self.workspace)],
-            env=self.env,
+            env={**self.env, **(env or {})},
             capture_output=True,
             text=True,
             check=False,
@@ -184,6 +201,16 @@ class Size:
 
     def proposal_sets(self) -> int:
         return self.count("SELECT count(*) FROM proposal_sets")
+
+    def answer_times(self, model: str) -> list[float]:
+        """When each stored answer of ``model`` was made (seconds, sorted)."""
+        from datetime import datetime
+
+        with sqlite3.connect(self.workspace / "data" / "qualflow.sqlite3") as db:
+            rows = db.execute(
+                "SELECT created_at FROM proposal_sets WHERE model = ?", (model,)
+            ).fetchall()
+        return sorted(datetime.fromisoformat(r[0]).timestamp() for r in rows)
 
 
 def ingest(size: Size) -> dict[str, Any]:
@@ -207,7 +234,73 @@ def code_similarity(size: Size) -> dict[str, Any]:
 
 
 def code_llm(size: Size) -> dict[str, Any]:
-    return _code(size, "llm")
+    out = _code(size, "llm")
+    if out["rows"]:
+        out.update(tenths(size.answer_times("gpt-4o-mini")))
+    return out
+
+
+def tenths(times: list[float]) -> dict[str, Any]:
+    """Units per second over the first and the last tenth of the answers."""
+    k = len(times) // 10
+    if k < 2:
+        return {}
+    first = k / max(times[k] - times[0], 1e-9)
+    last = k / max(times[-1] - times[-1 - k], 1e-9)
+    return {"first/last tenth units/s": f"{first:.1f}/{last:.1f}"}
+
+
+def _llm_command(
+    size: Size, command: str, model: str, *, concurrency: int = 4, latency: float = 0.0
+) -> dict[str, Any]:
+    """``qualflow <command> --coder llm`` under its own model name (every unit new)."""
+    rows, seen = size.proposal_sets(), len(size.fake.requests)
+    size.fake.latency = latency
+    try:
+        seconds = size.qualflow(
+            command,
+            "--coder",
+            "llm",
+            env={"QUALFLOW_LLM_MODEL": model, "QUALFLOW_LLM_CONCURRENCY": str(concurrency)},
+        )
+    finally:
+        size.fake.latency = 0.0
+    added = size.proposal_sets() - rows
+    arrivals = [
+        r["time"] for r in size.fake.requests[seen:] if r["path"].endswith("/chat/completions")
+    ]
+    out: dict[str, Any] = {
+        "s": seconds,
+        "units": added,
+        "units/s": added / seconds if added else 0.0,
+        "requests": len(arrivals),
+    }
+    if latency and len(arrivals) > 1:
+        ideal = concurrency / latency
+        rate = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
+        out.update(
+            {
+                "requests/s": rate,
+                "ideal": ideal,
+                "ratio": rate / ideal,
+                "wall ratio": len(arrivals) / seconds / ideal,
+            }
+        )
+    out.update(tenths(size.answer_times(model)))
+    return out
+
+
+def run_llm(size: Size) -> dict[str, Any]:
+    return _llm_command(size, "run", "fake-flow")
+
+
+def _dispatch(concurrency: int) -> Callable[[Size], dict[str, Any]]:
+    def part(size: Size) -> dict[str, Any]:
+        return _llm_command(
+            size, "code", f"fake-c{concurrency}", concurrency=concurrency, latency=size.latency
+        )
+
+    return part
 
 
 def agreement(size: Size) -> dict[str, Any]:
@@ -257,6 +350,10 @@ PARTS: list[tuple[str, Callable[[Size], dict[str, Any]]]] = [
     ("rerun similarity", code_similarity),
     ("code llm", code_llm),
     ("rerun llm", code_llm),
+    ("run llm", run_llm),
+    ("dispatch C=4", _dispatch(4)),
+    ("dispatch C=8", _dispatch(8)),
+    ("dispatch C=16", _dispatch(16)),
     ("agreement", agreement),
 ]
 """Parts in the order they run (later parts may rely on earlier ones' results)."""
@@ -273,6 +370,7 @@ def _env(workspace: Path, base_url: str) -> dict[str, str]:
             "QUALFLOW_LLM_BASE_URL": base_url,
             "QUALFLOW_LLM_API_KEY": "fake-key-for-the-fake-server",
             "QUALFLOW_LLM_CONCURRENCY": "4",
+            "PREFECT_HOME": str(workspace / "prefect-home"),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "DO_NOT_TRACK": "1",
         }
@@ -295,6 +393,9 @@ def main(argv: list[str] | None = None) -> None:
     names = [n for n, _ in PARTS]
     ap.add_argument("--parts", nargs="+", default=names, choices=names)
     ap.add_argument("--keep", type=Path, help="keep the workspaces under this folder")
+    ap.add_argument(
+        "--latency", type=float, default=0.3, help="seconds per answer in the dispatch parts"
+    )
     args = ap.parse_args(argv)
     if not SERDIF.is_dir():
         sys.exit(f"SERDIF corpus not found at {SERDIF}")
@@ -314,8 +415,8 @@ def main(argv: list[str] | None = None) -> None:
             codable[n] = corpus.codable
             workspace = root / f"workspace-{n}"
             subprocess.run([*QUALFLOW, "init", str(workspace)], check=True, capture_output=True)
-            size = Size(n, corpus, workspace, _env(workspace, fake.base_url), fake)
-            print(f"\n== {n} transcripts, {corpus.codable} codable passages", flush=True)
+            size = Size(n, corpus, workspace, _env(workspace, fake.base_url), fake, args.latency)
+            print(f"\n== {n} transcripts, {corpus.codable} codable sentences", flush=True)
             for name, part in PARTS:
                 if name in args.parts:
                     results[name][n] = part(size)
