@@ -2,13 +2,17 @@
 
 Thin orchestration over ``qualflow.pipeline``: tasks wrap library functions and
 carry what Prefect adds (retries with backoff, the index cached by codebook
-version, batches mapped over a thread pool and limited per process or, when the
-settings name them, by Prefect global concurrency and rate limits shared by every
-worker). Every batch persists its proposal sets as soon as it returns, so a killed
-run resumes where it stopped and never duplicates.
+version, and, when the settings name them, Prefect global concurrency and rate
+limits shared by every worker). The run is planned once; each ``code_batch`` task
+codes a batch of ``run_batch_size`` units (claimed with leases, so two flow workers
+never send a unit twice) through one :class:`~qualflow.pipeline.Dispatcher` shared
+by the run, which keeps ``llm_concurrency`` LLM calls in flight across batches and
+stores every answer as it arrives: a killed run resumes where it stopped and never
+duplicates. ``BATCHES_IN_FLIGHT`` tasks run at once, so the next batch's requests
+are built while the last calls of the previous one are answered.
 
 Stopping: when the run is interrupted (SIGTERM from ``qualflow serve`` or Prefect
-cancelling it, Ctrl-C) batches not yet started are dropped, the ones in flight get
+cancelling it, Ctrl-C) no further call starts, the calls in flight get
 ``STOP_GRACE_SECONDS`` to store their answers, then the run row is marked
 ``interrupted`` and nothing more is written. When the LLM endpoint's circuit breaker
 opens, the remaining batches are skipped and the run ends ``failed`` (resumable).
@@ -21,7 +25,6 @@ Deployed by ``prefect.yaml`` and ``qualflow serve``; run once by ``qualflow run`
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext, suppress
@@ -39,17 +42,19 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
 from qualflow import pipeline, processes
-from qualflow.llm_calls import circuit_reason
+from qualflow.leases import Leases
+from qualflow.llm_calls import circuit_reason, stop_calls
 from qualflow.models import Codebook, short_hash
 from qualflow.settings import Settings, load_settings
 from qualflow.store import Store, open_store
 
 ARTIFACT_KEY = "qualflow-coding-run"
 BATCH_THREADS = 16
-"""Upper bound of batch tasks running at once; the effective limit is the per-process
-semaphore (see :func:`batch_plan`) and, when named, the Prefect global limit."""
-OFFLINE_BATCH = 32
-"""Default passages per batch task for coders without LLM calls (one embedding batch)."""
+"""Threads of the flow's task runner (batch tasks at once are ``BATCHES_IN_FLIGHT``)."""
+BATCHES_IN_FLIGHT = 2
+"""Batch tasks running at once: while one waits for its last calls, the next one's
+units are claimed and its requests built, so the calls never run dry between
+batches. The calls themselves are bounded by the shared dispatcher's slots."""
 STOP_GRACE_SECONDS = 15.0
 """How long an interrupted run waits for the batches in flight to store their answers
 (Prefect's runner kills a cancelled flow-run process 30 s after its SIGTERM)."""
@@ -58,89 +63,45 @@ progress_hook: Callable[[int, int], None] | None = None
 """Set by ``qualflow run`` to drive its progress bar (same process only)."""
 
 
-class BatchJob:
-    """What every batch task of one run shares (kept opaque to Prefect's parameter
-    handling on purpose: a plain object, passed through the in-process thread pool)."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        store: Store,
-        coder: Any,
-        codebook: Codebook,
-        index: Any,
-        run_id: int,
-        budget: pipeline.Budget,
-        in_flight: int,
-    ):
-        self.settings = settings
-        self.store = store
-        self.coder = coder
-        self.codebook = codebook
-        self.index = index
-        self.run_id = run_id
-        self.budget = budget
-        self.local = threading.BoundedSemaphore(max(1, in_flight))
-        self.stopping = threading.Event()
-        self.closed = False
-        self._gate = threading.Lock()
-
-    def persist(self, sets: list) -> pipeline.BatchResult | None:
-        """Store a batch's proposal sets unless the run is already closed (then None)."""
-        with self._gate:
-            if self.closed:
-                return None
-            return pipeline.persist(self.store, sets, run_id=self.run_id)
-
-    def close(self) -> None:
-        """From now on nothing is written: the run row gets its final status next."""
-        with self._gate:
-            self.closed = True
-
-    @contextmanager
-    def slot(self, n_passages: int) -> Iterator[None]:
-        """Hold a coding slot: the per-process semaphore, plus the global limits if named."""
-        from prefect.concurrency.sync import concurrency, rate_limit
-
-        settings = self.settings
-        with self.local:
-            if settings.prefect_rate_limit and calls_llm(self.coder):
-                calls = -(-n_passages // max(1, settings.llm_batch_size))
-                if settings.llm_requests_per_minute > 0:  # never ask more than the limit holds
-                    calls = min(calls, settings.llm_requests_per_minute)
-                rate_limit(settings.prefect_rate_limit, occupy=calls, strict=True)
-            shared = (
-                concurrency(settings.prefect_concurrency_limit, occupy=1, strict=True)
-                if settings.prefect_concurrency_limit
-                else nullcontext()
-            )
-            with shared:
-                yield
-
-
 def calls_llm(coder: Any) -> bool:
     """Whether the coder makes LLM calls (rate limited, parallel inside ``propose``)."""
     return bool(getattr(coder, "rate_limited", coder.kind == "llm"))
 
 
-def batch_plan(settings: Settings, coder: Any, batch_size: int | None) -> tuple[int, int]:
-    """Passages per batch task and batch tasks coding at once in this process.
+def batch_plan(settings: Settings, batch_size: int | None) -> tuple[int, int]:
+    """Units per batch task (``batch_size``, else ``run_batch_size``) and batch tasks
+    running at once (``BATCHES_IN_FLIGHT``). The LLM calls in flight are the
+    dispatcher's business (``llm_concurrency``), whatever the batch size."""
+    return max(1, batch_size or settings.run_batch_size), BATCHES_IN_FLIGHT
 
-    An LLM coder runs the calls of one ``propose`` in parallel (up to
-    ``llm_concurrency``), so tasks in flight x calls per task stays within
-    ``llm_concurrency``. The default is one LLM call per task: the pool stays full, and
-    a killed run loses at most the calls in flight.
-    """
-    # The coder's own settings win: the embedded llama.cpp server takes one call at a
-    # time, so its coder runs with llm_concurrency = 1 whatever the workspace says.
-    settings = getattr(coder, "settings", None) or settings
-    per_call = max(1, settings.llm_batch_size)
-    concurrency = max(1, settings.llm_concurrency)
-    if not calls_llm(coder):
-        return batch_size or OFFLINE_BATCH, concurrency
-    size = batch_size or per_call
-    calls = -(-size // per_call)
-    return size, max(1, concurrency // min(calls, concurrency))
+
+def limits_gate(settings: Settings, coder: Any) -> pipeline.CallGate | None:
+    """What every coder call holds when the settings name Prefect global limits: a slot
+    of the concurrency limit (any coder) and, for LLM coders, one rate-limit slot per
+    LLM request of the call. None when no global limit is named."""
+    if not settings.prefect_concurrency_limit and not settings.prefect_rate_limit:
+        return None
+    coder_settings = getattr(coder, "settings", None) or settings
+    per_call = max(1, coder_settings.llm_batch_size)
+
+    @contextmanager
+    def gate(n_units: int) -> Iterator[None]:
+        from prefect.concurrency.sync import concurrency, rate_limit
+
+        if settings.prefect_rate_limit and calls_llm(coder):
+            calls = -(-n_units // per_call)
+            if settings.llm_requests_per_minute > 0:  # never ask more than the limit holds
+                calls = min(calls, settings.llm_requests_per_minute)
+            rate_limit(settings.prefect_rate_limit, occupy=calls, strict=True)
+        shared = (
+            concurrency(settings.prefect_concurrency_limit, occupy=1, strict=True)
+            if settings.prefect_concurrency_limit
+            else nullcontext()
+        )
+        with shared:
+            yield
+
+    return gate
 
 
 # ---------------------------------------------------------------------- tasks
@@ -194,31 +155,16 @@ def build_index(codebook: Codebook, settings: Settings) -> str:
     cache_policy=NO_CACHE,
     tags=["qualflow-coding"],
 )
-def code_batch(job: BatchJob, passage_ids: list[str]) -> pipeline.BatchResult:
-    """Code one batch and persist its proposal sets.
+def code_batch(dispatcher: pipeline.Dispatcher, unit_ids: list[str]) -> pipeline.BatchResult:
+    """Code one batch of units through the run's dispatcher (a plain object, kept
+    opaque to Prefect's parameter handling) and store their answers as they arrive.
 
-    Skipped once the budget is used, the run is stopping or the LLM endpoint's
-    circuit is open; the answers of a batch that returns after the run was closed
-    are dropped (their passages stay uncoded for the next run).
+    Units another worker holds or that are coded already are skipped; calls are not
+    sent once the budget is used, the run is stopping or the LLM endpoint's circuit
+    is open. A coder error fails the task after the batch's other calls are stored;
+    Prefect's retry then sends only what is still uncoded.
     """
-    with job.slot(len(passage_ids)):
-        if job.budget.exhausted:
-            return pipeline.BatchResult(skipped_budget=True)
-        if job.stopping.is_set() or circuit_reason(job.coder):
-            return pipeline.BatchResult()
-        passages = pipeline.passages_by_id(job.store, passage_ids)
-        # A retry after a partial write must not re-send what is already stored.
-        key = pipeline.proposal_key(job.coder, job.codebook)
-        passages = pipeline.select_uncoded(job.store, key, passages)
-        requests = pipeline.build_requests(
-            job.store, passages, job.codebook, index=job.index, k=job.settings.retrieval_k
-        )
-        sets = pipeline.code_batch(job.coder, requests, job.codebook)
-        result = job.persist(sets)
-        if result is None:
-            return pipeline.BatchResult()
-        job.budget.add(result.usage)
-        return result
+    return dispatcher.code(unit_ids, raise_errors=True)
 
 
 # ---------------------------------------------------------------------- global limits
@@ -288,8 +234,8 @@ def code_transcripts(
         codebook: Codebook name or file (default: the workspace's active codebook, else
             the ``codebook`` setting).
         coder: ``llm``, ``similarity``, ``learned`` or an importable ``module:callable``.
-        batch_size: Passages per batch task (default: llm_batch_size for the LLM coder,
-            i.e. one LLM call per task; 32 for coders without LLM calls).
+        batch_size: Units per batch task (default: the ``run_batch_size`` setting); the
+            LLM calls in flight are ``llm_concurrency`` whatever the batch size.
         max_tokens: Token budget of this run (default: max_tokens_per_run; 0 = none).
         max_cost: USD budget of this run (default: max_cost_per_run; 0 = none).
 
@@ -418,38 +364,46 @@ def _code(
     started: float,
 ) -> pipeline.RunSummary:
     key = pipeline.proposal_key(coder, book)
-    plan = pipeline.plan_run(
-        store, key, transcript_ids=transcript_ids, segmentation=settings.segmentation
-    )
+    unit = pipeline.unit_segmentation(settings)
+    pipeline.ensure_chunks(store, settings, transcript_ids)
+    plan = pipeline.plan_run(store, key, transcript_ids=transcript_ids, segmentation=unit)
     _progress(0, len(plan.todo))
     if not plan.todo:
-        return pipeline.nothing_to_do(key, plan, started=started, ingest_failures=failures)
+        return pipeline.nothing_to_do(
+            key, plan, started=started, ingest_failures=failures, unit=unit
+        )
     from qualflow.coders.factory import run_provenance  # what the coder learned from
 
-    params = {**run_provenance(coder), "coder": coder.kind, "flow": True}
+    params = {**run_provenance(coder), "coder": coder.kind, "flow": True, "unit": unit}
     run_id = pipeline.start_run(store, key, plan, params)
-    budget = pipeline.Budget.from_settings(settings)
-    size, in_flight = batch_plan(settings, coder, batch_size)
-    job = BatchJob(settings, store, coder, book, index, run_id, budget, in_flight)
-    chunks = pipeline.batches(plan.todo, size)
-    total = pipeline.BatchResult()
-    futures: dict[Any, list[str]] = {}
+    size, in_flight = batch_plan(settings, batch_size)
+    leases = Leases(store, key, seconds=settings.lease_seconds)
+    dispatcher = pipeline.Dispatcher(
+        store,
+        coder,
+        book,
+        settings,
+        key=key,
+        run_id=run_id,
+        budget=pipeline.Budget.from_settings(settings),
+        index=index,
+        leases=leases,
+        progress=_progress,
+        planned=len(plan.todo),
+        batch_size=size,
+        call_gate=limits_gate(settings, coder),
+    )
+    window: dict[Any, list[str]] = {}
     try:
-        futures = {code_batch.submit(job, ids): ids for ids in chunks}
-        done = 0
-        for future in as_completed(list(futures)):
-            ids = futures.pop(future)
-            try:
-                total = total + future.result()
-            except Exception as exc:  # retries exhausted: record, leave uncoded, go on
-                total = total + pipeline.record_batch_failure(store, ids, exc, run_id=run_id)
-            done += len(ids)
-            _progress(done, len(plan.todo))
+        with leases, dispatcher:
+            _run_batches(dispatcher, pipeline.batches(plan.todo, size), in_flight, window)
     except BaseException as exc:
         interrupted = not isinstance(exc, Exception) or _is_cancellation(exc)
-        total = total + _stop_batches(job, futures)
+        _stop_batches(dispatcher, window)
         store.finish_run(
-            run_id, status="interrupted" if interrupted else "failed", usage=total.usage
+            run_id,
+            status="interrupted" if interrupted else "failed",
+            usage=dispatcher.total.usage,
         )
         processes.exit_if_orphaned()  # serve is gone, and its Prefect API with it
         raise
@@ -458,12 +412,42 @@ def _code(
         run_id,
         key,
         plan,
-        total,
+        dispatcher.total,
         started=started,
         ingest_failures=failures,
-        stopped_budget=total.skipped_budget or budget.exhausted,
+        stopped_budget=dispatcher.total.skipped_budget or dispatcher.budget.exhausted,
         stopped_circuit=circuit_reason(coder),
+        unit=unit,
+        leases=leases,
     )
+
+
+def _run_batches(
+    dispatcher: pipeline.Dispatcher,
+    chunks: list[list[str]],
+    in_flight: int,
+    window: dict[Any, list[str]],
+) -> None:
+    """Submit batch tasks, ``in_flight`` at a time, until all are done or the run
+    stops; a batch whose retries are exhausted is recorded (its units stay uncoded)."""
+    queue = iter(chunks)
+
+    def top_up() -> None:
+        while len(window) < in_flight and dispatcher.stop_reason() is None:
+            ids = next(queue, None)
+            if ids is None:
+                return
+            window[code_batch.submit(dispatcher, ids)] = ids
+
+    top_up()
+    while window:
+        future = next(as_completed(list(window)))
+        ids = window.pop(future)
+        try:
+            future.result()
+        except Exception as exc:  # retries exhausted: record, leave uncoded, go on
+            dispatcher.record_failure(ids, exc)
+        top_up()
 
 
 def _is_cancellation(exc: BaseException) -> bool:
@@ -471,28 +455,20 @@ def _is_cancellation(exc: BaseException) -> bool:
     return type(exc).__name__ in {"TerminationSignal", "CancelledError", "Abort", "Pause"}
 
 
-def _stop_batches(job: BatchJob, pending: dict[Any, list[str]]) -> pipeline.BatchResult:
+def _stop_batches(dispatcher: pipeline.Dispatcher, pending: dict[Any, list[str]]) -> None:
     """Stop the run's batches before its row gets a final status.
 
-    Batches not yet started are dropped, the coder's breaker stops pending LLM calls
-    and retries, the batches in flight get ``STOP_GRACE_SECONDS`` to store what they
-    have; then the job is closed so that nothing is written after the run row.
-    Returns what the batches not yet counted did (for the run's usage).
+    No further call starts, the coder's breaker stops pending LLM calls and retries,
+    the batches in flight get ``STOP_GRACE_SECONDS`` to store what they have; then
+    the dispatcher is closed so that nothing is written after the run row.
     """
-    job.stopping.set()
-    breaker = getattr(getattr(job.coder, "client", None), "breaker", None)
-    if breaker is not None:
-        breaker.trip("the run was interrupted")
+    dispatcher.stop()
+    stop_calls(dispatcher.coder, "the run was interrupted")
     deadline = time.monotonic() + STOP_GRACE_SECONDS
-    total = pipeline.BatchResult()
     for future in pending:
         with suppress(BaseException):
             future.wait(timeout=max(0.0, deadline - time.monotonic()))
-            result = future.result(raise_on_failure=False) if future.state.is_completed() else None
-            if isinstance(result, pipeline.BatchResult):
-                total = total + result
-    job.close()
-    return total
+    dispatcher.close()
 
 
 def _progress(done: int, total: int) -> None:

@@ -70,6 +70,8 @@ def ws(tmp_path, monkeypatch):
     calls = tmp_path / "calls.jsonl"
     monkeypatch.setenv("QF_TEST_CALL_LOG", str(calls))
     monkeypatch.setenv("QUALFLOW_RETRIEVAL_K", "0")
+    # 12 codable words: one answer's worth, so each answer is a unit of its own
+    monkeypatch.setenv("QUALFLOW_CHUNK_WORDS", "12")
     return root
 
 
@@ -89,7 +91,11 @@ def _run(flows, ws: Path, **kw):
 
 
 def _rows(ws: Path):
-    store = open_store(load_settings(ws))
+    """Proposal sets, proposals, sets per unit, and the units a run codes (chunks)."""
+    from qualflow.pipeline import unit_segmentation
+
+    settings = load_settings(ws)
+    store = open_store(settings)
     try:
         with store.session() as s:
             sets = s.scalar(select(func.count()).select_from(ProposalSetRow))
@@ -97,8 +103,8 @@ def _rows(ws: Path):
             per_passage = s.execute(
                 select(ProposalSetRow.passage_id, func.count()).group_by(ProposalSetRow.passage_id)
             ).all()
-        codable = {p.id for p in store.passages(codable_only=True)}
-        return sets, props, dict(per_passage), codable
+        units = store.passages(segmentation=unit_segmentation(settings), codable_only=True)
+        return sets, props, dict(per_passage), {p.id for p in units}
     finally:
         store.close()
 
@@ -347,24 +353,13 @@ def test_flow_modules_default_to_offline_but_respect_the_user(user_value):
     assert out.stdout.split() == [user_value or "false", "1"]
 
 
-def test_batch_plan_keeps_llm_calls_in_flight_within_llm_concurrency(settings):
+def test_batch_plan_sizes_tasks_from_run_batch_size(settings):
     import runpy
 
     plan = runpy.run_path(str(REPO / "flows" / "coding.py"), run_name="loaded")["batch_plan"]
-
-    class Coder:
-        def __init__(self, kind):
-            self.kind = kind
-
-    settings.llm_concurrency, settings.llm_batch_size = 4, 2
-    assert plan(settings, Coder("llm"), None) == (2, 4)  # one call per task, 4 tasks
-    assert plan(settings, Coder("llm"), 8) == (8, 1)  # 4 calls inside one task
-    assert plan(settings, Coder("llm"), 4) == (4, 2)
-    assert plan(settings, Coder("similarity"), None) == (32, 4)
-    local = Coder("llm")  # the embedded model's coder carries llm_concurrency = 1
-    local.settings = settings.model_copy(update={"llm_concurrency": 1})
-    assert plan(settings, local, None) == (2, 1)
-    assert plan(settings, local, 8) == (8, 1)
+    settings.run_batch_size = 48
+    assert plan(settings, None) == (48, 2)  # two tasks: one builds while one drains
+    assert plan(settings, 5) == (5, 2)
 
 
 def test_flow_with_the_llm_coder_on_the_fake_server(flows, ws, monkeypatch, fake_openai):

@@ -274,7 +274,8 @@ def test_llm_coder_through_pipeline_is_incremental_and_budgeted(store, settings,
     _seed(store)
     settings = _llm_settings(settings, fake_openai)
     fake_openai.when("turn 1 we look", answer(proposal("cat.baseline", "baseline")))
-    settings.max_tokens_per_run = 1  # the first batch uses it up
+    settings.max_tokens_per_run = 1  # the first call uses it up
+    settings.llm_concurrency = 2  # overshoot: at most the 2 calls in flight, never a third
     with open_coder("llm", settings, store) as coder:
         first = pipeline.run_coding(store, coder, small_codebook(), settings, batch_size=2)
     assert first.status == "stopped_budget" and first.coded == 2 and first.remaining == 4

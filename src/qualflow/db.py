@@ -232,6 +232,20 @@ class ResponseCacheRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
+class UnitLeaseRow(Base):
+    """A worker's claim on a coding unit under one proposal key (``qualflow.leases``):
+    while it holds an unexpired lease, no other worker sends that unit. Deleted once
+    the unit's answer is stored; an expired lease, or one whose holder process on
+    this host is gone, is taken over."""
+
+    __tablename__ = "unit_leases"
+    passage_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(255), index=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    acquired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
 class PseudonymRow(Base):
     """Placeholder <-> original mapping; stays in the local store, never sent."""
 

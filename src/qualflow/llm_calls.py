@@ -31,6 +31,7 @@ import random
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -150,6 +151,10 @@ class RateLimiter:
     estimate) fits; ``settle(slot, actual)`` replaces the estimate by the real
     count once the answer is in. 0 means unlimited. A single request larger than
     the token limit is let through alone rather than blocking forever.
+
+    O(1) per call: with no limit set it keeps nothing (``acquire`` returns None);
+    with a limit, the requests of the window sit in a queue in time order with a
+    running token sum, and each call drops only the entries that left the window.
     """
 
     WINDOW = 60.0
@@ -163,28 +168,51 @@ class RateLimiter:
         self.rpm = requests_per_minute
         self.tpm = tokens_per_minute
         self._clock = clock
-        self._events: list[list[float]] = []  # [time, tokens]
+        self._events: deque[list[float]] = deque()  # [time, tokens, in window (1/0)]
+        self._tokens = 0.0
         self._cond = threading.Condition()
 
-    def acquire(self, tokens: int) -> list[float]:
+    @property
+    def unlimited(self) -> bool:
+        return self.rpm <= 0 and self.tpm <= 0
+
+    def acquire(self, tokens: int) -> list[float] | None:
+        if self.unlimited:
+            return None
         with self._cond:
             while True:
                 now = self._clock()
-                self._events = [e for e in self._events if now - e[0] < self.WINDOW]
-                used = sum(e[1] for e in self._events)
+                self._expire(now)
                 fits_requests = self.rpm <= 0 or len(self._events) < self.rpm
-                fits_tokens = self.tpm <= 0 or not self._events or used + tokens <= self.tpm
+                fits_tokens = self.tpm <= 0 or not self._events or self._tokens + tokens <= self.tpm
                 if fits_requests and fits_tokens:
-                    slot = [now, float(tokens)]
+                    slot = [now, float(tokens), 1.0]
                     self._events.append(slot)
+                    self._tokens += tokens
                     return slot
                 wait = self._events[0][0] + self.WINDOW - now
                 self._cond.wait(timeout=max(wait, 0.01))
 
-    def settle(self, slot: list[float], actual_tokens: int) -> None:
+    def _expire(self, now: float) -> None:
+        """Drop the requests that left the window (oldest first)."""
+        while self._events and now - self._events[0][0] >= self.WINDOW:
+            gone = self._events.popleft()
+            gone[2] = 0.0
+            self._tokens -= gone[1]
+
+    def settle(self, slot: list[float] | None, actual_tokens: int) -> None:
+        if slot is None:
+            return
         with self._cond:
+            if slot[2]:  # still in the window: its tokens count in the sum
+                self._tokens += actual_tokens - slot[1]
             slot[1] = float(actual_tokens)
             self._cond.notify_all()
+
+    def __len__(self) -> int:
+        """Requests held in the window (0 when unlimited)."""
+        with self._cond:
+            return len(self._events)
 
 
 # --------------------------------------------------------------------------- retries
@@ -375,6 +403,13 @@ def circuit_reason(coder: Any) -> str | None:
     """
     breaker = getattr(getattr(coder, "client", None), "breaker", None)
     return breaker.reason if isinstance(breaker, CircuitBreaker) else None
+
+
+def stop_calls(coder: Any, reason: str) -> None:
+    """Stop an LLM coder's pending calls and retries (open its breaker); no-op otherwise."""
+    breaker = getattr(getattr(coder, "client", None), "breaker", None)
+    if isinstance(breaker, CircuitBreaker):
+        breaker.trip(reason)
 
 
 # --------------------------------------------------------------------------- answer size

@@ -1,32 +1,42 @@
-"""The coding pipeline as plain functions: uncoded units -> requests -> batches ->
+"""The coding pipeline as plain functions: uncoded units -> requests -> coder calls ->
 proposal sets in the store, with a run row, usage, a budget and a summary.
 
 The unit of a coder call is a chunk of consecutive turns (``chunk.py``; or a grid
 passage with ``coding_unit = "passage"``); its answer is a set of spans. A run first
 cuts the transcripts in scope into chunks (stored as passages of segmentation
-``chunk:<words>``, idempotently), then codes the chunks not coded yet.
+``chunk:<words>``, idempotently), plans once which units are still uncoded, then
+streams them through a :class:`Dispatcher`: batches of ``run_batch_size`` units are
+claimed (``qualflow.leases``) and their requests built while the coder's calls of
+earlier batches are in flight, and every answer is stored as soon as it arrives.
 
-No Prefect here: ``flows/`` wraps these functions in tasks, and ``qualflow code``
-calls :func:`run_coding` directly. The guarantees of a batch run live here:
+No Prefect here: ``flows/`` wraps batches in tasks, and ``qualflow code`` calls
+:func:`run_coding` directly. The guarantees of a batch run live here:
 
-- incremental: a passage that already has a proposal set under the run's
+- incremental: a unit that already has a proposal set under the run's
   :class:`~qualflow.store.ProposalKey` is never sent to the coder again;
-- resumable: each proposal set is written as soon as its batch returns, and the
+- resumable: each proposal set is written as soon as its call returns, and the
   store refuses a second set under the same key, so a killed run loses at most the
-  batches in flight and a re-run never duplicates;
-- isolated failures: a batch whose coder call raises is recorded per passage and
-  left uncoded (a later run retries it); a passage whose answer never validates is
-  stored as ``needs_human`` with its reason and listed as a failure;
-- bounded cost: a :class:`Budget` stops the run cleanly between batches
-  (status ``stopped_budget``); the next run carries on where it stopped.
+  calls in flight and a re-run never duplicates;
+- one worker per unit: workers coding the same store at once claim batches with
+  leases, so no unit is sent twice (a killed worker's leases are taken over);
+- isolated failures: a call whose coder raises is recorded per unit and left
+  uncoded (a later run retries it); a unit whose answer never validates is stored
+  as ``needs_human`` with its reason and listed as a failure;
+- bounded cost: a :class:`Budget` is checked before every call, so a run stops
+  cleanly (status ``stopped_budget``) having overshot by at most the calls in
+  flight; the next run carries on where it stopped.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -45,13 +55,16 @@ from qualflow.store import ProposalKey, Store
 
 if TYPE_CHECKING:
     from qualflow.coders.base import Coder
+    from qualflow.leases import Leases
     from qualflow.settings import Settings
 
 log = logging.getLogger(__name__)
 
 RunStatus = Literal["running", "completed", "partial", "stopped_budget", "failed", "interrupted"]
 Progress = Callable[[int, int], None]
-"""Called as ``progress(done, total)`` after each batch (passages, this run)."""
+"""Called as ``progress(done, total)`` as answers come in (units, this run)."""
+CallGate = Callable[[int], AbstractContextManager[Any]]
+"""Wraps every coder call, given its number of units (e.g. Prefect global limits)."""
 
 
 class BudgetExceeded(RuntimeError):
@@ -79,6 +92,11 @@ class RunSummary(BaseModel):
     already_coded: int = Field(default=0, description="Skipped: coded before under this key.")
     coded: int = Field(default=0, description="Proposal sets written by this run.")
     remaining: int = Field(default=0, description="Units in scope still uncoded.")
+    elsewhere: int = Field(
+        default=0,
+        description="Units in scope another worker was coding when this run ended "
+        "(claimed by it; not counted as remaining).",
+    )
     proposals: int = Field(default=0, description="Valid span proposals written.")
     codes_applied: int = Field(default=0, description="Distinct codes among them.")
     no_code: int = Field(default=0, description="Units answered with 'no code applies'.")
@@ -134,7 +152,7 @@ def run_status(
 class Budget:
     """Thread-safe usage counter with an optional token and cost ceiling (0 = none).
 
-    Checked before each batch: a run overshoots by at most the batches in flight.
+    Checked before each coder call: a run overshoots by at most the calls in flight.
     """
 
     def __init__(self, max_tokens: int = 0, max_cost: float = 0.0):
@@ -229,9 +247,40 @@ def passages_in_scope(
 
 
 def select_uncoded(store: Store, key: ProposalKey, passages: Sequence[Passage]) -> list[Passage]:
-    """The passages without a proposal set under ``key`` (order kept)."""
+    """The passages without a proposal set under ``key`` (order kept).
+
+    Reads every id coded under the key: for planning a run (once), not per batch;
+    batches use :func:`uncoded_among`.
+    """
     done = store.coded_passage_ids(key)
     return [p for p in passages if p.id not in done]
+
+
+def uncoded_among(
+    store: Store, key: ProposalKey, unit_ids: Sequence[str], chunk: int = 500
+) -> list[str]:
+    """Those of ``unit_ids`` without a proposal set under ``key`` (order kept); reads
+    only the given ids, so its cost follows the batch, not what is stored."""
+    from sqlalchemy import select
+
+    from qualflow.db import ProposalSetRow
+
+    coded: set[str] = set()
+    ids = list(unit_ids)
+    with store.session() as s:
+        for i in range(0, len(ids), chunk):
+            coded.update(
+                s.scalars(
+                    select(ProposalSetRow.passage_id).where(
+                        ProposalSetRow.coder == key.coder,
+                        ProposalSetRow.model == key.model,
+                        ProposalSetRow.prompt_version == key.prompt_version,
+                        ProposalSetRow.codebook_version == key.codebook_version,
+                        ProposalSetRow.passage_id.in_(ids[i : i + chunk]),
+                    )
+                )
+            )
+    return [u for u in ids if u not in coded]
 
 
 def passages_by_id(store: Store, ids: Sequence[str], chunk: int = 500) -> list[Passage]:
@@ -248,22 +297,45 @@ def whole_codebook(codebook: Codebook) -> list[Candidate]:
 
 class SentenceSource:
     """The codable sentences of each transcript (for coders that decide sentence by
-    sentence), cut on demand with the study's segmentation rules and kept per run."""
+    sentence), cut on demand with the study's segmentation rules.
 
-    def __init__(self, store: Store, settings: Settings | None):
+    Keeps the last ``keep`` transcripts (a run goes through units in transcript
+    order), so its memory does not grow with the study; thread-safe.
+    """
+
+    def __init__(self, store: Store, settings: Settings | None, keep: int = 16):
         self.store = store
         self.settings = settings
-        self._cache: dict[str, list[Passage]] = {}
+        self.keep = max(1, keep)
+        self._cache: OrderedDict[str, tuple[list[Passage], list[int]]] = OrderedDict()
+        self._lock = threading.Lock()
 
     def __call__(self, transcript_id: str) -> list[Passage]:
-        if transcript_id not in self._cache:
-            from qualflow.chunk import sentences_for
+        return self._entry(transcript_id)[0]
 
-            transcript = self.store.transcript(transcript_id)
-            self._cache[transcript_id] = (
-                sentences_for(transcript, self.settings) if transcript is not None else []
-            )
-        return self._cache[transcript_id]
+    def around(self, unit: Passage) -> list[Passage]:
+        """The transcript's sentences that start inside the unit's character range."""
+        sentences, starts = self._entry(unit.transcript_id)
+        lo = bisect.bisect_left(starts, unit.char_start)
+        hi = bisect.bisect_left(starts, unit.char_end)
+        return sentences[lo:hi]
+
+    def _entry(self, transcript_id: str) -> tuple[list[Passage], list[int]]:
+        with self._lock:
+            if transcript_id in self._cache:
+                self._cache.move_to_end(transcript_id)
+                return self._cache[transcript_id]
+        from qualflow.chunk import sentences_for
+
+        transcript = self.store.transcript(transcript_id)
+        sentences = sentences_for(transcript, self.settings) if transcript is not None else []
+        sentences = sorted(sentences, key=lambda p: p.char_start)
+        entry = (sentences, [p.char_start for p in sentences])
+        with self._lock:
+            self._cache[transcript_id] = entry
+            while len(self._cache) > self.keep:
+                self._cache.popitem(last=False)
+        return entry
 
 
 def build_requests(
@@ -294,8 +366,8 @@ def build_requests(
 def _unit_sentences(unit: Passage, source: SentenceSource) -> list[Passage]:
     from qualflow.chunk import sentences_in
 
-    if unit.is_chunk:
-        return sentences_in(unit, source(unit.transcript_id))
+    if unit.is_chunk:  # only the sentences in the unit's range can lie inside it
+        return sentences_in(unit, source.around(unit))
     return [unit] if unit.codable else []
 
 
@@ -316,9 +388,8 @@ def batches(items: Sequence[Any], size: int) -> list[list[Any]]:
 
 
 def default_batch_size(settings: Settings) -> int:
-    """Passages per coder call of the pipeline: enough to keep the coder's own
-    concurrency busy, small enough that a kill loses little."""
-    return max(1, settings.llm_concurrency) * max(1, settings.llm_batch_size)
+    """Units per batch of a run (``run_batch_size``): claimed and built together."""
+    return max(1, settings.run_batch_size)
 
 
 # ---------------------------------------------------------------------- coding
@@ -355,19 +426,24 @@ class BatchResult(BaseModel):
     skipped_budget: bool = False
 
     def __add__(self, other: BatchResult) -> BatchResult:
-        return BatchResult(
-            passages=self.passages + other.passages,
-            written=self.written + other.written,
-            duplicates=self.duplicates + other.duplicates,
-            proposals=self.proposals + other.proposals,
-            no_code=self.no_code + other.no_code,
-            needs_human=self.needs_human + other.needs_human,
-            invalid=self.invalid + other.invalid,
-            codes=sorted(set(self.codes) | set(other.codes)),
-            usage=self.usage + other.usage,
-            failures=[*self.failures, *other.failures],
-            skipped_budget=self.skipped_budget or other.skipped_budget,
-        )
+        out = self.model_copy(deep=True)
+        out.merge(other)
+        return out
+
+    def merge(self, other: BatchResult) -> None:
+        """Add ``other`` in place (a run's total grows by its calls' results)."""
+        self.passages += other.passages
+        self.written += other.written
+        self.duplicates += other.duplicates
+        self.proposals += other.proposals
+        self.no_code += other.no_code
+        self.needs_human += other.needs_human
+        self.invalid += other.invalid
+        if other.codes and not set(other.codes) <= set(self.codes):
+            self.codes = sorted(set(self.codes) | set(other.codes))
+        self.usage = self.usage + other.usage
+        self.failures.extend(other.failures)
+        self.skipped_budget = self.skipped_budget or other.skipped_budget
 
 
 def persist(store: Store, sets: Sequence[ProposalSet], *, run_id: int | None = None) -> BatchResult:
@@ -399,29 +475,6 @@ def persist(store: Store, sets: Sequence[ProposalSet], *, run_id: int | None = N
     return result
 
 
-def process_batch(
-    store: Store,
-    coder: Coder,
-    requests: Sequence[CodingRequest],
-    codebook: Codebook,
-    *,
-    run_id: int | None = None,
-    budget: Budget | None = None,
-) -> BatchResult:
-    """Code one batch and persist it; skipped (``skipped_budget``) once the budget is used.
-
-    Exceptions of the coder propagate (a flow task retries them); see
-    :func:`record_batch_failure` for what to do when retries are exhausted.
-    """
-    if budget is not None and budget.exhausted:
-        return BatchResult(skipped_budget=True)
-    sets = code_batch(coder, requests, codebook)
-    result = persist(store, sets, run_id=run_id)
-    if budget is not None:
-        budget.add(result.usage)
-    return result
-
-
 def record_batch_failure(
     store: Store, passage_ids: Sequence[str], error: BaseException, *, run_id: int | None
 ) -> BatchResult:
@@ -436,6 +489,281 @@ def _fail(store: Store, stage: str, subject: str, reason: str | None, run_id: in
     reason = reason or "no reason given"
     store.record_failure(stage, subject, reason, run_id=run_id)
     return Failure(stage=stage, subject=subject, reason=reason)
+
+
+# ---------------------------------------------------------------------- dispatch
+
+
+def call_plan(coder: Coder) -> tuple[int | None, int]:
+    """Units per coder call and calls in flight at once, as the coder says.
+
+    A coder with parallel calls (the LLM coder) names ``call_size`` (units per
+    request) and ``parallel_calls`` (``llm_concurrency``). Any other coder gets a
+    whole batch per call, one call at a time (``None``, 1).
+    """
+    size = getattr(coder, "call_size", None)
+    slots = getattr(coder, "parallel_calls", 1)
+    return (max(1, int(size)) if size else None), max(1, int(slots or 1))
+
+
+HELPERS = 2
+"""Workers beyond the calls in flight: they store answers and wait, with the next
+request ready, for a call slot to free (see :class:`Dispatcher`)."""
+
+
+class _CallOutcome:
+    """What one worker's call did: a stored result, a skip, or an error."""
+
+    __slots__ = ("error", "ids", "result", "skipped")
+
+    def __init__(
+        self,
+        ids: list[str],
+        result: BatchResult | None = None,
+        error: BaseException | None = None,
+        skipped: bool = False,
+    ):
+        self.ids = ids
+        self.result = result
+        self.error = error
+        self.skipped = skipped
+
+
+class Dispatcher:
+    """Codes units as a stream: claims a batch, builds its requests, keeps the coder's
+    calls in flight and stores every answer as it arrives.
+
+    The thread that calls :meth:`code` claims batches of ``batch_size`` units (leases,
+    then a check of what is coded meanwhile, limited to the batch) and builds their
+    requests; a pool of workers makes the calls. ``slots`` calls (``llm_concurrency``
+    for the LLM coder) are in flight at once; the pool has ``HELPERS`` more workers,
+    which store the answers that came in while the next calls already run, and the
+    next batch is built while a pool's worth of calls is still queued. So a call slot
+    never waits for request building or saving. Each worker stores its call's
+    proposal sets at once (one transaction per set) and releases their leases.
+
+    A worker checks the stops once it holds a call slot, just before the call: the
+    budget is used up (``skipped_budget``), the LLM endpoint's circuit is open, or
+    :meth:`stop` was called; a queued call is then never sent. A call's usage counts
+    against the budget before its slot is freed, so a run overshoots its budget by at
+    most the calls in flight. After :meth:`close` nothing is written. Several threads
+    may call :meth:`code` at once (the flow's batch tasks): they share the pool, so
+    calls keep flowing across batches.
+    ``total`` is what the whole run did (thread-safe).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        coder: Coder,
+        codebook: Codebook,
+        settings: Settings,
+        *,
+        key: ProposalKey,
+        run_id: int | None,
+        budget: Budget,
+        index: Any = None,
+        leases: Leases | None = None,
+        progress: Progress | None = None,
+        planned: int = 0,
+        batch_size: int | None = None,
+        call_gate: CallGate | None = None,
+    ):
+        self.store = store
+        self.coder = coder
+        self.codebook = codebook
+        self.settings = settings
+        self.key = key
+        self.run_id = run_id
+        self.budget = budget
+        self.index = index
+        self.leases = leases
+        self.progress = progress
+        self.planned = planned
+        self.batch_size = max(1, batch_size or default_batch_size(settings))
+        self.call_size, self.slots = call_plan(coder)
+        self.workers = self.slots + HELPERS
+        self._slots = threading.BoundedSemaphore(self.slots)
+        self.call_gate = call_gate or (lambda _n: nullcontext())
+        self.sentences = SentenceSource(store, settings)
+        self.total = BatchResult()
+        self.done = 0
+        self.closed = False
+        self._stopping = threading.Event()
+        self._cond = threading.Condition()
+        self._writing = 0
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="qualflow-call")
+
+    # ------------------------------------------------------------------ control
+
+    def stop(self) -> None:
+        """Send no further call (the ones in flight finish and are stored)."""
+        self._stopping.set()
+
+    def close(self) -> None:
+        """From now on nothing is written (waits for stores under way to finish)."""
+        with self._cond:
+            self.closed = True
+            while self._writing:
+                self._cond.wait()
+
+    def shutdown(self, *, wait_calls: bool = True) -> None:
+        self._pool.shutdown(wait=wait_calls, cancel_futures=not wait_calls)
+
+    def __enter__(self) -> Dispatcher:
+        return self
+
+    def __exit__(self, exc_type: Any, *_rest: Any) -> None:
+        if exc_type is not None:
+            self.stop()
+        self.shutdown(wait_calls=exc_type is None)
+
+    def stop_reason(self) -> str | None:
+        """Why no further call may start (budget, circuit, stop), or None."""
+        from qualflow.llm_calls import circuit_reason
+
+        if self.budget.exhausted:
+            return "budget"
+        if circuit_reason(self.coder):
+            return "circuit"
+        if self._stopping.is_set():
+            return "stopped"
+        return None
+
+    # ------------------------------------------------------------------ coding
+
+    def code(self, unit_ids: Sequence[str], *, raise_errors: bool = False) -> BatchResult:
+        """Code the units (those claimed by nobody else and still uncoded) and store
+        their answers; what these units did (it is also added to ``total``).
+
+        A call whose coder raises is recorded as a failure of its units (left uncoded
+        for the next run), or with ``raise_errors`` the first such error is raised
+        once every other call of these units is done (a flow task retries it; the
+        retry sends only what is still uncoded).
+        """
+        result = BatchResult()
+        errors: list[BaseException] = []
+        pending: set[Future] = set()
+        try:
+            for ids in batches(unit_ids, self.batch_size):
+                if self._note_stop(result):
+                    break
+                requests = self._prepare(ids)
+                step = self.call_size or len(requests) or 1
+                for call in batches(requests, step):
+                    pending.add(self._pool.submit(self._call, call))
+                # build the next batch while a pool's worth of calls is still queued
+                pending = self._collect(pending, 2 * self.workers, result, errors, raise_errors)
+            self._collect(pending, 0, result, errors, raise_errors)
+        except BaseException:
+            self.stop()
+            raise
+        self._note_stop(result)
+        if errors:
+            raise errors[0]
+        return result
+
+    def record_failure(self, unit_ids: Sequence[str], error: BaseException) -> BatchResult:
+        """Record units whose batch failed for good (those still uncoded) in the total."""
+        left = uncoded_among(self.store, self.key, unit_ids)
+        result = record_batch_failure(self.store, left, error, run_id=self.run_id)
+        with self._cond:
+            self.total.merge(result)
+        return result
+
+    def _note_stop(self, result: BatchResult) -> bool:
+        reason = self.stop_reason()
+        if reason == "budget":
+            result.skipped_budget = True
+            with self._cond:
+                self.total.skipped_budget = True
+        return reason is not None
+
+    def _prepare(self, ids: list[str]) -> list[CodingRequest]:
+        """Claim the units, drop those coded since the plan, build their requests."""
+        claimed = self.leases.claim(ids) if self.leases is not None else list(ids)
+        fresh = uncoded_among(self.store, self.key, claimed) if claimed else []
+        if self.leases is not None and len(fresh) < len(claimed):
+            self.leases.release(set(claimed) - set(fresh))
+        if not fresh:
+            return []
+        return build_requests(
+            self.store,
+            passages_by_id(self.store, fresh),
+            self.codebook,
+            index=self.index,
+            k=self.settings.retrieval_k,
+            sentences=self.sentences,
+        )
+
+    def _call(self, requests: list[CodingRequest]) -> _CallOutcome:
+        """One coder call in a worker: checked, made, stored, leases released."""
+        ids = [r.passage.id for r in requests]
+        try:
+            with self._slots:
+                if self.stop_reason() is not None:
+                    return _CallOutcome(ids, skipped=True)
+                try:
+                    with self.call_gate(len(requests)):
+                        sets = code_batch(self.coder, requests, self.codebook)
+                except Exception as exc:  # the coder failed for the whole call
+                    return _CallOutcome(ids, error=exc)
+                self.budget.add(sum((ps.usage for ps in sets), Usage()))
+            result = self._store(sets)
+            if result is None:  # the run was closed meanwhile: nothing written
+                return _CallOutcome(ids, skipped=True)
+            with self._cond:
+                self.total.merge(result)
+                self.done += len(ids)
+                done = self.done
+            if self.progress is not None:
+                self.progress(done, self.planned)
+            return _CallOutcome(ids, result=result)
+        finally:
+            if self.leases is not None:
+                self.leases.release(ids)
+
+    def _store(self, sets: list[ProposalSet]) -> BatchResult | None:
+        with self._cond:
+            if self.closed:
+                return None
+            self._writing += 1
+        try:
+            return persist(self.store, sets, run_id=self.run_id)
+        finally:
+            with self._cond:
+                self._writing -= 1
+                self._cond.notify_all()
+
+    def _collect(
+        self,
+        pending: set[Future],
+        keep: int,
+        result: BatchResult,
+        errors: list[BaseException],
+        raise_errors: bool,
+    ) -> set[Future]:
+        """Wait until at most ``keep`` calls are pending; account for the finished."""
+        while len(pending) > keep:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                outcome: _CallOutcome = future.result()
+                if outcome.result is not None:
+                    result.merge(outcome.result)
+                elif outcome.error is not None:
+                    if raise_errors:
+                        errors.append(outcome.error)
+                    else:
+                        result.merge(self.record_failure(outcome.ids, outcome.error))
+                        self._count_done(len(outcome.ids))
+        return pending
+
+    def _count_done(self, n: int) -> None:
+        with self._cond:
+            self.done += n
+            done = self.done
+        if self.progress is not None:
+            self.progress(done, self.planned)
 
 
 # ---------------------------------------------------------------------- a whole run
@@ -459,7 +787,9 @@ def plan_run(
     segmentation: str | None = None,
 ) -> RunPlan:
     """The units in scope and those still to code under ``key``; ``segmentation`` is the
-    units' (``unit_segmentation``; chunks must be stored first, see ``ensure_chunks``)."""
+    units' (``unit_segmentation``; chunks must be stored first, see ``ensure_chunks``).
+
+    Done once per run: the batches then only check their own units."""
     scope = passages_in_scope(store, transcript_ids=transcript_ids, segmentation=segmentation)
     todo = select_uncoded(store, key, scope)
     return RunPlan(
@@ -515,12 +845,17 @@ def finish_run(
     stopped_budget: bool = False,
     stopped_circuit: str | None = None,
     unit: str = "",
+    leases: Leases | None = None,
 ) -> RunSummary:
-    """Close the run row with its summary (remaining = still uncoded in scope).
+    """Close the run row with its summary.
 
-    ``stopped_circuit``: why the LLM endpoint's circuit breaker stopped the run.
+    ``remaining``: units of the plan still uncoded, except those another worker holds
+    (``elsewhere``: it is coding them). ``stopped_circuit``: why the LLM endpoint's
+    circuit breaker stopped the run.
     """
-    remaining = len(select_uncoded(store, key, passages_by_id(store, plan.todo)))
+    left = uncoded_among(store, key, plan.todo)
+    elsewhere = len(leases.held_elsewhere(left)) if leases is not None and left else 0
+    remaining = len(left) - elsewhere
     checked = result.proposals + result.invalid
     failures = [*ingest_failures, *result.failures]
     if stopped_circuit:
@@ -544,6 +879,7 @@ def finish_run(
         already_coded=plan.already_coded,
         coded=result.written,
         remaining=remaining,
+        elsewhere=elsewhere,
         proposals=result.proposals,
         codes_applied=len(result.codes),
         no_code=result.no_code,
@@ -578,12 +914,15 @@ def run_coding(
     params: dict | None = None,
     started: float | None = None,
 ) -> RunSummary:
-    """Code every uncoded passage in scope, batch by batch, in this process.
+    """Code every uncoded unit in scope in this process: planned once, then streamed
+    through a :class:`Dispatcher` (batches claimed with leases, calls kept in flight,
+    answers stored as they come).
 
     ``started`` (a ``time.monotonic()`` value) lets a caller that ingested and built
     the index first count that in the summary's wall time.
     """
-    from qualflow.llm_calls import circuit_reason
+    from qualflow.leases import Leases
+    from qualflow.llm_calls import circuit_reason, stop_calls
 
     started = started if started is not None else time.monotonic()
     store.save_codebook(codebook)
@@ -598,48 +937,43 @@ def run_coding(
     from qualflow.coders.factory import run_provenance  # what the coder learned from
 
     run_id = start_run(store, key, plan, {**run_provenance(coder), **(params or {}), "unit": unit})
-    budget = budget or Budget.from_settings(settings)
-    sentences = SentenceSource(store, settings)
-    total = BatchResult()
-    stopped = False
+    leases = Leases(store, key, seconds=settings.lease_seconds)
+    dispatcher = Dispatcher(
+        store,
+        coder,
+        codebook,
+        settings,
+        key=key,
+        run_id=run_id,
+        budget=budget or Budget.from_settings(settings),
+        index=index,
+        leases=leases,
+        progress=progress,
+        planned=len(plan.todo),
+        batch_size=batch_size,
+    )
+    if progress:
+        progress(0, len(plan.todo))
     try:
-        todo = passages_by_id(store, plan.todo)
-        done = 0
-        if progress:
-            progress(0, len(todo))
-        for chunk in batches(todo, batch_size or default_batch_size(settings)):
-            if budget.exhausted:
-                stopped = True
-                break
-            requests = build_requests(
-                store, chunk, codebook, index=index, k=settings.retrieval_k, sentences=sentences
-            )
-            try:
-                total = total + process_batch(
-                    store, coder, requests, codebook, run_id=run_id, budget=budget
-                )
-            except Exception as exc:  # the coder failed for the whole batch
-                ids = [p.id for p in chunk]
-                total = total + record_batch_failure(store, ids, exc, run_id=run_id)
-            done += len(chunk)
-            if progress:
-                progress(done, len(todo))
-            if circuit_reason(coder):  # the endpoint is down: stop, resumable
-                break
+        with leases, dispatcher:
+            dispatcher.code(plan.todo)
     except BaseException:
-        store.finish_run(run_id, status="failed", usage=total.usage)
+        stop_calls(coder, "the run was interrupted")
+        dispatcher.close()
+        store.finish_run(run_id, status="failed", usage=dispatcher.total.usage)
         raise
     return finish_run(
         store,
         run_id,
         key,
         plan,
-        total,
+        dispatcher.total,
         started=started,
         ingest_failures=ingest_failures,
-        stopped_budget=stopped,
+        stopped_budget=dispatcher.total.skipped_budget or dispatcher.budget.exhausted,
         stopped_circuit=circuit_reason(coder),
         unit=unit,
+        leases=leases,
     )
 
 
@@ -669,6 +1003,7 @@ def render_markdown(summary: RunSummary) -> str:
         ("Already coded (skipped)", str(s.already_coded)),
         ("Coded by this run", str(s.coded)),
         ("Still uncoded", str(s.remaining)),
+        ("Being coded by another worker", str(s.elsewhere)),
         ("Span proposals (valid)", str(s.proposals)),
         ("Distinct codes applied", str(s.codes_applied)),
         ("No code applies", str(s.no_code)),

@@ -231,6 +231,20 @@ class Settings(BaseSettings):
     max_cost_per_run: float = Field(
         default=0.0, description="Stop a run cleanly at this estimated USD cost (0 = none)."
     )
+    run_batch_size: int = Field(
+        default=32,
+        ge=1,
+        description="Units per batch of a coding run: claimed together (leases), their "
+        "requests built together, and one Prefect task in `qualflow run`; LLM calls keep "
+        "flowing across batches. Chosen by measurement (docs/scale.md).",
+    )
+    lease_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="How long a worker's claim on a unit lasts without renewal (renewed "
+        "every third of it while the worker runs); a killed worker's units are taken "
+        "over after this, at once when it ran on the same host.",
+    )
     prefect_concurrency_limit: str | None = Field(
         default=None,
         description="Name of a Prefect global concurrency limit that every coding batch "

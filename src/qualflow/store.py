@@ -336,11 +336,17 @@ class Store:
                 )
                 row = s.get(TranscriptRow, tid)
                 participant[tid] = row.participant_id if row else None
+        # turn index -> position, once per transcript (a scan per passage made a batch
+        # cost grow with the transcript's length)
+        positions = {
+            tid: {t.index: i for i, t in reversed(list(enumerate(turns)))}
+            for tid, turns in by_transcript.items()
+        }
         out = []
         for p in passages:
             turns = by_transcript[p.transcript_id]
-            first = next((i for i, t in enumerate(turns) if t.index == p.turn_index), 0)
-            last = next((i for i, t in enumerate(turns) if t.index == p.last_turn), first)
+            first = positions[p.transcript_id].get(p.turn_index, 0)
+            last = positions[p.transcript_id].get(p.last_turn, first)
             before = turns[max(0, first - turns_before) : first]
             after = turns[last + 1 : last + 1 + turns_after]
             ctx_before = [ContextTurn(speaker=t.speaker, text=t.text) for t in before]

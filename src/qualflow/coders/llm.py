@@ -205,10 +205,22 @@ class LLMCoder:
         if pseudonymizer is not None and not settings.pseudonymize:
             self.pseudonymizer = pseudonymizer  # given explicitly: always applied
 
+    # ------------------------------------------------------------------ dispatch
+
+    @property
+    def call_size(self) -> int:
+        """Units per LLM request (``llm_batch_size``)."""
+        return max(1, self.settings.llm_batch_size)
+
+    @property
+    def parallel_calls(self) -> int:
+        """Calls in flight at once (``llm_concurrency``)."""
+        return max(1, self.settings.llm_concurrency)
+
     # ------------------------------------------------------------------ protocol
 
     def propose(self, requests: Sequence[CodingRequest], codebook: Codebook) -> list[ProposalSet]:
-        size = max(1, self.settings.llm_batch_size)
+        size = self.call_size
         batches = [list(requests[i : i + size]) for i in range(0, len(requests), size)]
         if self.pseudonymizer is not None:
             self.pseudonymizer.learn(requests)
