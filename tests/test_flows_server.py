@@ -170,12 +170,15 @@ def test_prefect_yaml_deploys_to_a_work_pool_and_a_worker_runs_it(
     assert {"nightly-coding", "morning-report"} <= deployments
     (run,) = [r for r in runs if r.parameters.get("workspace") == str(workspace)]
     assert run.state.is_completed(), run.state
+    from qualflow.pipeline import unit_segmentation
     from qualflow.settings import load_settings
     from qualflow.store import open_store
 
-    store = open_store(load_settings(workspace))
-    try:
-        assert len(store.proposal_sets()) == len(store.passages(codable_only=True)) > 0
+    settings = load_settings(workspace)
+    store = open_store(settings)
+    try:  # the flow codes the units `qualflow code` codes: chunks
+        units = store.passages(segmentation=unit_segmentation(settings), codable_only=True)
+        assert len(store.proposal_sets()) == len(units) > 0
     finally:
         store.close()
 

@@ -214,10 +214,13 @@ def ensure_chunks(
 
     Chunks are a pure function of the transcript version and the settings, so this is
     idempotent: a transcript whose chunks are stored is not read again. Returns the
-    chunks added.
+    chunks added. Two workers starting at once may cut the same transcript: the one
+    whose insert collides finds the other's (identical) chunks stored and goes on.
     """
     if settings.coding_unit != "chunk":
         return 0
+    from sqlalchemy.exc import IntegrityError
+
     from qualflow.chunk import chunks_for
 
     name = unit_segmentation(settings)
@@ -226,8 +229,13 @@ def ensure_chunks(
     added = 0
     for tid in missing:
         transcript = store.transcript(tid)
-        if transcript is not None:
-            added += store.add_passages(chunks_for(transcript, settings))
+        if transcript is None:
+            continue
+        chunks = chunks_for(transcript, settings)
+        try:
+            added += store.add_passages(chunks)
+        except IntegrityError:  # another worker stored them meanwhile: add what is left
+            added += store.add_passages(chunks)
     return added
 
 
@@ -1003,7 +1011,7 @@ def render_markdown(summary: RunSummary) -> str:
         ("Already coded (skipped)", str(s.already_coded)),
         ("Coded by this run", str(s.coded)),
         ("Still uncoded", str(s.remaining)),
-        ("Being coded by another worker", str(s.elsewhere)),
+        ("Held by another worker", str(s.elsewhere)),
         ("Span proposals (valid)", str(s.proposals)),
         ("Distinct codes applied", str(s.codes_applied)),
         ("No code applies", str(s.no_code)),
