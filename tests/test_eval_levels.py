@@ -64,8 +64,8 @@ def _gold(store, t, gold_set: str = "dev") -> None:
 
 
 def _machine_run(store, t, first, second, *, coder="learned", model="m1", spans=None) -> int:
-    """The first chunk answered with spans (x on S1, y over the second answer); the
-    second handed to a human."""
+    """The first chunk answered with spans (x on S1, y over the second answer; an optional
+    third item is the span's confidence, default 0.8); the second handed to a human."""
     spans = spans if spans is not None else [(S1, "x"), (TURN3, "y")]
     run = store.start_run(ProposalKey(coder, model, "", BOOK.version), {"training": None})
     proposals = [
@@ -75,9 +75,9 @@ def _machine_run(store, t, first, second, *, coder="learned", model="m1", spans=
             evidence=text,
             start=_at(t, text)[0],
             end=_at(t, text)[1],
-            confidence=0.8,
+            confidence=rest[0] if rest else 0.8,
         )
-        for text, code in spans
+        for text, code, *rest in spans
     ]
     for unit, status in ((first, "ok"), (second, "needs_human")):
         store.save_proposal_set(
@@ -161,6 +161,20 @@ def test_another_coders_answer_on_the_same_chunk_stays_out(store):
     assert {s.code for s in learned.spans.spans} == {"x", "y"}
     similarity = ev.resolve(store, "proposals:similarity")
     assert {by_text[u] for u, c in similarity.coding.items() if c} == {S2}
+
+
+def test_each_sentence_tag_has_the_confidence_of_its_own_span(store):
+    """Two separate spans of one code in a chunk: a sentence takes the confidence of the
+    span over it, once (calibration counts each tag once)."""
+    t, first, second = _interview(store)
+    _gold(store, t)
+    _machine_run(store, t, first, second, spans=[(S1, "x", 0.9), (S4, "x", 0.3)])
+    machine = ev.resolve(store, "proposals:learned")
+    by_text = {p.id: p.text for p in store.passages(transcript_id=t.id)}
+    assert sorted((by_text[u], code, c) for u, code, c in machine.confidences) == [
+        (S1, "x", 0.9),
+        (S4, "x", 0.3),
+    ]
 
 
 def test_from_span_coding_projects_spans_onto_the_grid(study):

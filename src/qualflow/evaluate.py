@@ -580,12 +580,10 @@ def _onto_grid(
             for a in found
             if a.start is not None and a.end is not None
         ]
-        mapped = _project(unit, _grid_inside(store, unit), spans)
+        grid = _grid_inside(store, unit)
+        mapped = _project(unit, grid, spans)
         coding.update(mapped)
-        for span, confidence in spans:
-            confidences += [
-                (g, span.code, confidence) for g, codes in mapped.items() if span.code in codes
-            ]
+        confidences += _sentence_confidences(grid, mapped, spans)
     for pid in resolved.needs_human:
         unit = units.get(pid)
         if unit is not None and unit.is_chunk:
@@ -593,6 +591,24 @@ def _onto_grid(
     resolved.coding = coding
     resolved.confidences = sorted(set(confidences))
     resolved.needs_human = frozenset(handed) - set(coding)
+
+
+def _sentence_confidences(
+    grid: Sequence[Any], mapped: Coding, spans: Sequence[tuple[Span, float]]
+) -> list[tuple[str, str, float]]:
+    """One confidence per sentence tag: the highest of the spans of that code that
+    overlap the sentence (a chunk's other spans of the code say nothing about it)."""
+    out = []
+    for g in grid:
+        for code in sorted(mapped.get(g.id, ())):
+            scores = [
+                confidence
+                for span, confidence in spans
+                if span.code == code and span.start < g.char_end and g.char_start < span.end
+            ]
+            if scores:
+                out.append((g.id, code, max(scores)))
+    return out
 
 
 def _grid_inside(store: Store, unit: Any) -> list[Any]:
