@@ -231,6 +231,7 @@ def test_every_report_has_span_sentence_and_turn_level_side_by_side(study):
     assert _value(turn["agreement"], "micro_recall") == pytest.approx(2 / 3)
     assert _value(turn["answered_only"], "micro_recall") == pytest.approx(1.0)
     assert levels["notes"] == []
+    assert results["scope"]["coding_unit"] == "chunk:40"  # what one coder call saw
 
 
 def test_highlight_matching_share_is_an_experiment_key(study):

@@ -250,6 +250,9 @@ class Resolved:
     learned_from: list[dict[str, Any]] = field(default_factory=list)
     unit_transcripts: dict[str, str] = field(default_factory=dict)
     spans: SpanCoding | None = None
+    coding_units: list[str] = field(default_factory=list)
+    """What one coder call coded (the segmentation of the answered units: ``chunk:200``,
+    ``sentence``); empty when unknown."""
 
     @property
     def scope(self) -> frozenset[str]:
@@ -441,6 +444,7 @@ def _proposals(
     answers = _answers(store, {r.id: r.passage_id for r in ok.values()})
     units = {p.id: p for p in _passages(store, [*ok, *resolved.needs_human])}
     resolved.spans = _span_coding(spec, units, ok, answers)
+    resolved.coding_units = sorted({units[pid].segmentation for pid in ok if pid in units})
     _onto_grid(store, resolved, units, answers)
     resolved.learned_from = learned_from(store, {r.run_id for r in rows if r.run_id is not None})
     if run_id is None:
@@ -973,6 +977,7 @@ def evaluate(
         "reference": reference.name,
         "coder": coder.name,
         "model": coder.model,
+        "coding_unit": ", ".join(coder.coding_units) or None,
         "prompt_version": coder.prompt_version,
         "codebook": codebook.name if codebook else None,
         "codebook_version": codebook.version if codebook else coder.codebook_version,
@@ -1540,6 +1545,7 @@ def train_and_code(
     folds, coding, confidences, scope = [], {}, [], []
     spans = SpanCoding(coder="")
     handed: set[str] = set()
+    units: set[str] = set()
     for fold_name, sources, members in plans:
         fold = _train_and_code_fold(
             store, settings, book, kind, fold_name, sources, members, experiment, train_first
@@ -1550,6 +1556,7 @@ def train_and_code(
         confidences += fold.pop("confidences")
         scope += fold.pop("passages")
         handed |= fold.pop("needs_human")
+        units |= set(fold.pop("coding_units"))
         fold_spans = fold.pop("spans")
         spans.spans += fold_spans.spans
         spans.scope.update(fold_spans.scope)
@@ -1564,6 +1571,7 @@ def train_and_code(
         origin="machine",
         needs_human=frozenset(handed),
         spans=spans,
+        coding_units=sorted(units),
     )
     missing = len([p for p in scope if p not in coding])
     problems = (
@@ -1629,6 +1637,7 @@ def _train_and_code_fold(
         "passages": scope,
         "needs_human": set(answers.needs_human) & wanted,
         "spans": _on_transcripts(answers.spans, set(ids)),
+        "coding_units": answers.coding_units,
     }
 
 

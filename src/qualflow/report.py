@@ -713,7 +713,9 @@ def render_markdown(results: dict[str, Any], *, max_rows: int = 30) -> str:
         f"Scope: {s['passages']} passages, {coverage_text(results) or 'coverage not recorded'}; "
         f"codebook {s.get('codebook')} "
         f"`{s.get('codebook_version')}`; coder `{s['coder']}` (model `{s.get('model') or '-'}`, "
-        f"prompt `{s.get('prompt_version') or '-'}`); reference `{s['reference']}`; "
+        f"prompt `{s.get('prompt_version') or '-'}`"
+        + (f", coding unit `{s['coding_unit']}`" if s.get("coding_unit") else "")
+        + f"); reference `{s['reference']}`; "
         f"{s['n_boot']} bootstrap resamples of {s.get('resampling') or 'passages'}, "
         f"seed {s['seed']}.",
         "",
