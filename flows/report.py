@@ -99,7 +99,7 @@ def compare_all(
 ) -> list[dict[str, Any]]:
     """Evaluate every (latest coder key x human reference) pair that shares passages, at
     span, sentence and turn level."""
-    from qualflow.evaluate import EvalError, Grid, evaluate, write_outputs
+    from qualflow.evaluate import EvalError, evaluate, grid_for, write_outputs
 
     logger = get_run_logger()
     outputs = []
@@ -115,18 +115,19 @@ def compare_all(
             if not set(ref.coding) & set(coder.coding):
                 continue
             name = slug(f"{coder.name}-vs-{ref.name}")
+            people = [h for h in humans if set(h.coding) & set(ref.coding)]
             try:
                 results = evaluate(
                     ref,
                     coder,
                     codebook=book,
-                    humans=[h for h in humans if set(h.coding) & set(ref.coding)],
+                    humans=people,
                     n_boot=n_boot,
                     min_support=min_support,
                     experiment=name,
                     description=f"{coder.name} against {ref.name}",
                     scope={"codebook_version": key.codebook_version},
-                    grid=Grid.from_store(store, ref.coding),
+                    grid=grid_for(store, ref, coder, *people),
                     min_share=min_share,
                 )
                 written = write_outputs(results, out_dir)

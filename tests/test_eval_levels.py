@@ -426,3 +426,41 @@ def test_the_scheduled_report_flow_gives_the_three_levels(study, settings):
     text = Path(path).read_text(encoding="utf-8")
     assert "Agreement at three levels" in text
     assert "| span, characters |" in text and "| turn | 3 turns |" in text
+
+
+def test_a_human_coding_without_spans_still_gives_a_baseline_at_each_level(study):
+    """A review made before spans (sentence codes only): read over its sentences, said
+    in a note, and compared at every level."""
+    store, _ = study
+    reference = ev.resolve(store, "gold:dev:ann")
+    reviewer = ev.Resolved("reviewer:bob", store.gold("dev", "bob")["bob"], origin="reviewer")
+    machine = ev.resolve(store, "proposals:learned")
+    results = ev.evaluate(
+        reference,
+        machine,
+        humans=[reviewer],
+        n_boot=20,
+        grid=ev.grid_for(store, reference, machine, reviewer),
+    )
+    levels = results["levels"]
+    assert levels["notes"] == [
+        "reviewer:bob has no spans (a coding of units only): its span and turn levels "
+        "read each coded unit as a span over the unit"
+    ]
+    assert levels["span"]["human_baseline"]["humans"] == ["dev:ann", "reviewer:bob"]
+    assert levels["turn"]["human_baseline"]["humans"] == ["dev:ann", "reviewer:bob"]
+
+
+def test_the_demo_summary_has_a_row_per_coder_and_level(study):
+    from rich.console import Console
+
+    from qualflow.cli.demo import summary_table
+
+    store, _ = study
+    console = Console(width=250, record=True)
+    console.print(summary_table([_report(store, humans=["gold:dev:bob"])]))
+    text = console.export_text()
+    for level in ("span, characters", "span, highlights (share 0.5)", "sentence", "turn"):
+        assert f"│ {level}" in text
+    assert "learned" in text and "6 sentences" in text and "3 turns" in text
+    assert "inferior" in text or "inconclusive" in text or "non-inferior" in text

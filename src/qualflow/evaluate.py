@@ -1242,6 +1242,16 @@ def three_levels(
     return out
 
 
+def grid_for(store: Store, reference: Resolved, *others: Resolved | None) -> Grid:
+    """The grid of a report: where the reference's units lie (they make the evaluated
+    text), and the units of any coding without spans (read as spans over its units)."""
+    units = set(reference.coding)
+    for coding in (reference, *others):
+        if coding is not None and coding.spans is None:
+            units |= set(coding.coding)
+    return Grid.from_store(store, units)
+
+
 def _spans_for(resolved: Resolved, grid: Grid, notes: list[str]) -> SpanCoding:
     """A coding's spans under its report name; spans over its coded units (with a note)
     when it has none."""
@@ -1478,7 +1488,7 @@ def run_experiment(
         scope=scope,
         clusters=clusters,
         allow_overlap=experiment.allow_overlap,
-        grid=Grid.from_store(store, reference.coding),
+        grid=grid_for(store, reference, coder, *humans),
         min_share=experiment.min_share,
     )
     results["problems"] = problems + results["problems"]
