@@ -1209,7 +1209,8 @@ def three_levels(
         out["reason"] = "the store has no position for the reference's units: sentence level only"
         return out
     notes: list[str] = []
-    spans = {r.name: _spans_for(r, grid, notes) for r in (reference, coder, *humans)}
+    codings = {r.name: r for r in (reference, coder, *humans)}  # the reference may be a human
+    spans = {name: _spans_for(r, grid, notes) for name, r in codings.items()}
     transcript_clusters = _transcript_clusters(units, grid, setup.clusters)
     level_setup = LevelSetup(
         codes=setup.codes,
