@@ -58,6 +58,13 @@ def eval_command(
     n_boot: Annotated[
         int | None, typer.Option(help="Bootstrap resamples (overrides the experiment).")
     ] = None,
+    min_share: Annotated[
+        float | None,
+        typer.Option(
+            help="Span level: share of a reference highlight one span of the same code must "
+            "cover for it to count as found (overrides the experiment's min_share; default 0.5)."
+        ),
+    ] = None,
     no_prepare: Annotated[
         bool, typer.Option("--no-prepare", help="Skip ingest, gold import and coder runs.")
     ] = False,
@@ -71,7 +78,8 @@ def eval_command(
         ),
     ] = False,
 ) -> None:
-    """Run agreement experiments: results JSON, an HTML report and a Markdown summary."""
+    """Run agreement experiments: results JSON, an HTML report and a Markdown summary, with
+    agreement at span, sentence and turn level."""
     from qualflow.evaluate import EvalError, load_experiments, run_experiment
     from qualflow.store import open_store
 
@@ -92,6 +100,8 @@ def eval_command(
         exp = defined[name]
         if n_boot is not None:
             exp.n_boot = n_boot
+        if min_share is not None:
+            exp.min_share = min_share
         if allow_overlap:
             exp.allow_overlap = True
         ws = workspace or out / "workspaces" / name
