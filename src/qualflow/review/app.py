@@ -740,7 +740,7 @@ def create_app(
             message = f"Nothing assigned: {exc}"
         else:
             message = (
-                f"Assigned {report.passages} passages ({report.assignments} assignments, "
+                f"Assigned {report.passages} units ({report.assignments} assignments, "
                 f"{report.double_coded} double-coded)."
             )
         return RedirectResponse("/admin?" + urlencode({"message": message}), status_code=303)
