@@ -195,6 +195,10 @@ def status(workspace: WorkspaceOption = Path(".")) -> None:
             markup=False,
         )
     console.print(f"gold sets:   {', '.join(store.gold_sets()) or '-'}")
+    from qualflow.review.queue import status_lines
+
+    for line in status_lines(store):
+        console.print(line, markup=False)
 
 
 def _guide_marked(store, settings) -> int:

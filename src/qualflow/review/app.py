@@ -468,6 +468,10 @@ def create_app(
         a = who(request)
         filters = filters_from(request.query_params)
         after = bounded_text(request.query_params.get("after"), "after", TEXT_FIELD_MAX_CHARS)
+        with queue.synced(store):
+            return queue_view(request, a, filters, after)
+
+    def queue_view(request: Request, a: Auth, filters: queue.Filters, after: str):
         found = queue.rows(store, a.user, filters, after=after or None, size=PAGE_ROWS)
         ctx = {
             "filters": filters,
@@ -497,6 +501,19 @@ def create_app(
         conflict: str | None = None,
         error: str | None = None,
         selected: int | None = None,
+    ) -> HTMLResponse:
+        with queue.synced(store):
+            return unit_page(request, a, passage_id, filters, status, conflict, error, selected)
+
+    def unit_page(
+        request: Request,
+        a: Auth,
+        passage_id: str,
+        filters: queue.Filters,
+        status: int,
+        conflict: str | None,
+        error: str | None,
+        selected: int | None,
     ) -> HTMLResponse:
         unit, assignment = reachable(a, passage_id)
         blind = bool(assignment and assignment.blind_to_machine)
@@ -668,7 +685,8 @@ def create_app(
         except decisions.DecisionError as exc:
             return refused(400, str(exc))
         if go == "next":
-            target = queue.next_pending(store, a.user, filters, passage_id)
+            with queue.synced(store):
+                target = queue.next_pending(store, a.user, filters, passage_id)
             url = unit_url(target, filters) if target else "/queue" + qs(filters)
         else:
             url = unit_url(passage_id, filters, sel=selected)

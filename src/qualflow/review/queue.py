@@ -20,7 +20,9 @@ single indexed queries: nothing loads the whole queue per request.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,9 +162,33 @@ def _fingerprint(s: Any) -> dict[str, Any]:
     }
 
 
+_SKIP_SYNC: ContextVar[bool] = ContextVar("qualflow_review_skip_sync", default=False)
+
+
+@contextmanager
+def _no_sync() -> Iterator[None]:
+    """Inside (this thread or task only): ``sync`` does nothing (the caller synced
+    already, or cannot)."""
+    token = _SKIP_SYNC.set(True)
+    try:
+        yield
+    finally:
+        _SKIP_SYNC.reset(token)
+
+
+@contextmanager
+def synced(store: Store) -> Iterator[None]:
+    """Sync once, then skip syncing inside (one request of the app)."""
+    sync(store)
+    with _no_sync():
+        yield
+
+
 def sync(store: Store) -> None:
     """Bring ``review_units`` in step with the store (a few small queries when nothing
     changed; the first call on a store fills it)."""
+    if _SKIP_SYNC.get():
+        return
     for attempt in range(3):
         try:
             _sync_once(store)
@@ -822,9 +848,16 @@ def reconcile(store: Store) -> Reconciliation:
 
 
 def status_lines(store: Store) -> list[str]:
-    """Review progress for ``qualflow status``."""
-    loads = [load for load in reviewer_loads(store) if load.assigned or load.done]
-    rec = reconcile(store)
+    """Review progress for ``qualflow status`` (read from the queue table as it stands
+    when the store cannot be written, e.g. a read-only workspace)."""
+    note = []
+    try:
+        sync(store)
+    except OperationalError:
+        note = ["  (the review queue could not be brought up to date: the store is read-only)"]
+    with _no_sync():
+        loads = [load for load in reviewer_loads(store) if load.assigned or load.done]
+        rec = reconcile(store)
     if not rec.study.total:
         return ["review:      no unit in the review queue yet (code transcripts first)"]
     out = [f"review:      {rec.study.done} / {rec.study.total} queue units done "
@@ -834,7 +867,7 @@ def status_lines(store: Store) -> list[str]:
         flags = f", {load.flagged} flagged" if load.flagged else ""
         out.append(f"  {load.username}: {load.done} done of {load.assigned} assigned{extra}{flags}")
     out += [f"  {line}" for line in rec.lines()[1:]]
-    return out
+    return out + note
 
 
 def facets(store: Store) -> dict[str, list[str]]:
