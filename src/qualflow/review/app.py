@@ -688,8 +688,8 @@ def create_app(
             with queue.synced(store):
                 target = queue.next_pending(store, a.user, filters, passage_id)
             url = unit_url(target, filters) if target else "/queue" + qs(filters)
-        else:
-            url = unit_url(passage_id, filters, sel=selected)
+        else:  # done: the page selects the next undecided proposal
+            url = unit_url(passage_id, filters)
         return RedirectResponse(url, status_code=303)
 
     @app.get("/codes")

@@ -233,10 +233,16 @@
   }
   if (unit) {
     unit.addEventListener("mouseup", function () {
-      setTimeout(function () {
-        var range = selectionInUnit();
-        if (range) { codeTheSelection(range); }
-      }, 0);
+      var range = selectionInUnit(); // final at mouseup: offer the code search at once
+      if (range) { codeTheSelection(range); }
+    });
+  }
+  var moveHere = $("#adjust-to-selection");
+  if (moveHere) {
+    moveHere.addEventListener("click", function () {
+      var item = selected();
+      if (item && lastSelection) { adjust(item, lastSelection); }
+      else { hint("Select a proposal or a span first (its number, or click it)."); }
     });
   }
   $$("button.adjust").forEach(function (b) {
@@ -358,10 +364,9 @@
         e.preventDefault();
         if (!list.hidden && active >= 0 && opts[active]) { choose(opts[active].querySelector("strong").textContent); }
         else if (input.value.trim()) { choose(input.value.trim()); }
-      } else if (e.key === "Escape") {
+      } else if (e.key === "Escape") { // leave the box; a second Escape drops a selection
         list.hidden = true;
         input.blur();
-        if (form === selForm) { dropSelection(); }
       }
     });
   }
