@@ -32,6 +32,11 @@ class FileOutcome(BaseModel):
     transcript_id: str | None = None
     passages: int = 0
     reason: str | None = None
+    carried: dict | None = Field(
+        default=None,
+        description="A new version: the review work and machine answers carried over from "
+        "the previous version to its unchanged units (review.carry.CarryReport).",
+    )
 
 
 class IngestReport(BaseModel):
@@ -112,9 +117,30 @@ def ingest_paths(
                 status=status,
                 transcript_id=transcript.id,
                 passages=len(passages),
+                carried=_carry_over(store, transcript, settings)
+                if status == "new_version"
+                else None,
             )
         )
     return report
+
+
+def _carry_over(store: Store, transcript, settings: Settings) -> dict | None:
+    """Reviews and answers of the previous version's unchanged units, carried over (the
+    review area owns the rules: ``review/carry.py``)."""
+    from qualflow.review.carry import carry_over
+
+    carried = carry_over(store, transcript, settings)
+    if carried is None:
+        return None
+    log.info(
+        "%s: %d of %d units carried from the previous version, %d to review again",
+        transcript.name,
+        carried.units_carried,
+        carried.units_with_work,
+        carried.review_again,
+    )
+    return carried.to_dict()
 
 
 def _participant_ids(store: Store, settings: Settings) -> list[str]:

@@ -87,6 +87,11 @@ def ingest(
             console.print(f"[dim]skipped   {f.path} ({f.reason})[/]")
         else:
             console.print(f"{f.status:<10}{f.path} ({f.passages} passages)")
+            if f.carried:
+                from qualflow.review.carry import CarryReport
+
+                for line in CarryReport(**f.carried).lines():
+                    console.print(f"          {line}", markup=False)
     console.print(
         f"{report.count('new')} new, {report.count('new_version')} new versions, "
         f"{report.count('unchanged')} unchanged, {len(report.errors)} errors"

@@ -62,6 +62,7 @@ from qualflow.db import (
     ProposalSetRow,
     ReviewStateRow,
     ReviewUnitRow,
+    TranscriptRow,
     UserRow,
 )
 from qualflow.models import Coding, Passage, Span, SpanCoding, utcnow
@@ -832,7 +833,13 @@ def _finished(store: Store, include_unfinished: bool) -> list[tuple[str, str, Re
     """(username, unit id, state) of every track counted as a reviewer's coding."""
     with store.session() as s:
         names = dict(s.execute(select(UserRow.id, UserRow.username)).all())
-        live = set(s.scalars(select(PassageRow.id)))
+        live = set(
+            s.scalars(
+                select(PassageRow.id)
+                .join(TranscriptRow, TranscriptRow.id == PassageRow.transcript_id)
+                .where(TranscriptRow.is_current.is_(True))
+            )
+        )
     out = []
     for (uid, pid), st in sorted(_all_states(store).items()):
         if pid not in live:
@@ -853,8 +860,9 @@ def reviewer_codings(store: Store, *, include_unfinished: bool = False) -> dict[
     on an unassigned unit) whoever made the individual decisions; it is never counted
     as a second coder's. Who did what stays in the log (``decisions.user_id``).
 
-    Exactly which units: those whose derived state is *done* ("Done" pressed and not
-    undone). A unit touched but not finished is work in progress and is left out
+    Exactly which units: those of current transcript versions (a review carried over
+    to a new version counts there, once) whose derived state is *done* ("Done" pressed
+    and not undone). A unit touched but not finished is work in progress and is left out
     unless ``include_unfinished`` (then every unit with at least one decision still in
     effect counts). An empty code set means that no code applies. Derived from the
     decision log, not the cache. ``reviewer_span_codings`` gives the spans themselves.

@@ -867,6 +867,10 @@ def status_lines(store: Store) -> list[str]:
         flags = f", {load.flagged} flagged" if load.flagged else ""
         out.append(f"  {load.username}: {load.done} done of {load.assigned} assigned{extra}{flags}")
     out += [f"  {line}" for line in rec.lines()[1:]]
+    from qualflow.review.carry import carry_reports
+
+    for report in carry_reports(store):
+        out += [f"  {line}" for line in report.lines()]
     return out + note
 
 
