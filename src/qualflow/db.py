@@ -360,7 +360,6 @@ class ReviewUnitRow(Base):
         ForeignKey("transcripts.id", ondelete="CASCADE"), index=True
     )
     transcript_name: Mapped[str] = mapped_column(String(255))
-    participant_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     position: Mapped[int] = mapped_column(Integer)
     current: Mapped[bool] = mapped_column(Boolean, default=True)
     needs_human: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -20,6 +20,7 @@ single indexed queries: nothing loads the whole queue per request.
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -28,10 +29,12 @@ from typing import Any
 
 from sqlalchemy import (
     and_,
+    bindparam,
     case,
     exists,
     false,
     func,
+    insert,
     literal,
     or_,
     select,
@@ -40,7 +43,6 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import aliased
 
 from qualflow.db import (
     AssignmentRow,
@@ -139,26 +141,28 @@ class Page:
     rows: list[Item]
     next_after: str | None  # cursor of the next page (None: this is the last)
     shown: int  # rows matching the show filter (and the sample size)
+    progress: Progress  # done / total of the queue under the filters (any show state)
 
 
 # --------------------------------------------------------------------------- sync
 
 
 def _fingerprint(s: Any) -> dict[str, Any]:
-    transcripts = s.execute(
+    """What the queue table depends on, in a few index-only queries (transcripts by
+    aggregates of columns stored before their text: a new version adds a row and
+    changes which are current)."""
+    count, current, versions = s.execute(
         select(
-            TranscriptRow.id,
-            TranscriptRow.is_current,
-            TranscriptRow.name,
-            TranscriptRow.participant_id,
-        ).order_by(TranscriptRow.id)
-    ).all()
-    digest = hashlib.sha256(repr([tuple(r) for r in transcripts]).encode()).hexdigest()
+            func.count(),
+            func.sum(case((TranscriptRow.is_current.is_(True), 1), else_=0)),
+            func.sum(TranscriptRow.version),
+        )
+    ).one()
     return {
         "sets": s.scalar(select(func.max(ProposalSetRow.id))) or 0,
         "assignments": s.scalar(select(func.max(AssignmentRow.id))) or 0,
         "decisions": s.scalar(select(func.max(DecisionRow.id))) or 0,
-        "transcripts": digest,
+        "transcripts": f"{count}/{current or 0}/{versions or 0}",
     }
 
 
@@ -201,19 +205,48 @@ def sync(store: Store) -> None:
 def _sync_once(store: Store) -> None:
     with store.session() as s:
         now = _fingerprint(s)
+    _LAST[id(store)] = now
     saved = store.meta(SYNC_KEY) or {}
     if saved == now:
         return
     with store.session() as s:
         fresh = not saved
         units = _changed_units(s, int(saved.get("sets", 0) or 0))
-        _upsert_units(s, units)
-        owners = set(units) | _assigned_since(s, int(saved.get("assignments", 0) or 0))
-        owners |= _decided_since(s, int(saved.get("decisions", 0) or 0))
-        _update_shared_owners(s, owners)
+        touched = _assigned_since(s, int(saved.get("assignments", 0) or 0))
+        touched |= _decided_since(s, int(saved.get("decisions", 0) or 0))
+        owners = _shared_owners(s, set(units) | touched)
+        _upsert_units(s, units, owners)
+        _set_owners(s, {pid: owners.get(pid) for pid in touched - set(units)})
         if fresh or saved.get("transcripts") != now["transcripts"]:
             _update_transcripts(s)
     store.set_meta(SYNC_KEY, now)
+    _keep_statistics(store)
+
+
+STATS_KEY = "review_queue_statistics"
+
+
+def _keep_statistics(store: Store) -> None:
+    """SQLite plans joins from table statistics: without them it counts a reviewer's
+    finished units by walking every unit assigned to them instead of the (few)
+    finished states. Refresh the review tables' statistics whenever the states or the
+    queue have doubled since the last time (a few dozen times over a study).
+    PostgreSQL keeps its statistics itself."""
+    if store.engine.dialect.name != "sqlite":
+        return
+    with store.session() as s:
+        sizes = {
+            "states": s.scalar(select(func.count()).select_from(ReviewStateRow)) or 0,
+            "units": s.scalar(select(func.count()).select_from(ReviewUnitRow)) or 0,
+        }
+    last = store.meta(STATS_KEY) or {}
+    if all(sizes[k] <= 2 * int(last.get(k, -1)) and (sizes[k] > 0) == (int(last.get(k, 0)) > 0)
+           for k in sizes):  # fmt: skip
+        return
+    with store.engine.begin() as conn:
+        for table in ("review_units", "review_unit_codes", "review_states", "assignments"):
+            conn.exec_driver_sql(f"ANALYZE {table}")
+    store.set_meta(STATS_KEY, sizes)
 
 
 def _changed_units(s: Any, after_set: int) -> list[str]:
@@ -223,74 +256,99 @@ def _changed_units(s: Any, after_set: int) -> list[str]:
     return list(dict.fromkeys(s.scalars(q.order_by(ProposalSetRow.id))))
 
 
-def _upsert_units(s: Any, ids: Sequence[str]) -> None:
-    for i in range(0, len(ids), 500):
-        part = list(ids[i : i + 500])
-        sets = s.execute(
-            select(ProposalSetRow.passage_id, ProposalSetRow.status).where(
-                ProposalSetRow.passage_id.in_(part), ProposalSetRow.status.in_(REVIEWABLE)
-            )
-        ).all()
-        needs = {pid for pid, status in sets if status == "needs_human"}
-        props: dict[str, list[tuple[str, float]]] = {}
-        for pid, code, conf in s.execute(
-            select(ProposalRow.passage_id, ProposalRow.code, ProposalRow.confidence)
-            .join(ProposalSetRow, ProposalSetRow.id == ProposalRow.set_id)
-            .where(
-                ProposalRow.passage_id.in_(part),
-                ProposalRow.valid.is_(True),
-                ProposalSetRow.status.in_(REVIEWABLE),
-            )
-        ):
-            props.setdefault(pid, []).append((code, float(conf)))
-        places = {
-            p.id: (p, t)
-            for p, t in s.execute(
-                select(PassageRow, TranscriptRow)
-                .join(TranscriptRow, TranscriptRow.id == PassageRow.transcript_id)
-                .where(PassageRow.id.in_(part))
-            )
-        }
-        known = {r.passage_id: r for r in s.scalars(
-            select(ReviewUnitRow).where(ReviewUnitRow.passage_id.in_(part))
-        )}  # fmt: skip
-        for pid in part:
-            if pid not in places:
-                continue
-            _put_unit(s, known.get(pid), places[pid], pid in needs, props.get(pid, []))
+_BATCH = 5000
+_LAST: dict[int, dict[str, Any]] = {}  # store -> its fingerprint at the last sync
 
 
-def _put_unit(s: Any, row: Any, place: tuple, needs_human: bool, props: list) -> None:
-    p, t = place
-    confidence = min((c for _, c in props), default=None)
-    codes = sorted({code for code, _ in props})
-    rank = NEEDS_HUMAN_RANK if needs_human else (
-        NO_PROPOSAL_RANK if confidence is None else confidence
-    )  # fmt: skip
-    values = dict(
-        transcript_id=t.id,
-        transcript_name=t.name,
-        participant_id=t.participant_id,
-        position=p.index,
-        current=bool(t.is_current),
-        needs_human=needs_human,
-        min_confidence=confidence,
-        rank=rank,
-        proposals=len(props),
-        codes=codes,
-    )
-    if row is None:
-        shuffle = int(hashlib.sha256(p.id.encode()).hexdigest()[:8], 16) % _PRIME
-        s.add(ReviewUnitRow(passage_id=p.id, shuffle=shuffle, **values))
-        s.flush()
-        have: set[str] = set()
-    else:
-        for key, value in values.items():
-            setattr(row, key, value)
-        have = set(
-            s.scalars(select(ReviewUnitCodeRow.code).where(ReviewUnitCodeRow.passage_id == p.id))
+def _generation(store: Store) -> tuple:
+    """What queue membership depends on (not the decisions): caches key on it."""
+    fp = _LAST.get(id(store)) or {}
+    return (fp.get("sets"), fp.get("assignments"), fp.get("transcripts"))
+
+
+def _upsert_units(s: Any, ids: Sequence[str], owners: dict[str, int | None]) -> None:
+    """Insert (bulk) or update the queue rows of these units from their proposal sets."""
+    for i in range(0, len(ids), _BATCH):
+        part = list(ids[i : i + _BATCH])
+        rows = _unit_rows(s, part, owners)
+        known = set(
+            s.scalars(select(ReviewUnitRow.passage_id).where(ReviewUnitRow.passage_id.in_(part)))
         )
-    s.add_all(ReviewUnitCodeRow(passage_id=p.id, code=c) for c in codes if c not in have)
+        new = [r for r in rows if r["passage_id"] not in known]
+        if new:
+            s.execute(insert(ReviewUnitRow), new)
+            codes = [{"passage_id": r["passage_id"], "code": c} for r in new for c in r["codes"]]
+            if codes:
+                s.execute(insert(ReviewUnitCodeRow), codes)
+        for r in rows:
+            if r["passage_id"] in known:
+                _update_unit(s, r)
+
+
+def _unit_rows(s: Any, part: list[str], owners: dict[str, int | None]) -> list[dict[str, Any]]:
+    """The queue rows of some units (only the columns needed; no unit text read)."""
+    needs = set(
+        s.scalars(
+            select(ProposalSetRow.passage_id).where(
+                ProposalSetRow.passage_id.in_(part), ProposalSetRow.status == "needs_human"
+            )
+        )
+    )
+    props: dict[str, list[tuple[str, float]]] = {}
+    for pid, code, conf in s.execute(
+        select(ProposalRow.passage_id, ProposalRow.code, ProposalRow.confidence)
+        .join(ProposalSetRow, ProposalSetRow.id == ProposalRow.set_id)
+        .where(
+            ProposalRow.passage_id.in_(part),
+            ProposalRow.valid.is_(True),
+            ProposalSetRow.status.in_(REVIEWABLE),
+        )
+    ):
+        props.setdefault(pid, []).append((code, float(conf)))
+    places = s.execute(
+        select(
+            PassageRow.id,
+            PassageRow.index,
+            TranscriptRow.id,
+            TranscriptRow.name,
+            TranscriptRow.is_current,
+        )
+        .join(TranscriptRow, TranscriptRow.id == PassageRow.transcript_id)
+        .where(PassageRow.id.in_(part))
+    ).all()
+    out = []
+    for pid, position, tid, name, current in places:
+        found = props.get(pid, [])
+        confidence = min((c for _, c in found), default=None)
+        if pid in needs:
+            rank = NEEDS_HUMAN_RANK
+        else:
+            rank = NO_PROPOSAL_RANK if confidence is None else confidence
+        out.append(
+            {
+                "passage_id": pid,
+                "transcript_id": tid,
+                "transcript_name": name,
+                "position": position,
+                "current": bool(current),
+                "needs_human": pid in needs,
+                "min_confidence": confidence,
+                "rank": rank,
+                "shuffle": int(hashlib.sha256(pid.encode()).hexdigest()[:8], 16) % _PRIME,
+                "proposals": len(found),
+                "codes": sorted({code for code, _ in found}),
+                "shared_owner": owners.get(pid),
+            }
+        )
+    return out
+
+
+def _update_unit(s: Any, values: dict[str, Any]) -> None:
+    pid = values["passage_id"]
+    changes = {k: v for k, v in values.items() if k not in ("passage_id", "shuffle")}
+    s.execute(update(ReviewUnitRow).where(ReviewUnitRow.passage_id == pid).values(**changes))
+    have = set(s.scalars(select(ReviewUnitCodeRow.code).where(ReviewUnitCodeRow.passage_id == pid)))
+    s.add_all(ReviewUnitCodeRow(passage_id=pid, code=c) for c in values["codes"] if c not in have)
 
 
 def _assigned_since(s: Any, after: int) -> set[str]:
@@ -301,13 +359,15 @@ def _decided_since(s: Any, after: int) -> set[str]:
     return set(s.scalars(select(DecisionRow.passage_id).where(DecisionRow.id > after)))
 
 
-def _update_shared_owners(s: Any, ids: Iterable[str]) -> None:
+def _shared_owners(s: Any, ids: Iterable[str]) -> dict[str, int | None]:
     """The owner of each unit's shared track: its primary assignee (first non-double
     assignment), else the owner of the first started track that is nobody's blind
     track (``decisions.choose_track``), else none yet."""
     wanted = list(ids)
-    for i in range(0, len(wanted), 500):
-        part = wanted[i : i + 500]
+    out: dict[str, int | None] = {}
+    track = func.coalesce(DecisionRow.track_user_id, DecisionRow.user_id)
+    for i in range(0, len(wanted), _BATCH):
+        part = wanted[i : i + _BATCH]
         assigned: dict[str, list[tuple[int, int, bool]]] = {}
         for pid, aid, uid, double in s.execute(
             select(
@@ -318,7 +378,6 @@ def _update_shared_owners(s: Any, ids: Iterable[str]) -> None:
             ).where(AssignmentRow.passage_id.in_(part))
         ):
             assigned.setdefault(pid, []).append((aid, uid, bool(double)))
-        track = func.coalesce(DecisionRow.track_user_id, DecisionRow.user_id)
         started: dict[str, list[tuple[int, int]]] = {}
         for pid, first, owner in s.execute(
             select(DecisionRow.passage_id, func.min(DecisionRow.id), track)
@@ -327,12 +386,20 @@ def _update_shared_owners(s: Any, ids: Iterable[str]) -> None:
         ):
             started.setdefault(pid, []).append((first, owner))
         for pid in part:
-            owner = _shared_owner(assigned.get(pid, []), started.get(pid, []))
-            s.execute(
-                update(ReviewUnitRow)
-                .where(ReviewUnitRow.passage_id == pid)
-                .values(shared_owner=owner)
-            )
+            out[pid] = _shared_owner(assigned.get(pid, []), started.get(pid, []))
+    return out
+
+
+def _set_owners(s: Any, owners: dict[str, int | None]) -> None:
+    if not owners:
+        return
+    stmt = (
+        update(ReviewUnitRow.__table__)
+        .where(ReviewUnitRow.__table__.c.passage_id == bindparam("unit"))
+        .values(shared_owner=bindparam("owner"))
+    )
+    rows = [{"unit": pid, "owner": owner} for pid, owner in owners.items()]
+    s.connection().execute(stmt, rows)
 
 
 def _shared_owner(
@@ -347,13 +414,8 @@ def _shared_owner(
 
 
 def _update_transcripts(s: Any) -> None:
-    for tid, current, name, participant in s.execute(
-        select(
-            TranscriptRow.id,
-            TranscriptRow.is_current,
-            TranscriptRow.name,
-            TranscriptRow.participant_id,
-        )
+    for tid, current, name in s.execute(
+        select(TranscriptRow.id, TranscriptRow.is_current, TranscriptRow.name)
     ):
         s.execute(
             update(ReviewUnitRow)
@@ -362,20 +424,24 @@ def _update_transcripts(s: Any) -> None:
                 or_(
                     ReviewUnitRow.current.is_not(bool(current)),
                     ReviewUnitRow.transcript_name != name,
-                    _differs(ReviewUnitRow.participant_id, participant),
                 )
             )
-            .values(current=bool(current), transcript_name=name, participant_id=participant)
+            .values(current=bool(current), transcript_name=name)
         )
 
 
-def _differs(column: Any, value: str | None) -> Any:
-    if value is None:
-        return column.is_not(None)
-    return or_(column.is_(None), column != value)
-
-
 # --------------------------------------------------------------------------- the query
+
+
+# Core tables (cheaper to build per request than ORM entities and aliases)
+_U = ReviewUnitRow.__table__.c
+_UNITS = ReviewUnitRow.__table__
+_A = AssignmentRow.__table__.alias("a")
+_RS = ReviewStateRow.__table__.alias("rs")
+_FLAGS = ReviewStateRow.__table__.alias("flags")
+_CODES = ReviewUnitCodeRow.__table__
+_SETS = ProposalSetRow.__table__
+_TRANSCRIPTS = TranscriptRow.__table__
 
 
 class _Query:
@@ -383,14 +449,10 @@ class _Query:
 
     def __init__(self, user: User, filters: Filters, *, any_blind: bool = True):
         self.user, self.filters, self.any_blind = user, filters, any_blind
-        self.u = ReviewUnitRow
-        self.a = aliased(AssignmentRow)
-        self.rs = aliased(ReviewStateRow)
+        self.u, self.a, self.rs = _U, _A.c, _RS.c
+        me = literal(user.id)
         double = func.coalesce(self.a.double_coded, false())
-        self.owner = case(
-            (double.is_(True), literal(user.id)),
-            else_=func.coalesce(self.u.shared_owner, literal(user.id)),
-        )
+        self.owner = case((double.is_(True), me), else_=func.coalesce(_U.shared_owner, me))
         self.blind = func.coalesce(self.a.blind_to_machine, false())
         self.done = func.coalesce(self.rs.done, false())
 
@@ -407,13 +469,20 @@ class _Query:
         rank = case((self.blind.is_(True), literal(NO_PROPOSAL_RANK)), else_=u.rank)
         return [rank, u.transcript_name, u.position, u.passage_id]
 
-    def select(self, *columns: Any, show: bool = True) -> Any:
+    def select(self, *columns: Any, show: bool = True, states: str = "outer") -> Any:
+        """``states``: how the track's state joins: ``outer`` (every unit), ``inner``
+        (units with a state only), ``none`` (not at all: no show filter then)."""
         u, a, rs = self.u, self.a, self.rs
         on_a = and_(a.passage_id == u.passage_id, a.user_id == self.user.id)
-        q = select(*columns).select_from(u)
-        q = q.outerjoin(a, on_a) if self.user.is_admin else q.join(a, on_a)
-        q = q.outerjoin(rs, and_(rs.passage_id == u.passage_id, rs.user_id == self.owner))
-        q = q.where(u.current == true())
+        joined = _UNITS.outerjoin(_A, on_a) if self.user.is_admin else _UNITS.join(_A, on_a)
+        on_rs = and_(rs.passage_id == u.passage_id, rs.user_id == self.owner)
+        if states == "outer":
+            joined = joined.outerjoin(_RS, on_rs)
+        elif states == "inner":
+            joined = joined.join(_RS, on_rs)
+        else:
+            show = False
+        q = select(*columns).select_from(joined).where(u.current == true())
         for condition in self._conditions(show):
             q = q.where(condition)
         return q
@@ -424,18 +493,18 @@ class _Query:
         if f.transcript:
             out.append(u.transcript_name == f.transcript)
         if f.participant:
-            out.append(u.participant_id == f.participant)
+            t = _TRANSCRIPTS.c
+            out.append(u.transcript_id.in_(select(t.id).where(t.participant_id == f.participant)))
         if f.run is not None or f.coder:
-            ps = select(ProposalSetRow.id).where(
-                ProposalSetRow.passage_id == u.passage_id, ProposalSetRow.status.in_(REVIEWABLE)
-            )
+            ps = _SETS.c
+            found = select(ps.id).where(ps.passage_id == u.passage_id, ps.status.in_(REVIEWABLE))
             if f.run is not None:
-                ps = ps.where(ProposalSetRow.run_id == f.run)
+                found = found.where(ps.run_id == f.run)
             if f.coder:
-                ps = ps.where(ProposalSetRow.coder == f.coder)
-            out.append(exists(ps))
+                found = found.where(ps.coder == f.coder)
+            out.append(exists(found))
         if f.code:
-            c = ReviewUnitCodeRow
+            c = _CODES.c
             wanted = f.code
             prefix = func.substr(c.code, 1, len(wanted) + 1) == wanted + "."
             out.append(self.blind.is_(False))
@@ -458,7 +527,7 @@ class _Query:
             return [self.done.is_(True)]
         if show == "flagged":
             if self.user.is_admin:  # admins see every flag (the discussion list)
-                other = aliased(ReviewStateRow)
+                other = _FLAGS.c
                 return [
                     exists(
                         select(other.user_id).where(
@@ -474,7 +543,7 @@ class _Query:
         return [
             u.passage_id,
             u.transcript_name,
-            u.participant_id,
+            u.transcript_id,
             u.position,
             u.needs_human,
             u.min_confidence,
@@ -489,23 +558,30 @@ class _Query:
         ]
 
 
+_BLIND: dict[tuple, bool] = {}
+
+
 def _query(store: Store, user: User, filters: Filters | None) -> _Query:
     """The user's queue query (synced first); blind assignments change the sort key."""
     sync(store)
-    with store.session() as s:
-        any_blind = s.scalar(
-            select(AssignmentRow.id)
-            .where(AssignmentRow.user_id == user.id, AssignmentRow.blind_to_machine.is_(True))
-            .limit(1)
-        )
-    return _Query(user, filters or Filters(), any_blind=any_blind is not None)
+    key = (id(store), _generation(store), user.id)
+    any_blind = _BLIND.get(key) if None not in key[1] else None
+    if any_blind is None:
+        a = AssignmentRow.__table__.c
+        with store.engine.connect() as conn:
+            found = conn.execute(
+                select(a.id).where(a.user_id == user.id, a.blind_to_machine.is_(True)).limit(1)
+            ).first()
+        any_blind = found is not None
+        if len(_BLIND) > 1024:
+            _BLIND.clear()
+        _BLIND[key] = any_blind
+    return _Query(user, filters or Filters(), any_blind=any_blind)
 
 
 def _key_of(s: Any, q: _Query, passage_id: str) -> tuple | None:
     """The sort key of one unit of this queue (None when it is not in it)."""
-    row = s.execute(
-        q.select(*q.keys(), show=False).where(ReviewUnitRow.passage_id == passage_id)
-    ).first()
+    row = s.execute(q.select(*q.keys(), show=False).where(_U.passage_id == passage_id)).first()
     return tuple(row) if row is not None else None
 
 
@@ -533,7 +609,7 @@ def page(
     size: int = PAGE_SIZE,
 ) -> Page:
     """One page of the user's queue (the show filter and the sample size applied),
-    starting after the unit ``after`` (a keyset cursor)."""
+    starting after the unit ``after`` (a keyset cursor), with the queue's counts."""
     q = _query(store, user, filters)
     keys = q.keys()
     with store.session() as s:
@@ -546,25 +622,62 @@ def page(
             if start is not None:
                 base = base.where(tuple_(*keys) > tuple_(*start))
         rows = s.execute(base.order_by(*keys).limit(size + 1)).all()
-        shown_q = q.select(func.count())
-        for condition in _within(q, end):
-            shown_q = shown_q.where(condition)
-        shown = s.scalar(shown_q) or 0
+        counts = _progress(store, s, q, end)
+        shown = {"all": counts.total, "done": counts.done, "pending": counts.total - counts.done}
+        if q.filters.show == "flagged":
+            flagged = q.select(func.count())
+            for condition in _within(q, end):
+                flagged = flagged.where(condition)
+            shown["flagged"] = s.scalar(flagged) or 0
         items = _items(s, rows[:size])
     more = len(rows) > size
-    return Page(items, items[-1].passage_id if more and items else None, shown)
+    next_after = items[-1].passage_id if more and items else None
+    return Page(items, next_after, shown[q.filters.show], counts)
+
+
+_TOTALS: OrderedDict[tuple, int] = OrderedDict()
+_TOTALS_KEPT = 512
+
+
+def _progress(store: Store, s: Any, q: _Query, end: tuple | None) -> Progress:
+    """Done / total of a queue. The total depends only on which units are in it (proposal
+    sets, assignments, transcript versions), so it is counted once per change of those;
+    the done count is a join driven by the tracks' states."""
+    key = (id(store), _generation(store), q.user.id, q.user.is_admin, repr(q.filters), end)
+    total = _TOTALS.get(key)
+    if total is None or None in key[1]:
+        stmt = q.select(func.count(), states="none")
+        for condition in _within(q, end):
+            stmt = stmt.where(condition)
+        total = s.scalar(stmt) or 0
+        _TOTALS[key] = total
+        while len(_TOTALS) > _TOTALS_KEPT:
+            _TOTALS.popitem(last=False)
+    _TOTALS.move_to_end(key)
+    if (
+        s.scalar(select(ReviewStateRow.user_id).where(ReviewStateRow.done.is_(True)).limit(1))
+        is None
+    ):
+        return Progress(0, int(total))  # nothing finished anywhere yet
+    stmt = q.select(func.count(), show=False, states="inner").where(q.rs.done.is_(True))
+    for condition in _within(q, end):
+        stmt = stmt.where(condition)
+    return Progress(int(s.scalar(stmt) or 0), int(total))
 
 
 def _items(s: Any, rows: Sequence[Any]) -> list[Item]:
     ids = [r.passage_id for r in rows]
+    p, t = PassageRow.__table__.c, _TRANSCRIPTS.c
     passages = {
-        pid: (speaker, text)
-        for pid, speaker, text in s.execute(
-            select(PassageRow.id, PassageRow.speaker, PassageRow.text).where(
-                PassageRow.id.in_(ids or [""])
-            )
+        pid: (speaker, _codable_text(text, start, pieces))
+        for pid, speaker, text, start, pieces in s.execute(
+            select(p.id, p.speaker, p.text, p.char_start, p.pieces).where(p.id.in_(ids or [""]))
         )
     }
+    tids = sorted({r.transcript_id for r in rows})
+    participants = dict(
+        s.execute(select(t.id, t.participant_id).where(t.id.in_(tids or [""]))).all()
+    )
     out = []
     for r in rows:
         speaker, text = passages.get(r.passage_id, (None, ""))
@@ -573,7 +686,7 @@ def _items(s: Any, rows: Sequence[Any]) -> list[Item]:
             Item(
                 passage_id=r.passage_id,
                 transcript=r.transcript_name,
-                participant=r.participant_id,
+                participant=participants.get(r.transcript_id),
                 index=r.position,
                 speaker=speaker,
                 text=text,
@@ -590,6 +703,14 @@ def _items(s: Any, rows: Sequence[Any]) -> list[Item]:
             )
         )
     return out
+
+
+def _codable_text(text: str, start: int, pieces: list | None) -> str:
+    """What a unit's row shows: its codable text (a chunk's answers, not the question)."""
+    if not pieces:
+        return text
+    parts = [text[a - start : b - start] for _, _, a, b, codable in pieces if codable]
+    return " … ".join(p.strip() for p in parts) or text
 
 
 def _admin_flags(s: Any, user: User, items: list[Item]) -> None:
@@ -636,12 +757,7 @@ def progress(store: Store, user: User, filters: Filters | None = None) -> Progre
     sample size is set); the show filter does not apply."""
     q = _query(store, user, filters)
     with store.session() as s:
-        end = _sample_end(s, q)
-        stmt = q.select(func.count(), func.sum(case((q.done.is_(True), 1), else_=0)), show=False)
-        for condition in _within(q, end):
-            stmt = stmt.where(condition)
-        total, done = s.execute(stmt).one()
-    return Progress(int(done or 0), int(total or 0))
+        return _progress(store, s, q, _sample_end(s, q))
 
 
 def neighbours(
@@ -662,7 +778,7 @@ def neighbours(
             (tuple_(*keys) < tuple_(*here), True),
             (tuple_(*keys) > tuple_(*here), False),
         ):
-            stmt = q.select(ReviewUnitRow.passage_id, show=False).where(op)
+            stmt = q.select(_U.passage_id, show=False).where(op)
             for condition in _within(q, end):
                 stmt = stmt.where(condition)
             order = [k.desc() for k in keys] if desc else keys
@@ -671,7 +787,7 @@ def neighbours(
 
 
 def _first(s: Any, q: _Query, end: tuple | None, *, pending: bool) -> str | None:
-    stmt = q.select(ReviewUnitRow.passage_id, show=False)
+    stmt = q.select(_U.passage_id, show=False)
     if pending:
         stmt = stmt.where(q.done.is_(False))
     for condition in _within(q, end):
@@ -688,7 +804,7 @@ def next_pending(store: Store, user: User, filters: Filters, current: str | None
         end = _sample_end(s, q)
         here = _key_of(s, q, current) if current else None
         if here is not None:
-            stmt = q.select(ReviewUnitRow.passage_id, show=False).where(
+            stmt = q.select(_U.passage_id, show=False).where(
                 q.done.is_(False), tuple_(*keys) > tuple_(*here)
             )
             for condition in _within(q, end):
@@ -706,7 +822,11 @@ def study_progress(store: Store) -> Progress:
     sync(store)
     u = ReviewUnitRow
     with store.session() as s:
-        total = s.scalar(select(func.count()).select_from(u).where(u.current == true())) or 0
+        key = (id(store), _generation(store), "study")
+        total = _TOTALS.get(key)
+        if total is None:
+            total = s.scalar(select(func.count()).select_from(u).where(u.current == true())) or 0
+            _TOTALS[key] = total
         finished = s.scalar(
             select(func.count(func.distinct(ReviewStateRow.passage_id)))
             .join(u, u.passage_id == ReviewStateRow.passage_id)
@@ -874,8 +994,22 @@ def status_lines(store: Store) -> list[str]:
     return out + note
 
 
+_FACETS: dict[tuple, dict[str, list[str]]] = {}
+
+
 def facets(store: Store) -> dict[str, list[str]]:
-    """Values offered by the queue's filter menus."""
+    """Values offered by the queue's filter menus (read again when proposal sets or
+    transcript versions change)."""
+    key = (id(store), _generation(store))
+    if None not in key[1] and key in _FACETS:
+        return _FACETS[key]
+    found = _read_facets(store)
+    _FACETS.clear()
+    _FACETS[key] = found
+    return found
+
+
+def _read_facets(store: Store) -> dict[str, list[str]]:
     with store.session() as s:
         current = TranscriptRow.is_current.is_(True)
         return {

@@ -64,7 +64,6 @@ def _create_queue_tables() -> None:
         sa.Column("passage_id", sa.String(length=64), nullable=False),
         sa.Column("transcript_id", sa.String(length=300), nullable=False),
         sa.Column("transcript_name", sa.String(length=255), nullable=False),
-        sa.Column("participant_id", sa.String(length=200), nullable=True),
         sa.Column("position", sa.Integer(), nullable=False),
         sa.Column("current", sa.Boolean(), nullable=False),
         sa.Column("needs_human", sa.Boolean(), nullable=False),
