@@ -101,7 +101,8 @@ def test_unchanged_units_keep_their_reviews_and_answers(reviewed):
     shift = new_after.char_start - after[0].char_start
     assert shift == len(EDIT[1]) - len(EDIT[0]) != 0
     st = decisions.state(store, ann.id, new_after.id)
-    assert st.done and st.memo == "ask about the safety benchmark" and st.carried_from == after[0].id
+    assert st.done and st.carried_from == after[0].id
+    assert st.memo == "ask about the safety benchmark"
     assert [(s.code, s.start - shift, s.end - shift, s.origin) for s in st.spans] == [
         (s.code, s.start, s.end, s.origin) for s in old_after.spans
     ]
