@@ -12,9 +12,9 @@ one browser (sequential requests):
 - "done, next": ``POST /passages/ID/decide`` (action done, go=next) on a unit whose
   reviewer said "no code applies" just before (that POST is not timed),
 
-and the server's resident memory (VmRSS) after warm-up and at the end. Each size runs
-in a fresh workspace; the first request after start-up (the app fills its queue table
-then) is timed separately.
+and the server's resident memory (VmRSS) after start-up and at the end. Each size runs
+in a fresh workspace; the server's start (which fills the queue table of a new store)
+and the first queue page are timed separately.
 
     .venv/bin/python benchmarks/review_scale.py --units 30000 100000
     PYTHONPATH=/path/to/older/checkout/src .venv/bin/python benchmarks/review_scale.py ...
@@ -299,7 +299,9 @@ def run_size(units: int, requests: int, keep: bool) -> dict:
         t0 = time.perf_counter()
         built = build(workspace, units)
         build_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
         proc, url = start_server(workspace)
+        start_s = time.perf_counter() - t0
         try:
             rss_start = rss_mib(proc.pid)
             figures = measure(url, built["mine"], requests, seed=units)
@@ -307,8 +309,8 @@ def run_size(units: int, requests: int, keep: bool) -> dict:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-        return {"units": units, "build_s": build_s, "rss_start": rss_start,
-                "rss_end": rss_end, **figures}  # fmt: skip
+        return {"units": units, "build_s": build_s, "start_s": start_s,
+                "rss_start": rss_start, "rss_end": rss_end, **figures}  # fmt: skip
     finally:
         if not keep:
             shutil.rmtree(workspace, ignore_errors=True)
@@ -327,7 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     for units in args.units:
         r = run_size(units, args.requests, args.keep)
         print(f"\nunits {r['units']:,} (built in {r['build_s']:.0f} s)")
-        print(f"  first queue page after start: {r['first_queue_ms']:.0f} ms")
+        print(
+            f"  server start: {r['start_s']:.1f} s; first queue page: {r['first_queue_ms']:.0f} ms"
+        )
         for key, label in (("queue", "queue page"), ("page2", "queue, next page"),
                            ("unit", "unit page"), ("done_next", "done, next")):  # fmt: skip
             values = r[key]

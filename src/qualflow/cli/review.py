@@ -48,6 +48,10 @@ def serve(
     typer.echo(f"codebook: {codebook_label(book)}, {origin}")
     if not auth.users(store):
         typer.echo("No accounts yet: create one with `qualflow users add NAME --role admin`.")
+    from qualflow.review import queue
+
+    queue.sync(store)  # the queue table: filled on a store's first start, then in step
+    typer.echo(f"review queue: {queue.study_progress(store).total} units")
     typer.echo(f"qualflow review on http://{host}:{port} (store: {store.engine.url.drivername})")
     if workers > 1:
         secret = settings.session_secret.get_secret_value() if settings.session_secret else None

@@ -6,15 +6,20 @@ Routes (every one has an access test in tests/test_review_access.py):
 | --- | --- |
 | GET /healthz, GET/POST /login, static files | anyone (POST /login is throttled) |
 | POST /logout | any logged-in user |
-| GET / , GET /queue | logged in (reviewers: their assigned passages) |
+| GET / , GET /queue | logged in (reviewers: their assigned units) |
 | GET /passages/{id}, POST /passages/{id}/decide | admin, or the reviewer assigned to it |
 | GET /codes | logged in (codebook search, JSON) |
 | GET /admin, POST /admin/assign, GET /admin/export/* | admin |
 
-Every state change is a POST carrying the session's CSRF token; decisions also carry the
-review-state version they were made against (a stale one gets HTTP 409 naming who changed
-it). Everybody acting on a passage works on its one shared coding track, except the two
-reviewers of a double-coded passage, who each have their own blind track
+A unit of review (``/passages/{id}``: a chunk, or a sentence passage of an older store)
+is coded with spans (``decisions``). Every state change is a POST carrying the session's
+CSRF token; decisions also carry the review-state version they were made against. A
+stale one is a conflict: the browser is sent back to the unit page (post-redirect-get,
+``?conflict=<version seen>&sel=<item>``), which names who changed it and keeps the
+selection; a client asking for JSON gets HTTP 409. A refused decision (bad input, a
+span in context, Done with undecided proposals) is answered 400/413 with the unit page
+and the reason. Everybody acting on a unit works on its one shared coding track, except
+the two reviewers of a double-coded unit, who each have their own blind track
 (``decisions.choose_track``); a reviewer never sees another reviewer's blind track.
 
 Sessions are server-side rows (``auth.Sessions``); logins are throttled per account and

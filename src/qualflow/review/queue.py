@@ -220,33 +220,32 @@ def _sync_once(store: Store) -> None:
         if fresh or saved.get("transcripts") != now["transcripts"]:
             _update_transcripts(s)
     store.set_meta(SYNC_KEY, now)
-    _keep_statistics(store)
+    _keep_statistics(store, now)
 
 
 STATS_KEY = "review_queue_statistics"
 
 
-def _keep_statistics(store: Store) -> None:
+def _keep_statistics(store: Store, now: dict[str, Any]) -> None:
     """SQLite plans joins from table statistics: without them it counts a reviewer's
     finished units by walking every unit assigned to them instead of the (few)
-    finished states. Refresh the review tables' statistics whenever the states or the
-    queue have doubled since the last time (a few dozen times over a study).
-    PostgreSQL keeps its statistics itself."""
+    finished states. Refresh the review tables' statistics whenever the decisions or
+    the proposal sets have doubled since the last time (a few dozen times over a
+    study). PostgreSQL keeps its statistics itself."""
     if store.engine.dialect.name != "sqlite":
         return
-    with store.session() as s:
-        sizes = {
-            "states": s.scalar(select(func.count()).select_from(ReviewStateRow)) or 0,
-            "units": s.scalar(select(func.count()).select_from(ReviewUnitRow)) or 0,
-        }
     last = store.meta(STATS_KEY) or {}
-    if all(sizes[k] <= 2 * int(last.get(k, -1)) and (sizes[k] > 0) == (int(last.get(k, 0)) > 0)
-           for k in sizes):  # fmt: skip
+    grown = [
+        k
+        for k in ("sets", "decisions")
+        if now[k] > 2 * int(last.get(k, -1)) or (now[k] > 0) != (int(last.get(k, 0)) > 0)
+    ]
+    if not grown:
         return
     with store.engine.begin() as conn:
         for table in ("review_units", "review_unit_codes", "review_states", "assignments"):
             conn.exec_driver_sql(f"ANALYZE {table}")
-    store.set_meta(STATS_KEY, sizes)
+    store.set_meta(STATS_KEY, {"sets": now["sets"], "decisions": now["decisions"]})
 
 
 def _changed_units(s: Any, after_set: int) -> list[str]:
