@@ -7,7 +7,8 @@ proposal set each; the text is the invented sample interviews of
 turn, starts ``qualflow review`` as its own process and measures, as one reviewer with
 one browser (sequential requests):
 
-- ``GET /queue`` (the first page; the new app also follows "next page" links),
+- ``GET /queue`` (the first page; the new app also follows "next page" links), in the
+  random audit order with a new seed each time, and the admin's queue (every unit),
 - ``GET /passages/ID`` for random units of the reviewer's queue,
 - "done, next": ``POST /passages/ID/decide`` (action done, go=next) on a unit whose
   reviewer said "no code applies" just before (that POST is not timed),
@@ -228,11 +229,10 @@ def field_of(html: str, name: str) -> str:
     return found.group(1)
 
 
-def log_in(c: httpx.Client) -> None:
+def log_in(c: httpx.Client, name: str = "ann") -> None:
     page = c.get("/login").text
-    r = c.post(
-        "/login", data={"username": "ann", "password": PASSWORD, "csrf": field_of(page, "csrf")}
-    )
+    data = {"username": name, "password": PASSWORD, "csrf": field_of(page, "csrf")}
+    r = c.post("/login", data=data)
     if r.status_code != 303:
         raise RuntimeError(f"login failed: HTTP {r.status_code}")
 
@@ -245,7 +245,9 @@ def timed(fn, *args, **kwargs) -> tuple[float, httpx.Response]:
 
 def measure(url: str, mine: list[str], requests: int, seed: int) -> dict:
     rng = random.Random(seed)
-    out: dict[str, list[float]] = {"queue": [], "page2": [], "unit": [], "done_next": []}
+    out: dict[str, list[float]] = {
+        "queue": [], "page2": [], "random": [], "admin": [], "unit": [], "done_next": []
+    }  # fmt: skip
     with httpx.Client(base_url=url, timeout=600) as c:
         log_in(c)
         first, r = timed(c.get, "/queue")
@@ -258,6 +260,15 @@ def measure(url: str, mine: list[str], requests: int, seed: int) -> dict:
             if nxt:
                 ms, _ = timed(c.get, nxt.group(1).replace("&amp;", "&"))
                 out["page2"].append(ms)
+        for k in range(requests):
+            ms, r = timed(c.get, f"/queue?order=random&seed={k + 1}")
+            out["random"].append(ms)
+        with httpx.Client(base_url=url, timeout=600) as admin:
+            log_in(admin, "admin")
+            admin.get("/queue")
+            for _ in range(requests):
+                ms, r = timed(admin.get, "/queue")
+                out["admin"].append(ms)
         for pid in rng.sample(mine, requests):
             ms, r = timed(c.get, f"/passages/{pid}")
             if r.status_code != 200:
@@ -332,12 +343,19 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"  server start: {r['start_s']:.1f} s; first queue page: {r['first_queue_ms']:.0f} ms"
         )
-        for key, label in (("queue", "queue page"), ("page2", "queue, next page"),
-                           ("unit", "unit page"), ("done_next", "done, next")):  # fmt: skip
+        labels = (
+            ("queue", "queue page"),
+            ("page2", "queue, next page"),
+            ("random", "queue, random order"),
+            ("admin", "admin's queue page"),
+            ("unit", "unit page"),
+            ("done_next", "done, next"),
+        )
+        for key, label in labels:
             values = r[key]
             if values:
                 print(
-                    f"  {label:<18} p50 {pct(values, 50):7.1f} ms   p95 {pct(values, 95):7.1f} ms"
+                    f"  {label:<20} p50 {pct(values, 50):7.1f} ms   p95 {pct(values, 95):7.1f} ms"
                 )
         start, end = r["rss_start"], r["rss_end"]
         print(f"  server RSS: {start:.0f} MiB after start-up, {end:.0f} MiB at the end")
