@@ -526,15 +526,9 @@ def create_app(
         owner = decisions.track_owner(store, a.user.id, passage_id)
         history = decisions.track_log(store, owner, passage_id)
         st = decisions.derive(passage_id, owner, history)
-        uv = unit_view(
-            store,
-            unit,
-            codebook=codebook,
-            show_proposals=not blind,
-            spans=st.spans,
-            run=filters.run,
-            coder=filters.coder,
-        )
+        # every proposal of the unit (the run and coder filters choose queue units):
+        # Done needs each of them decided, so each is shown
+        uv = unit_view(store, unit, codebook=codebook, show_proposals=not blind, spans=st.spans)
         names = usernames()
         prev_id, next_id = queue.neighbours(store, a.user, filters, passage_id)
         pending = [p for p in uv.proposals if p.id not in st.proposal_status]
