@@ -288,18 +288,37 @@ def resolve(
             store, spec, coder=coder, pin=pin or None, codebook_version=codebook_version
         )
     elif kind == "reviewer":
-        from qualflow.review.decisions import reviewer_codings
-
-        codings = reviewer_codings(store)
-        if rest not in codings:
-            raise EvalError(f"'{spec}': no finished review by '{rest}' (have {sorted(codings)})")
-        resolved = Resolved(spec, codings[rest], origin="reviewer")
+        resolved = _reviewer(store, spec, rest)
     elif kind == "previous":
         resolved = _previous(previous)
     else:
         raise EvalError(f"'{spec}': unknown coding spec (gold:, run:, proposals:, reviewer:)")
     resolved.unit_transcripts = transcript_names(store, resolved.coding)
     return resolved
+
+
+def _reviewer(store: Store, spec: str, name: str) -> Resolved:
+    """A reviewer's finished units as a coding of the sentence grid, the way machine
+    chunks are projected (``_onto_grid``): every codable grid passage inside the text the
+    reviewer answered for (the codable stretches of the units they finished) is
+    answered, carrying the codes whose spans cover it (``highlights.map_highlights``).
+    Units that are grid passages (stores from before spans) come back as they were."""
+    from qualflow.review.decisions import reviewer_span_codings
+
+    codings = reviewer_span_codings(store)
+    if name not in codings:
+        raise EvalError(f"'{spec}': no finished review by '{name}' (have {sorted(codings)})")
+    coding = codings[name]
+    projected: dict[str, frozenset[str]] = {}
+    for tid, ranges in coding.scope.items():
+        grid = [
+            g
+            for g in store.passages(transcript_id=tid, segmentation=store.grid_of(tid))
+            if g.codable and any(a <= g.char_start and g.char_end <= b for a, b in ranges)
+        ]
+        spans = [(sp, 1.0) for sp in coding.spans if sp.transcript_id == tid]
+        projected.update(_project(grid, spans))
+    return Resolved(spec, projected, origin="reviewer")
 
 
 def _previous(previous: Mapping[str, Any] | None) -> Resolved:
