@@ -434,7 +434,11 @@ class AuditEventRow(Base):
 
 
 class GoldSpanRow(Base):
-    """A gold (human) coder's coded span of a transcript's text."""
+    """A gold (human) coder's coded span of a transcript's text.
+
+    ``external_id`` and ``memo`` are not written today: an imported highlight keeps its
+    tool's id and memo in ``highlights`` (``qualflow.highlights``), which exports read.
+    """
 
     __tablename__ = "gold_spans"
     __table_args__ = (Index("ix_gold_span_lookup", "gold_set", "coder", "transcript_id"),)

@@ -9,6 +9,7 @@ import typer
 
 from qualflow.cli.common import (
     ActivateOption,
+    WorkspaceOption,
     adopt_codebook,
     codebook_label,
     command_codebook,
@@ -150,9 +151,7 @@ def _experiment_codebook(experiment, store, *, in_user_workspace: bool) -> None:
 def gold_import(
     file: Annotated[Path, typer.Argument(help="JSONL gold file.")],
     gold_set: Annotated[str, typer.Option("--set", help="Gold set name.")],
-    workspace: Annotated[
-        Path, typer.Option("--workspace", "-w", envvar="QUALFLOW_WORKSPACE")
-    ] = Path("."),
+    workspace: WorkspaceOption = Path("."),
     coder: Annotated[
         str | None, typer.Option(help="Coder for records without a 'coder' field.")
     ] = None,
@@ -203,9 +202,7 @@ def gold_import(
 @gold_app.command("delete")
 def gold_delete(
     gold_set: Annotated[str, typer.Argument(help="Gold set name.")],
-    workspace: Annotated[
-        Path, typer.Option("--workspace", "-w", envvar="QUALFLOW_WORKSPACE")
-    ] = Path("."),
+    workspace: WorkspaceOption = Path("."),
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Delete a gold set: every coder's codings in it (transcripts, imported highlights,
@@ -229,9 +226,7 @@ def gold_delete(
 
 @gold_app.command("list")
 def gold_list(
-    workspace: Annotated[
-        Path, typer.Option("--workspace", "-w", envvar="QUALFLOW_WORKSPACE")
-    ] = Path("."),
+    workspace: WorkspaceOption = Path("."),
 ) -> None:
     """Gold sets in the store with their coders and passage counts."""
     from qualflow.store import open_store
@@ -254,9 +249,7 @@ def gold_list(
 def gold_export(
     gold_set: Annotated[str, typer.Argument(help="Gold set name.")],
     file: Annotated[Path, typer.Argument(help="JSONL file to write.")],
-    workspace: Annotated[
-        Path, typer.Option("--workspace", "-w", envvar="QUALFLOW_WORKSPACE")
-    ] = Path("."),
+    workspace: WorkspaceOption = Path("."),
 ) -> None:
     """Write a gold set as JSONL spans (transcript, offsets, text, codes, coder)."""
     from qualflow.gold import export_gold
