@@ -301,23 +301,23 @@ def _reviewer(store: Store, spec: str, name: str) -> Resolved:
     """A reviewer's finished units as a coding of the sentence grid, the way machine
     chunks are projected (``_onto_grid``): every codable grid passage inside the text the
     reviewer answered for (the codable stretches of the units they finished) is
-    answered, carrying the codes whose spans cover it (``highlights.map_highlights``).
-    Units that are grid passages (stores from before spans) come back as they were."""
+    answered, carrying the codes its spans give it by the sentence rule
+    (``spans.to_sentences``). Units that are grid passages (stores from before spans)
+    come back as they were."""
     from qualflow.review.decisions import reviewer_span_codings
+    from qualflow.spans import to_sentences
 
     codings = reviewer_span_codings(store)
     if name not in codings:
         raise EvalError(f"'{spec}': no finished review by '{name}' (have {sorted(codings)})")
     coding = codings[name]
-    projected: dict[str, frozenset[str]] = {}
-    for tid, ranges in coding.scope.items():
-        grid = [
-            g
-            for g in store.passages(transcript_id=tid, segmentation=store.grid_of(tid))
-            if g.codable and any(a <= g.char_start and g.char_end <= b for a, b in ranges)
-        ]
-        spans = [(sp, 1.0) for sp in coding.spans if sp.transcript_id == tid]
-        projected.update(_project(grid, spans))
+    grid = [
+        g
+        for tid in coding.scope
+        for g in store.passages(transcript_id=tid, segmentation=store.grid_of(tid))
+        if g.codable
+    ]
+    projected = to_sentences(coding, grid)  # only the grid passages inside the scope
     return Resolved(spec, projected, origin="reviewer")
 
 
