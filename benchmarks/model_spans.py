@@ -120,8 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     print("\nsentence level (micro over codes; interval: transcripts resampled)")
     for label, inside in (("qualflow rule (half, or inside)", True), ("half coverage only", False)):
         pair = ag.compare(
-            sp.to_sentences(human_coding, sentences, inside=inside),
-            sp.to_sentences(model_coding, sentences, inside=inside),
+            sp.to_sentences(human_coding, sentences, inside=inside, orphans=inside),
+            sp.to_sentences(model_coding, sentences, inside=inside, orphans=inside),
             codes=codes,
             n_boot=args.n_boot,
             seed=args.seed,

@@ -10,7 +10,9 @@ for a bounded time, then checks the decision log against what the clients saw:
 - the review_states cache equals a rebuild from the log.
 
 Threads share accounts in pairs by default (``--accounts`` < ``--reviewers``), like one
-reviewer with two browser tabs, so genuine conflicts (HTTP 409) happen and are counted.
+reviewer with two browser tabs, so genuine conflicts (answered by a redirect to the unit
+with the conflict banner) happen and are counted. "Done" on a unit with undecided
+proposals or nothing coded is refused (400) by design and counted apart.
 
     .venv/bin/python benchmarks/review_load.py --reviewers 20 --seconds 30
     .venv/bin/python benchmarks/review_load.py --database-url postgresql+psycopg://...
@@ -50,6 +52,7 @@ CODES = [
 class Tally:
     saved: list[tuple[str, str, int, str]] = field(default_factory=list)  # user, pid, ver, action
     conflicts: int = 0
+    refused: int = 0  # "done" on a unit with undecided proposals or nothing coded: a 400
     other: Counter = field(default_factory=Counter)
     get_ms: list[float] = field(default_factory=list)
     post_ms: list[float] = field(default_factory=list)
@@ -172,10 +175,12 @@ def work(
             with tally.lock:
                 tally.get_ms.append((t1 - t0) * 1000)
                 tally.post_ms.append((t3 - t2) * 1000)
-                if resp.status_code == 303:
+                if resp.status_code == 303 and "conflict=" not in resp.headers["location"]:
                     tally.saved.append((name, pid, version + 1, action))
-                elif resp.status_code == 409:
+                elif resp.status_code == 409 or "conflict=" in resp.headers.get("location", ""):
                     tally.conflicts += 1
+                elif resp.status_code == 400 and action == "done":
+                    tally.refused += 1
                 else:
                     tally.other[resp.status_code] += 1
 
@@ -282,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reviewer threads: {args.reviewers} on {args.accounts} accounts, {elapsed:.1f} s")
         print(f"passages in study: {len(study.passage_ids)}")
         print(f"decision POSTs: {posts} ({posts / elapsed:.1f}/s)")
-        print(f"  saved (303): {len(tally.saved)}  conflicts (409): {tally.conflicts}  "
+        print(f"  saved (303): {len(tally.saved)}  conflicts (303 to the page): "
+              f"{tally.conflicts}  refused done (400): {tally.refused}  "
               f"other: {dict(tally.other) or 0}")  # fmt: skip
         print(f"GET passage page latency ms: p50 {pct(tally.get_ms, 50):.1f}  "
               f"p95 {pct(tally.get_ms, 95):.1f}")  # fmt: skip

@@ -1,5 +1,6 @@
 """Prefect flow ``agreement_report``: the latest coding runs against gold sets and
-reviewed decisions, published as a Markdown artifact and written to report files.
+reviewed decisions, at span, sentence and turn level, published as a Markdown artifact
+and written to report files.
 
 Thin over ``qualflow.evaluate`` (figures, intervals, human baseline) and
 ``qualflow.report`` (rendering). A coder's coding is everything stored under its
@@ -24,6 +25,7 @@ from sqlalchemy import select
 
 from qualflow import processes
 from qualflow.db import RunRow
+from qualflow.levels import DEFAULT_MIN_SHARE
 from qualflow.settings import load_settings
 from qualflow.store import ProposalKey, Store, open_store
 
@@ -56,30 +58,30 @@ def key_coding(store: Store, key: ProposalKey) -> Any:
     return resolve_key(store, key)
 
 
+def reviewer_names(store: Store) -> list[str]:
+    """Reviewers with finished reviews (their codings resolve as ``reviewer:NAME``)."""
+    try:
+        from qualflow.review import decisions
+    except ImportError:  # the review app is optional here
+        return []
+    finished = getattr(decisions, "reviewer_span_codings", None) or decisions.reviewer_codings
+    # a SpanCoding is finished work when it has a scope, a unit coding when it has units
+    return sorted(name for name, c in finished(store).items() if getattr(c, "scope", c))
+
+
 def references(store: Store) -> list[tuple[Any, list[Any]]]:
     """Each human reference with the other humans of its group (for the human baseline):
-    every coder of every gold set, and every reviewer's finished decisions."""
-    from qualflow.evaluate import Resolved, resolve, transcript_names
+    every coder of every gold set, and every reviewer's finished decisions, resolved as
+    ``qualflow eval`` resolves them (with their spans)."""
+    from qualflow.evaluate import resolve
 
     groups: list[list[Any]] = []
     for gold_set in sorted(store.gold_sets()):
         coders = store.gold(gold_set)
         groups.append([resolve(store, f"gold:{gold_set}:{c}") for c in sorted(coders)])
-    try:
-        from qualflow.review.decisions import reviewer_codings
-    except ImportError:  # the review app is optional here
-        reviewer_codings = None
-    if reviewer_codings is not None:
-        reviewed = reviewer_codings(store)
-        group = [
-            Resolved(
-                f"reviewer:{n}", c, origin="reviewer", unit_transcripts=transcript_names(store, c)
-            )
-            for n, c in sorted(reviewed.items())
-            if c
-        ]
-        if group:
-            groups.append(group)
+    group = [resolve(store, f"reviewer:{name}") for name in reviewer_names(store)]
+    if group:
+        groups.append(group)
     return [(ref, [h for h in group if h is not ref]) for group in groups for ref in group]
 
 
@@ -89,10 +91,16 @@ def slug(text: str) -> str:
 
 @task(retries=1, retry_delay_seconds=10, cache_policy=NO_CACHE)
 def compare_all(
-    store: Store, out_dir: Path, runs: int, n_boot: int, min_support: int
+    store: Store,
+    out_dir: Path,
+    runs: int,
+    n_boot: int,
+    min_support: int,
+    min_share: float = DEFAULT_MIN_SHARE,
 ) -> list[dict[str, Any]]:
-    """Evaluate every (latest coder key x human reference) pair that shares passages."""
-    from qualflow.evaluate import EvalError, evaluate, write_outputs
+    """Evaluate every (latest coder key x human reference) pair that shares passages, at
+    span, sentence and turn level."""
+    from qualflow.evaluate import EvalError, evaluate, grid_for, write_outputs
 
     logger = get_run_logger()
     outputs = []
@@ -108,17 +116,20 @@ def compare_all(
             if not set(ref.coding) & set(coder.coding):
                 continue
             name = slug(f"{coder.name}-vs-{ref.name}")
+            people = [h for h in humans if set(h.coding) & set(ref.coding)]
             try:
                 results = evaluate(
                     ref,
                     coder,
                     codebook=book,
-                    humans=[h for h in humans if set(h.coding) & set(ref.coding)],
+                    humans=people,
                     n_boot=n_boot,
                     min_support=min_support,
                     experiment=name,
                     description=f"{coder.name} against {ref.name}",
                     scope={"codebook_version": key.codebook_version},
+                    grid=grid_for(store, ref, coder, *people),
+                    min_share=min_share,
                 )
                 written = write_outputs(results, out_dir)
             except EvalError as exc:
@@ -158,8 +169,10 @@ def agreement_report(
     runs: int = 3,
     n_boot: int = 1000,
     min_support: int = 5,
+    min_share: float = DEFAULT_MIN_SHARE,
 ) -> str:
-    """Agreement of the latest coding runs with every gold set and reviewer.
+    """Agreement of the latest coding runs with every gold set and reviewer, at span,
+    sentence and turn level.
 
     Args:
         workspace: Workspace folder (qualflow.toml, data/).
@@ -168,6 +181,8 @@ def agreement_report(
         runs: How many of the newest coder keys (coder, model, prompt, codebook) to report.
         n_boot: Bootstrap resamples for the 95% intervals.
         min_support: Codes with fewer positive passages are flagged as thin.
+        min_share: Span level: a reference highlight counts as found when one span of
+            the same code covers at least this share of it.
 
     Returns the path of the report file.
     """
@@ -180,7 +195,7 @@ def agreement_report(
     store = open_store(settings)
     try:
         keys = latest_keys(store, runs)
-        outputs = compare_all(store, path.parent / path.stem, runs, n_boot, min_support)
+        outputs = compare_all(store, path.parent / path.stem, runs, n_boot, min_support, min_share)
     finally:
         store.close()
     markdown = combine(outputs, keys)

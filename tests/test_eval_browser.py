@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from qualflow import evaluate as ev
+from qualflow.levels import spans_from_units
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -56,9 +57,35 @@ def _study_like_results() -> dict:
         (pid, c, float(rng.random())) for pid, s in machine.coding.items() for c in s
     ]
     base = ev.Resolved("proposals:similarity", noisy(1.5, 0.6), model="minilm")
+    grid = _grid(list(truth))
+    for coder in (a, b, machine):
+        coder.spans = spans_from_units(coder.name, coder.coding, grid)
     return ev.evaluate(
-        a, machine, codebook=book, humans=[a, b], baseline=base, n_boot=300, experiment="browser"
+        a,
+        machine,
+        codebook=book,
+        humans=[a, b],
+        baseline=base,
+        n_boot=300,
+        experiment="browser",
+        grid=grid,
     )
+
+
+def _grid(ids: list[str]):
+    """Invented positions: 30 sentences of 40 characters per transcript, 3 per turn."""
+    from qualflow.levels import Grid
+    from qualflow.spans import Unit
+
+    sentences = {
+        pid: Unit(pid, f"t{i // 30}", (i % 30) * 42, (i % 30) * 42 + 40)
+        for i, pid in enumerate(ids)
+    }
+    turns = {
+        f"t{k}": [Unit(f"t{k}#turn-{j}", f"t{k}", j * 126, j * 126 + 124) for j in range(10)]
+        for k in range((len(ids) + 29) // 30)
+    }
+    return Grid(sentences, turns)
 
 
 @pytest.mark.browser
@@ -89,6 +116,7 @@ def test_report_is_readable_in_chromium(tmp_path):
                 "[...document.images].every(i => i.complete && i.naturalWidth > 100)"
             )
             header = page.locator("#per-code thead").inner_text()
+            levels = page.locator("#levels tbody").inner_text()
         finally:
             browser.close()
     OUT.mkdir(exist_ok=True)
@@ -103,3 +131,5 @@ def test_report_is_readable_in_chromium(tmp_path):
     for column in ("precision", "recall", "κ [95% CI]", "human κ", "baseline κ", "flags"):
         assert column in header
     assert n_rows >= 10
+    for level in ("span, characters", "span, highlights", "sentence", "turn"):
+        assert level in levels  # the three levels side by side, within the page width

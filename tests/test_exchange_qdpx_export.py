@@ -477,3 +477,28 @@ def test_review_of_a_chunk_is_spans_over_its_codable_text(store, tmp_path):
     ]
     assert work.coding.scope == {chunk.transcript_id: [(piece.char_start, piece.char_end)]}
     assert work.coded_at[0] is not None
+
+
+def test_a_reviewer_span_inside_a_chunk_is_exported_as_that_span(store, tmp_path):
+    """A span the reviewer drew inside a chunk reaches the export exactly, not spread
+    over the chunk's codable text."""
+    from qualflow.exchange.reviewed import review_work
+    from qualflow.models import Span
+    from qualflow.review.auth import add_user
+    from qualflow.review.decisions import decide
+
+    handles = build_study(store)
+    chunk = handles["chunks"]["I-1_interview"][2]
+    (piece,) = chunk.codable_pieces()
+    start, end = piece.char_start + 2, piece.char_start + 9
+    vera = add_user(store, "vera", "password123")
+    v = decide(store, vera.id, chunk.id, "add", version=0, code="zz_intro", start=start, end=end)
+    decide(store, vera.id, chunk.id, "done", version=v.version)
+    (work,) = [r for r in review_work(store).reviewers if r.reviewer == "vera"]
+    assert work.coding.spans == [Span(chunk.transcript_id, start, end, "zz_intro")]
+    assert work.coding.scope == {chunk.transcript_id: [(piece.char_start, piece.char_end)]}
+    assert work.coded_at[0] is not None
+    root, _ = exported(tmp_path, store, name="mini", machine=False, gold=False)
+    assert _selections_of(root, _user_guid(root, "vera")) == {
+        ("I-1_interview", start, end): ["zz_intro"]
+    }

@@ -137,7 +137,7 @@ def test_assign_command(settings, store):
         run(settings, "users", "add", name, "--password-stdin", input="password-1\n")
     r = run(settings, "assign", "--reviewers", "a,b", "--double", "0.2", "--blind-machine")
     assert r.exit_code == 0, r.output
-    assert "assigned 10 passages: 12 assignments, 2 double-coded" in r.output
+    assert "assigned 10 units: 12 assignments, 2 double-coded" in r.output
     r = run(settings, "assign", "--reviewers", "a,zed")
     assert r.exit_code == 1 and "unknown or inactive reviewers: zed" in r.output
 

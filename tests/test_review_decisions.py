@@ -1,4 +1,5 @@
-"""The decision log: append-only, derived state, undo, optimistic concurrency."""
+"""The decision log on spans: append-only, derived state, undo, optimistic concurrency,
+where a span may lie, when a unit may be done, reviewer codings as spans."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from sqlalchemy import select
 from qualflow.db import AssignmentRow, DecisionRow, ProposalRow, ReviewStateRow
 from qualflow.review import auth, decisions
 from qualflow.review.decisions import Conflict, DecisionError, decide
+from qualflow.review.units import ReviewSpan
 from tests.review_support import make_study
 
 
@@ -42,12 +44,24 @@ def _rows(store) -> list[tuple]:
         ]
 
 
-def test_accept_reject_replace_add_remove_change_the_codes(study):
+def _answer(store, pid: str) -> tuple[int, int]:
+    """The codable stretch (the participant's answer) of a sample unit."""
+    (piece,) = store.passage(pid).codable_pieces()
+    return piece.char_start, piece.char_end
+
+
+def _span(st, code: str) -> ReviewSpan:
+    (found,) = [sp for sp in st.spans if sp.code == code]
+    return found
+
+
+def test_accept_reject_replace_add_remove_on_spans(study):
     store = study.store
-    pid = study.passage_ids[1]  # two proposals
+    pid = study.passage_ids[1]  # two proposals on overlapping quotes
     uid = _uid(store, "ann")
     p1, p2 = _proposals(store, pid)
     st = decide(store, uid, pid, "accept", version=0, proposal_id=p1.id)
+    assert st.spans == [ReviewSpan(p1.code, p1.start, p1.end, "accepted", p1.id)]
     assert st.codes == [p1.code] and st.version == 1
     assert st.proposal_status == {p1.id: "accepted"}
     st = decide(store, uid, pid, "reject", version=1, proposal_id=p2.id)
@@ -55,31 +69,173 @@ def test_accept_reject_replace_add_remove_change_the_codes(study):
     st = decide(
         store, uid, pid, "replace", version=2, proposal_id=p1.id, code="01.use.impact.influence"
     )
-    assert st.codes == ["01.use.impact.influence"]
-    st = decide(store, uid, pid, "add", version=3, code="01.use.frequency.daily")
-    assert st.codes == ["01.use.frequency.daily", "01.use.impact.influence"]
-    st = decide(store, uid, pid, "remove", version=4, code="01.use.frequency.daily")
+    assert st.spans == [ReviewSpan("01.use.impact.influence", p1.start, p1.end, "adjusted", p1.id)]
+    a, _ = _answer(store, pid)
+    st = decide(
+        store, uid, pid, "add", version=3, code="01.use.frequency.daily", start=a, end=a + 9
+    )
+    assert _span(st, "01.use.frequency.daily") == ReviewSpan(
+        "01.use.frequency.daily", a, a + 9, "added", None
+    )
+    st = decide(
+        store, uid, pid, "remove", version=4, code="01.use.frequency.daily", start=a, end=a + 9
+    )
     assert st.codes == ["01.use.impact.influence"]
     st = decide(store, uid, pid, "no_code", version=5)
-    assert st.codes == [] and st.version == 6
+    assert st.spans == [] and st.no_code and st.version == 6
     rows = _rows(store)
     assert [r[1] for r in rows] == ["accept", "reject", "replace", "add", "remove", "no_code"]
-    assert rows[2][3:5] == ((p1.code,), ("01.use.impact.influence",))  # before / after
+    assert rows[2][3:5] == ((p1.code,), ("01.use.impact.influence",))  # codes before / after
     assert [r[6] for r in rows] == [1, 2, 3, 4, 5, 6]
+    with store.session() as s:  # each row holds the spans after it and the span it acted on
+        logged = s.scalars(select(DecisionRow).order_by(DecisionRow.id)).all()
+        assert logged[3].spans[0]["origin"] == "added" or logged[3].spans[1]["origin"] == "added"
+        assert (logged[3].span_start, logged[3].span_end) == (a, a + 9)
+        assert logged[5].spans == []
+
+
+def test_adjust_moves_a_proposal_or_a_span_and_records_where_it_came_from(study):
+    store, uid = study.store, _uid(study.store, "ann")
+    pid = study.passage_ids[1]
+    p1, p2 = _proposals(store, pid)
+    a, b = _answer(store, pid)
+    # a pending proposal adjusted: the reviewer's span, from that proposal
+    st = decide(
+        store, uid, pid, "adjust", version=0, proposal_id=p1.id, new_start=a, new_end=p1.end + 5
+    )
+    assert st.spans == [ReviewSpan(p1.code, a, p1.end + 5, "adjusted", p1.id)]
+    assert st.proposal_status == {p1.id: "adjusted"}
+    # an accepted proposal's span adjusted: origin becomes "adjusted"
+    decide(store, uid, pid, "accept", version=1, proposal_id=p2.id)
+    st = decide(
+        store, uid, pid, "adjust", version=2, code=p2.code, start=p2.start, end=p2.end,
+        new_start=p2.start + 4, new_end=p2.end,
+    )  # fmt: skip
+    assert _span(st, p2.code) == ReviewSpan(p2.code, p2.start + 4, p2.end, "adjusted", p2.id)
+    # the reviewer's own span adjusted stays "added"; whitespace at the edges is trimmed
+    decide(store, uid, pid, "add", version=3, code="01.use.frequency.daily", start=a, end=a + 5)
+    text = store.passage(pid).text
+    offset = store.passage(pid).char_start
+    space = text.index(" ", a - offset + 3) + offset  # a space inside the answer
+    st = decide(
+        store, uid, pid, "adjust", version=4, code="01.use.frequency.daily", start=a, end=a + 5,
+        new_start=space, new_end=b,
+    )  # fmt: skip
+    assert _span(st, "01.use.frequency.daily") == ReviewSpan(
+        "01.use.frequency.daily", space + 1, b, "added", None
+    )
+    with store.session() as s:
+        row = s.scalars(select(DecisionRow).order_by(DecisionRow.id.desc())).first()
+    assert (row.span_start, row.span_end, row.new_start, row.new_end) == (a, a + 5, space + 1, b)
+
+
+def test_a_span_lies_inside_one_codable_stretch(study):
+    store, uid = study.store, _uid(study.store, "ann")
+    pid = study.passage_ids[0]
+    unit = store.passage(pid)
+    question, answer = unit.pieces
+    code = "01.use.frequency.daily"
+    cases = [
+        (question.char_start, question.char_end, "lies in context"),
+        (question.char_start + 5, answer.char_start + 10, "runs into context"),
+        (answer.char_start + 10, answer.char_start + 10, "is empty"),
+        (answer.char_end - 3, answer.char_end + 40, "outside this unit"),
+        (question.char_end, answer.char_start, "only whitespace"),
+    ]
+    for start, end, reason in cases:
+        with pytest.raises(DecisionError, match=reason):
+            decide(store, uid, pid, "add", version=0, code=code, start=start, end=end)
+    with pytest.raises(DecisionError, match="both start and end"):
+        decide(store, uid, pid, "add", version=0, code=code, start=answer.char_start)
+    assert _rows(store) == []
+    # a code without a range covers all of the unit's codable text (what a passage code was)
+    st = decide(store, uid, pid, "add", version=0, code=code)
+    assert st.spans == [ReviewSpan(code, answer.char_start, answer.char_end, "added", None)]
+
+
+def test_a_span_may_not_cross_from_one_answer_into_the_next(settings, store):
+    from qualflow.review.sample import build_sample_study
+
+    study = build_sample_study(store, transcripts=1, answers_per_transcript=4, chunk_words=70)
+    unit = store.passage(study.passage_ids[0])
+    first, second = unit.codable_pieces()  # two answers, a question between them
+    uid = auth.add_user(store, "ann", "a long password 1").id
+    with pytest.raises(DecisionError, match="inside one participant turn"):
+        decide(
+            store, uid, unit.id, "add", version=0, code="01.use.frequency.daily",
+            start=first.char_end - 10, end=second.char_start + 10,
+        )  # fmt: skip
+    st = decide(store, uid, unit.id, "add", version=0, code="01.use.frequency.daily")
+    assert [(sp.start, sp.end) for sp in st.spans] == [
+        (first.char_start, first.char_end),
+        (second.char_start, second.char_end),
+    ]
+
+
+def test_done_never_turns_undecided_proposals_into_no_code(study):
+    store, uid = study.store, _uid(study.store, "ann")
+    pid = study.passage_ids[1]
+    p1, p2 = _proposals(store, pid)
+    with pytest.raises(DecisionError, match="2 machine proposals are still undecided"):
+        decide(store, uid, pid, "done", version=0)
+    decide(store, uid, pid, "accept", version=0, proposal_id=p1.id)
+    with pytest.raises(DecisionError, match="1 machine proposal is still undecided"):
+        decide(store, uid, pid, "done", version=1)
+    decide(store, uid, pid, "reject", version=1, proposal_id=p2.id)
+    st = decide(store, uid, pid, "done", version=2)
+    assert st.done and st.codes == [p1.code] and not st.no_code
+    # rejecting everything is not "no code applies" either: that is said explicitly
+    other = study.passage_ids[0]
+    (p,) = _proposals(store, other)
+    decide(store, uid, other, "reject", version=0, proposal_id=p.id)
+    with pytest.raises(DecisionError, match="nothing is coded here yet"):
+        decide(store, uid, other, "done", version=1)
+    decide(store, uid, other, "no_code", version=1)
+    assert decide(store, uid, other, "done", version=2).no_code
+    # "no code applies" is a judgement on the whole unit, pending proposals included
+    third = study.passage_ids[2]
+    decide(store, uid, third, "no_code", version=0)
+    assert decide(store, uid, third, "done", version=1).done
+
+
+def test_a_blind_coder_is_not_held_up_by_proposals_they_cannot_see(study):
+    store, pid = study.store, study.passage_ids[1]
+    with store.session() as s:
+        s.add(
+            AssignmentRow(
+                passage_id=pid, user_id=_uid(store, "ann"), double_coded=True,
+                blind_to_machine=True,
+            )
+        )  # fmt: skip
+    uid = _uid(store, "ann")
+    with pytest.raises(DecisionError, match="nothing is coded here yet"):
+        decide(store, uid, pid, "done", version=0)
+    decide(store, uid, pid, "add", version=0, code="01.use.frequency.daily")
+    assert decide(store, uid, pid, "done", version=1).done
 
 
 def test_flag_memo_done_and_their_undo(study):
     store, pid, uid = study.store, study.passage_ids[0], _uid(study.store, "ann")
     decide(store, uid, pid, "flag", version=0)
     decide(store, uid, pid, "memo", version=1, memo="  ask the team about this  ")
-    st = decide(store, uid, pid, "done", version=2)
+    decide(store, uid, pid, "no_code", version=2)
+    st = decide(store, uid, pid, "done", version=3)
     assert st.flagged and st.done and st.memo == "ask the team about this"
-    st = decide(store, uid, pid, "undo", version=3)
-    assert not st.done and st.flagged
     st = decide(store, uid, pid, "undo", version=4)
+    assert not st.done and st.flagged
+    st = decide(store, uid, pid, "undo", version=5)  # the no_code
+    st = decide(store, uid, pid, "undo", version=6)
     assert st.memo is None and st.flagged
-    st = decide(store, uid, pid, "unflag", version=5)
+    st = decide(store, uid, pid, "unflag", version=7)
     assert not st.flagged
+
+
+def test_an_empty_memo_clears_the_memo(study):
+    store, pid, uid = study.store, study.passage_ids[0], _uid(study.store, "ann")
+    decide(store, uid, pid, "memo", version=0, memo="first thoughts")
+    assert decide(store, uid, pid, "memo", version=1, memo="   ").memo is None
+    decide(store, uid, pid, "memo", version=2, memo="again")
+    assert decide(store, uid, pid, "memo", version=3).memo is None  # no text at all
 
 
 def test_undo_appends_and_walks_back_without_rewriting_the_log(study):
@@ -90,11 +246,12 @@ def test_undo_appends_and_walks_back_without_rewriting_the_log(study):
     before_undo = _rows(store)
     st = decide(store, uid, pid, "undo", version=2)
     assert st.codes == [p1.code] and p2.id not in st.proposal_status
+    assert st.spans == [ReviewSpan(p1.code, p1.start, p1.end, "accepted", p1.id)]
     rows = _rows(store)
     assert rows[:2] == before_undo  # earlier rows untouched
     assert rows[2][1] == "undo" and rows[2][5] == before_undo[1][0]
     st = decide(store, uid, pid, "undo", version=3)  # the next undo cancels the accept before
-    assert st.codes == [] and st.last_effective_id is None
+    assert st.codes == [] and st.spans == [] and st.last_effective_id is None
     assert _rows(store)[3][5] == before_undo[0][0]
     with pytest.raises(DecisionError, match="nothing to undo"):
         decide(store, uid, pid, "undo", version=4)
@@ -212,17 +369,17 @@ def test_bad_decisions_are_refused_with_the_reason(study):
     store, uid = study.store, _uid(study.store, "ann")
     pid, other = study.passage_ids[0], study.passage_ids[1]
     foreign = _proposals(store, other)[0].id
-    with pytest.raises(DecisionError, match="not a valid proposal of this passage"):
+    with pytest.raises(DecisionError, match="not a valid proposal of this unit"):
         decide(store, uid, pid, "accept", version=0, proposal_id=foreign)
     with pytest.raises(DecisionError, match="not in codebook 'benchmark-practices'"):
         decide(store, uid, pid, "add", version=0, code="99.made.up")
-    with pytest.raises(DecisionError, match="not in this passage's coding"):
+    with pytest.raises(DecisionError, match="not in this unit's coding"):
         decide(store, uid, pid, "remove", version=0, code="01.use.frequency.daily")
     with pytest.raises(DecisionError, match="must be one of"):
         decide(store, uid, pid, "delete", version=0)
     with pytest.raises(DecisionError, match="proposal_id missing"):
         decide(store, uid, pid, "accept", version=0)
-    with pytest.raises(DecisionError, match="no passage 'nope'"):
+    with pytest.raises(DecisionError, match="no unit 'nope'"):
         decide(store, uid, "nope", "flag", version=0)
     with pytest.raises(DecisionError, match="no user with id 999"):
         decide(store, 999, pid, "flag", version=0)
@@ -232,26 +389,23 @@ def test_bad_decisions_are_refused_with_the_reason(study):
 def test_review_states_cache_is_rebuilt_from_the_log(study):
     store, uid = study.store, _uid(study.store, "ann")
     pid = study.passage_ids[1]
-    p1, _ = _proposals(store, pid)
+    p1, p2 = _proposals(store, pid)
     decide(store, uid, pid, "accept", version=0, proposal_id=p1.id)
-    decide(store, uid, pid, "flag", version=1)
-    decide(store, uid, pid, "done", version=2)
+    decide(store, uid, pid, "reject", version=1, proposal_id=p2.id)
+    decide(store, uid, pid, "flag", version=2)
+    decide(store, uid, pid, "memo", version=3, memo="see p2")
+    decide(store, uid, pid, "done", version=4)
     decide(store, uid, study.passage_ids[2], "no_code", version=0)
-
-    def cache():
-        with store.session() as s:
-            return sorted(
-                (r.passage_id, r.user_id, r.version, tuple(r.codes), r.done, r.flagged)
-                for r in s.scalars(select(ReviewStateRow))
-            )
-
-    written = cache()
+    written = _cache(store)
     with store.session() as s:
         for r in s.scalars(select(ReviewStateRow)):
-            r.codes, r.done, r.version = ["garbage"], False, 99
+            r.codes, r.done, r.version, r.spans, r.memo = ["garbage"], False, 99, [], "x"
     assert decisions.rebuild_states(store) == 2
-    assert cache() == written
-    assert written[0][2:] in {(3, (p1.code,), True, True), (1, (), False, False)}
+    assert _cache(store) == written
+    span = (p1.code, p1.start, p1.end, "accepted", p1.id)
+    status = ((str(p1.id), "accepted"), (str(p2.id), "rejected"))
+    assert (5, (p1.code,), True, True, (span,), "see p2", False, status) in [w[2:] for w in written]
+    assert (1, (), False, False, (), None, True, ()) in [w[2:] for w in written]
 
 
 def test_reviewer_codings_hold_done_passages_only(study):
@@ -265,13 +419,14 @@ def test_reviewer_codings_hold_done_passages_only(study):
     decide(store, ann, b, "no_code", version=0)
     decide(store, ann, b, "done", version=1)
     decide(store, ann, c, "add", version=0, code="01.use.frequency.daily")  # not done
-    decide(store, bob, a, "done", version=0)
-    decide(store, bob, a, "undo", version=1)  # done undone -> not counted
+    decide(store, bob, a, "no_code", version=0)
+    decide(store, bob, a, "done", version=1)
+    decide(store, bob, a, "undo", version=2)  # done undone -> not counted
     codings = decisions.reviewer_codings(store)
     assert codings == {"ann": {a: frozenset({pa.code}), b: frozenset()}}
     wip = decisions.reviewer_codings(store, include_unfinished=True)
     assert wip["ann"][c] == frozenset({"01.use.frequency.daily"})
-    assert "bob" not in wip
+    assert wip["bob"] == {a: frozenset()}  # bob's "no code applies", still in effect
 
 
 def test_reviewer_codings_attribute_a_shared_coding_to_its_owner(study):
@@ -280,12 +435,16 @@ def test_reviewer_codings_attribute_a_shared_coding_to_its_owner(study):
     shared, double = study.passage_ids[:2]
     _assign(store, shared, "ann")
     _assign(store, double, "ann", "bob", double=True)
-    decide(store, ann, shared, "add", version=0, code="01.use.frequency.daily")
-    decide(store, admin, shared, "done", version=1)  # the admin finishes ann's coding
+    (p,) = _proposals(store, shared)
+    decide(store, ann, shared, "reject", version=0, proposal_id=p.id)
+    decide(store, ann, shared, "add", version=1, code="01.use.frequency.daily")
+    decide(store, admin, shared, "done", version=2)  # the admin finishes ann's coding
     decide(store, ann, double, "no_code", version=0)
     decide(store, ann, double, "done", version=1)
-    decide(store, bob, double, "add", version=0, code="01.use.frequency.weekly")
-    decide(store, bob, double, "done", version=1)
+    for i, q in enumerate(_proposals(store, double)):
+        decide(store, bob, double, "reject", version=i, proposal_id=q.id)
+    decide(store, bob, double, "add", version=2, code="01.use.frequency.weekly")
+    decide(store, bob, double, "done", version=3)
     assert decisions.reviewer_codings(store) == {
         "ann": {shared: frozenset({"01.use.frequency.daily"}), double: frozenset()},
         "bob": {double: frozenset({"01.use.frequency.weekly"})},
@@ -298,9 +457,13 @@ def test_reviewer_codings_attribute_a_shared_coding_to_its_owner(study):
 def _cache(store) -> list[tuple]:
     with store.session() as s:
         return sorted(
-            (r.passage_id, r.user_id, r.version, tuple(r.codes), r.done, r.flagged)
+            (
+                r.passage_id, r.user_id, r.version, tuple(r.codes), r.done, r.flagged,
+                tuple(tuple(sp.values()) for sp in r.spans or []), r.memo, r.no_code,
+                tuple(sorted((r.proposal_status or {}).items())),
+            )
             for r in s.scalars(select(ReviewStateRow))
-        )
+        )  # fmt: skip
 
 
 def test_migration_backfills_the_track_of_existing_decisions(tmp_path):
@@ -337,9 +500,51 @@ def test_migration_backfills_the_track_of_existing_decisions(tmp_path):
     engine.dispose()
 
 
-def test_the_log_actions_are_the_domain_models_actions():
+def test_the_log_actions_cover_the_domain_models_actions():
+    """The domain model's actions are all in the log; the log adds the span actions
+    ``adjust`` and ``carry`` (``models.DecisionAction`` is another area's file)."""
     from typing import get_args
 
     from qualflow.models import DecisionAction
 
-    assert set(get_args(DecisionAction)) == set(decisions.ACTIONS)
+    assert set(get_args(DecisionAction)) <= set(decisions.ACTIONS)
+    assert set(decisions.ACTIONS) - set(get_args(DecisionAction)) <= {"adjust", "carry"}
+
+
+def test_reviewer_span_codings_hold_spans_and_the_codable_text_of_finished_units(study):
+    from qualflow.models import Span
+
+    store = study.store
+    ann, bob = _uid(store, "ann"), _uid(store, "bob")
+    double, single, open_ = study.passage_ids[0], study.passage_ids[2], study.passage_ids[4]
+    with store.session() as s:
+        for name in ("ann", "bob"):
+            s.add(
+                AssignmentRow(
+                    passage_id=double, user_id=_uid(store, name), double_coded=True,
+                    blind_to_machine=True,
+                )
+            )  # fmt: skip
+    a, b = _answer(store, double)
+    decide(store, ann, double, "add", version=0, code="01.use.frequency.daily", start=a, end=a + 30)
+    decide(store, ann, double, "done", version=1)
+    decide(
+        store, bob, double, "add", version=0, code="01.use.frequency.weekly", start=a + 10, end=b
+    )
+    decide(store, bob, double, "done", version=1)
+    (p,) = _proposals(store, single)
+    decide(store, ann, single, "accept", version=0, proposal_id=p.id)
+    decide(store, ann, single, "done", version=1)
+    decide(store, ann, open_, "no_code", version=0)  # not finished: outside the scope
+    codings = decisions.reviewer_span_codings(store)
+    assert sorted(codings) == ["ann", "bob"]
+    tid = store.passage(double).transcript_id
+    assert codings["ann"].spans == sorted(
+        [Span(tid, a, a + 30, "01.use.frequency.daily"), Span(tid, p.start, p.end, p.code)]
+    )
+    assert codings["ann"].scope == {tid: [_answer(store, double), _answer(store, single)]}
+    assert codings["bob"].spans == [Span(tid, a + 10, b, "01.use.frequency.weekly")]
+    assert codings["bob"].scope == {tid: [(a, b)]}  # the question before it is not coded
+    assert decisions.reviewer_span_codings(store, reviewers=["bob"]).keys() == {"bob"}
+    wip = decisions.reviewer_span_codings(store, include_unfinished=True)
+    assert _answer(store, open_) in wip["ann"].scope[tid]

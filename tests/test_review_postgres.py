@@ -93,8 +93,16 @@ def test_review_flow_on_postgres(pg_store, tmp_path):
         f"/passages/{pid}/decide",
         data={"csrf": csrf_of(stale), "version": str(version_of(stale)), "action": "no_code"},
     )
-    assert r.status_code == 409 and "changed by you (in another window)" in r.text
+    # post-redirect-get: the unit again, with the conflict banner
+    assert r.status_code == 200 and "conflict=" in str(r.url)
+    assert 'id="conflict"' in r.text and "changed by you (in another window)" in r.text
     page = one.get(f"/passages/{pid}").text
+    r = one.post(
+        f"/passages/{pid}/decide",
+        data={"csrf": csrf_of(page), "version": str(version_of(page)), "action": "reject",
+              "proposal_id": str(proposal_ids(page)[1])},
+    )  # fmt: skip
+    page = r.text
     r = one.post(
         f"/passages/{pid}/decide",
         data={"csrf": csrf_of(page), "version": str(version_of(page)), "action": "done"},
@@ -123,6 +131,6 @@ def test_review_flow_on_postgres(pg_store, tmp_path):
         f"/passages/{shared}/decide",
         data={"csrf": csrf_of(stale), "version": str(version_of(stale)), "action": "no_code"},
     )
-    assert r.status_code == 409 and "changed by bob" in r.text
+    assert 'id="conflict"' in r.text and "changed by bob" in r.text
     st = decisions.state(store, bob.id, shared)
     assert st.flagged and st.version == 1 and not st.no_code

@@ -135,22 +135,38 @@ def test_security_headers_are_set(web):
 # ------------------------------------------------------------------ actions
 
 
+def _answer(store, pid: str) -> tuple[int, int]:
+    (piece,) = store.passage(pid).codable_pieces()
+    return piece.char_start, piece.char_end
+
+
 def test_every_action_through_http(web, store):
     study, app = web
     c = client(app, "bob")
     pid = study.passage_ids[1]  # bob's, two proposals
     p1, p2 = proposal_ids(c.get(f"/passages/{pid}").text)
     with store.session() as s:
-        codes = {r.id: r.code for r in s.scalars(select(ProposalRow))}
+        props = {r.id: r for r in s.scalars(select(ProposalRow))}
     assert post(c, pid, "accept", proposal_id=p1).status_code == 303
-    assert state(store, "bob", pid).codes == [codes[p1]]
+    assert state(store, "bob", pid).codes == [props[p1].code]
     assert post(c, pid, "reject", proposal_id=p2).status_code == 303
     assert (
         post(c, pid, "replace", proposal_id=p1, code="01.use.impact.influence").status_code == 303
     )
     assert state(store, "bob", pid).codes == ["01.use.impact.influence"]
-    assert post(c, pid, "add", code="01.use.frequency.weekly").status_code == 303
-    assert post(c, pid, "remove", code="01.use.impact.influence").status_code == 303
+    a, b = _answer(store, pid)
+    r = post(c, pid, "add", code="01.use.frequency.weekly", start=a, end=a + 20)
+    assert r.status_code == 303
+    r = post(
+        c, pid, "adjust", code="01.use.frequency.weekly", start=a, end=a + 20,
+        new_start=a + 3, new_end=b,
+    )  # fmt: skip
+    assert r.status_code == 303
+    weekly = [sp for sp in state(store, "bob", pid).spans if sp.code == "01.use.frequency.weekly"]
+    assert [(sp.start, sp.end, sp.origin) for sp in weekly] == [(a + 3, b, "added")]
+    start, end = props[p1].start, props[p1].end
+    r = post(c, pid, "remove", code="01.use.impact.influence", start=start, end=end)
+    assert r.status_code == 303
     assert state(store, "bob", pid).codes == ["01.use.frequency.weekly"]
     assert post(c, pid, "flag").status_code == 303
     assert post(c, pid, "memo", memo="<script>alert(1)</script>").status_code == 303
@@ -165,11 +181,11 @@ def test_every_action_through_http(web, store):
     nxt = r.headers["location"]
     assert r.status_code == 303 and nxt.startswith("/passages/") and pid not in nxt
     st = state(store, "bob", pid)
-    assert st.done and not st.flagged and st.version == 11
+    assert st.done and not st.flagged and st.version == 12
     with store.session() as s:
         actions = [r.action for r in s.scalars(select(DecisionRow).order_by(DecisionRow.id))]
     assert actions == [
-        "accept", "reject", "replace", "add", "remove", "flag", "memo", "unflag",
+        "accept", "reject", "replace", "add", "adjust", "remove", "flag", "memo", "unflag",
         "no_code", "undo", "done",
     ]  # fmt: skip
 
@@ -178,6 +194,8 @@ def test_done_on_the_last_open_passage_goes_back_to_the_queue(web, store):
     _study, app = web
     c = client(app, "ann")
     ids = mine(store, "ann")
+    for pid in ids:
+        assert post(c, pid, "no_code").status_code == 303
     for pid in ids[:-1]:
         assert post(c, pid, "done").status_code == 303
     r = post(c, ids[-1], "done", go="next")
@@ -185,7 +203,20 @@ def test_done_on_the_last_open_passage_goes_back_to_the_queue(web, store):
     assert "5 / 5" in c.get("/queue").text
 
 
-def test_stale_version_gets_409_with_a_conflict_message_and_no_overwrite(web, store):
+def conflicted(c: TestClient, r):
+    """A refused stale POST: a redirect (post-redirect-get) to the unit page that says
+    so; returns that page."""
+    assert r.status_code == 303, r.text[:300]
+    query = parse_qs(urlsplit(r.headers["location"]).query)
+    assert "conflict" in query
+    page = c.get(r.headers["location"])
+    assert page.status_code == 200 and 'id="conflict"' in page.text
+    return page
+
+
+def test_a_stale_version_is_a_conflict_shown_after_a_redirect_and_nothing_is_overwritten(
+    web, store
+):
     _study, app = web
     one, two = client(app, "ann"), client(app, "ann")  # the same reviewer in two tabs
     pid = mine(store, "ann")[0]
@@ -199,11 +230,20 @@ def test_stale_version_gets_409_with_a_conflict_message_and_no_overwrite(web, st
             "version": str(version_of(page_two)),
             "action": "reject",
             "proposal_id": str(prop),
+            "sel": "1",
         },
+        follow_redirects=False,
     )
-    assert r.status_code == 409
-    assert 'id="conflict"' in r.text and "was not saved" in r.text
+    r = conflicted(two, r)
+    assert "was not saved" in r.text and "changed by you (in another window)" in r.text
     assert version_of(r.text) == 1  # the page carries the fresh version
+    assert 'data-selected="1"' in r.text  # the selection is kept
+    json_client = two.post(
+        f"/passages/{pid}/decide",
+        data={"csrf": csrf_of(page_two), "version": "0", "action": "flag"},
+        headers={"Accept": "application/json"},
+    )
+    assert json_client.status_code == 409 and "not saved" in json_client.json()["detail"]
     st = state(store, "ann", pid)
     assert st.proposal_status == {prop: "accepted"} and st.version == 1
 
@@ -224,17 +264,16 @@ def test_reviewer_and_admin_on_one_passage_get_a_conflict_not_an_overwrite(web, 
     assert version_of(admin_page) == 0 and 'id="shared-note"' in admin_page
     assert "Shared with ann" in admin_page
     assert post(ann, pid, "accept", proposal_id=prop).status_code == 303
-    r = _stale_post(admin, pid, admin_page, "reject", proposal_id=prop)
-    assert r.status_code == 409
-    assert 'id="conflict"' in r.text and "changed by ann" in r.text and "was not saved" in r.text
+    r = conflicted(admin, _stale_post(admin, pid, admin_page, "reject", proposal_id=prop))
+    assert "changed by ann" in r.text and "was not saved" in r.text
     assert version_of(r.text) == 1  # the page carries the fresh version
     st = state(store, "ann", pid)
     assert st.proposal_status == {prop: "accepted"} and st.version == 1  # ann's intact
     # on the fresh page the admin adjudicates; ann's stale page now conflicts in turn
     ann_page = ann.get(f"/passages/{pid}").text
     assert _stale_post(admin, pid, r.text, "reject", proposal_id=prop).status_code == 303
-    r = _stale_post(ann, pid, ann_page, "done")
-    assert r.status_code == 409 and "changed by admin" in r.text
+    r = conflicted(ann, _stale_post(ann, pid, ann_page, "done"))
+    assert "changed by admin" in r.text
     assert "by admin" in ann.get(f"/passages/{pid}").text  # the log says who did what
     st = state(store, "ann", pid)
     assert st.proposal_status == {prop: "rejected"} and st.version == 2 and not st.done
@@ -246,7 +285,8 @@ def test_reviewer_and_admin_on_one_passage_get_a_conflict_not_an_overwrite(web, 
     assert rows == [(ids["ann"], ids["ann"]), (ids["admin"], ids["ann"])]
     csv_text = admin.get("/admin/export/decisions.csv").text
     assert csv_text.splitlines()[2].split(",")[2] == "admin"  # reviewer = who acted
-    assert csv_text.splitlines()[2].endswith(",ann")  # the track is ann's
+    header = csv_text.splitlines()[0].split(",")
+    assert csv_text.splitlines()[2].split(",")[header.index("track_owner")] == "ann"  # ann's track
 
 
 def test_two_reviewers_assigned_one_passage_share_it_and_conflict(web, store):
@@ -257,11 +297,13 @@ def test_two_reviewers_assigned_one_passage_share_it_and_conflict(web, store):
     ann, bob = client(app, "ann"), client(app, "bob")
     bob_page = bob.get(f"/passages/{pid}").text
     assert post(ann, pid, "add", code="01.use.frequency.weekly").status_code == 303
-    r = _stale_post(bob, pid, bob_page, "no_code")
-    assert r.status_code == 409 and "changed by ann" in r.text
+    r = conflicted(bob, _stale_post(bob, pid, bob_page, "no_code"))
+    assert "changed by ann" in r.text
     assert state(store, "ann", pid).codes == ["01.use.frequency.weekly"]
     page = bob.get(f"/passages/{pid}").text  # bob sees the shared coding, and works on it
     assert "01.use.frequency.weekly" in page.split('id="coding"')[1].split("</ul>")[0]
+    (prop,) = proposal_ids(page)
+    assert post(bob, pid, "reject", proposal_id=prop).status_code == 303
     assert post(bob, pid, "done").status_code == 303
     assert state(store, "ann", pid).done and state(store, "bob", pid).done
     assert pid in {i.passage_id for i in queue.items(store, auth.user_by_name(store, "ann"))}
@@ -327,7 +369,7 @@ def test_blind_assignment_hides_machine_proposals(web, store):
     c = client(app, "ann")
     page = c.get(f"/passages/{pid}").text
     assert 'id="blind-note"' in page and proposal_ids(page) == []
-    assert 'class="ev"' not in page
+    assert "data-p=" not in page and "proposed p" not in page  # no proposed span shown
     queue_page = c.get("/queue?order=transcript").text
     row = queue_page.split(f'<a href="/passages/{pid}')[1].split("</tr>")[0]
     assert "blind" in row and "code-chip" not in row
@@ -337,13 +379,22 @@ def test_blind_assignment_hides_machine_proposals(web, store):
     assert proposal_ids(admin_page)  # the admin is not blind
 
 
-def test_evidence_is_highlighted_from_stored_offsets(web, store):
+def test_proposed_spans_are_highlighted_at_their_offsets(web, store):
     study, app = web
     pid = study.passage_ids[1]
     page = client(app, "bob").get(f"/passages/{pid}").text
-    assert '<mark class="ev" data-p="1"' in page
-    assert "We picked the smaller model for the support bot because it scored almost" in page
-    assert 'data-p="1 2"' in page  # the two quotes overlap
+    segs = re.findall(
+        r'<span class="seg([^"]*)" data-s="(\d+)" data-e="(\d+)"([^>]*)>([^<]*)<', page
+    )
+    text = store.transcript(store.passage(pid).transcript_id).text
+    for _, start, end, _, shown in segs:  # every piece of text sits at its offsets
+        assert text[int(start) : int(end)] == shown.replace("&#39;", "'")
+    proposed = [s for s in segs if 'data-p="1"' in s[3] or 'data-p="1 2"' in s[3]]
+    assert "".join(s[4] for s in proposed).startswith("We picked the smaller model")
+    assert any('data-p="1 2"' in s[3] for s in segs)  # the two proposed spans overlap
+    assert any(" proposed p" in s[0] for s in segs)
+    question = page.split('class="turn piece context"')[1].split("</div>")[0]
+    assert "context, not coded" in question and "data-p" not in question
 
 
 def test_codebook_search_by_title_and_definition(web):
@@ -392,6 +443,7 @@ def test_queue_show_and_progress(web, store):
     _study, app = web
     c = client(app, "ann")
     ids = mine(store, "ann")
+    post(c, ids[0], "no_code")
     post(c, ids[0], "done")
     post(c, ids[1], "flag")
     assert ids[0] not in _order(c, "") and _order(c, "?show=done") == [ids[0]]
@@ -425,7 +477,7 @@ def test_admin_assigns_and_exports(settings, store):
     )
     assert r.status_code == 303
     msg = admin.get(r.headers["location"]).text
-    assert "Assigned 10 passages (12 assignments, 2 double-coded)" in msg
+    assert "Assigned 10 units (12 assignments, 2 double-coded)" in msg
     with store.session() as s:
         rows = s.scalars(select(AssignmentRow)).all()
     assert len(rows) == 12 and sum(r.blind_to_machine for r in rows) == 4
@@ -434,7 +486,7 @@ def test_admin_assigns_and_exports(settings, store):
         data={"csrf": csrf_of(page), "reviewers": ["ann"]},
         follow_redirects=True,
     )
-    assert "Assigned 0 passages" in again.text  # nothing is handed out twice
+    assert "Assigned 0 units" in again.text  # nothing is handed out twice
     bad = admin.post(
         "/admin/assign", data={"csrf": csrf_of(page), "reviewers": ["zed"]}, follow_redirects=True
     )
@@ -442,13 +494,25 @@ def test_admin_assigns_and_exports(settings, store):
 
     ann = client(app, "ann")
     pid = mine(store, "ann")[0]
-    post(ann, pid, "add", code="01.use.frequency.weekly")
+    a, b = _answer(store, pid)
+    post(ann, pid, "add", code="01.use.frequency.weekly", start=a, end=a + 11)
+    page_text = ann.get(f"/passages/{pid}").text
+    for prop in proposal_ids(page_text):
+        post(ann, pid, "reject", proposal_id=prop)
     post(ann, pid, "done")
     exported = json.loads(admin.get("/admin/export/codings.json").text)
     assert exported == {"ann": {pid: ["01.use.frequency.weekly"]}}
+    spans = json.loads(admin.get("/admin/export/spans.json").text)
+    tid = store.passage(pid).transcript_id
+    assert spans["ann"]["spans"] == [
+        {"transcript": tid, "start": a, "end": a + 11, "code": "01.use.frequency.weekly"}
+    ]
+    assert spans["ann"]["scope"] == {tid: [[a, b]]}
     log = admin.get("/admin/export/decisions.csv").text.splitlines()
     assert log[0].startswith("id,time,reviewer,passage_id,action")
-    assert len(log) == 3 and ",ann," in log[1] and ",add," in log[1]
+    assert log[0].endswith(",span_start,span_end,new_start,new_end,spans_after")
+    assert ",ann," in log[1] and ",add," in log[1]
+    assert f",{a},{a + 11},,,01.use.frequency.weekly@{a}-{a + 11}:added" in log[1]
 
 
 def test_store_reopened_by_url_sees_the_same_decisions(web, settings, store):
@@ -469,17 +533,19 @@ def test_an_audit_sample_ends_where_the_sample_ends(web, store):
     c = client(app, "admin")
     query = "?order=random&seed=9&limit=2"
     first, second = _order(c, query)
+    for pid in (first, second):
+        post(c, pid, "no_code")
     page = c.get(f"/passages/{first}{query}").text
     r = c.post(
         f"/passages/{first}/decide{query}",
-        data={"csrf": csrf_of(page), "version": "0", "action": "done", "go": "next"},
+        data={"csrf": csrf_of(page), "version": "1", "action": "done", "go": "next"},
         follow_redirects=False,
     )
     assert same_url(r.headers["location"], f"/passages/{second}{query}")
     page = c.get(r.headers["location"]).text
     r = c.post(
         f"/passages/{second}/decide{query}",
-        data={"csrf": csrf_of(page), "version": "0", "action": "done", "go": "next"},
+        data={"csrf": csrf_of(page), "version": "1", "action": "done", "go": "next"},
         follow_redirects=False,
     )
     assert same_url(r.headers["location"], f"/queue{query}")

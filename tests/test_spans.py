@@ -58,7 +58,7 @@ GRID_CODING = coding(
     [
         (5, 12, "A"),  # s1: 5 of 10 characters = half -> A; s2: 2/10, not inside -> no A
         (12, 14, "B"),  # 2 of s2's 10, but inside s2 -> B
-        (8, 13, "C"),  # s1: 2/10, s2: 3/10, inside neither -> nothing
+        (8, 13, "C"),  # s1: 2/10, s2: 3/10, inside neither -> the larger share, s2
         (15, 26, "D"),  # s2: 5/10 -> D; s3: 6/10 -> D
         (7, 13, "F"),  # with the next: s2 3 + 4 = 7/10 -> F; alone each < half,
         (16, 23, "F"),  # and neither lies inside s2; s1 3/10, s3 3/10 -> no F
@@ -73,19 +73,41 @@ def test_sentence_projection_half_coverage_inside_and_scope():
     got = sp.to_sentences(GRID_CODING, SENTENCES)
     assert got == {
         "s1": frozenset({"A"}),
-        "s2": frozenset({"B", "D", "F", "G"}),
+        "s2": frozenset({"B", "C", "D", "F", "G"}),
         "s3": frozenset({"D"}),
     }
     assert "s4" not in got  # outside the scope: absent, not "no code"
+    # without the orphan rule the straddling C reaches no sentence
+    assert sp.to_sentences(GRID_CODING, SENTENCES, orphans=False)["s2"] == {"B", "D", "F", "G"}
+
+
+def test_sentence_projection_orphans_go_to_the_largest_overlap():
+    sentences = [unit("s1", 0, 10), unit("s2", 11, 21), unit("s3", 22, 40)]
+    got = sp.to_sentences(
+        coding(
+            "a",
+            [
+                (7, 14, "A"),  # s1 3/10, s2 3/10: a tie goes to the earlier sentence
+                (18, 24, "B"),  # s2 3/10, s3 2/18 -> s2
+                (30, 42, "C"),  # runs past s3 into the blanks after it: s3 only
+                (2, 5, "D"),  # inside s1: no orphan
+            ],
+            {"t": [(0, 45)]},
+        ),
+        sentences,
+    )
+    assert got == {"s1": {"A", "D"}, "s2": {"B"}, "s3": {"C"}}
 
 
 def test_sentence_projection_threshold_parameter():
-    got = sp.to_sentences(GRID_CODING, SENTENCES, threshold=0.8)
+    got = sp.to_sentences(GRID_CODING, SENTENCES, threshold=0.8, orphans=False)
     # A (5/10), D (5/10, 6/10) and F (7/10) fall below 0.8; B and G lie inside s2
     assert got == {"s1": frozenset(), "s2": frozenset({"B", "G"}), "s3": frozenset()}
-    assert sp.to_sentences(GRID_CODING, SENTENCES, threshold=0.3)["s1"] == {"A", "F"}  # F 3/10
+    got = sp.to_sentences(GRID_CODING, SENTENCES, threshold=0.3, orphans=False)
+    assert got["s1"] == {"A", "F"}  # F 3/10
     # coverage alone: B and G (inside s2, 2/10 and 1/10) no longer count
-    assert sp.to_sentences(GRID_CODING, SENTENCES, inside=False)["s2"] == {"D", "F"}
+    got = sp.to_sentences(GRID_CODING, SENTENCES, inside=False, orphans=False)
+    assert got["s2"] == {"D", "F"}
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError, match="threshold"):
             sp.to_sentences(GRID_CODING, SENTENCES, threshold=bad)
@@ -100,10 +122,13 @@ def test_sentence_projection_counts_every_character_of_the_sentence():
     assert sp.to_sentences(three, s) == {"s": frozenset({"X"})}
     assert sp.to_sentences(two, s) == {"s": frozenset({"X", "Y"})}  # both lie inside s
     # "ab cd" then "efghi": a span over "cd" and "ef" covers 2 of the first sentence's 5
-    # characters (it would be 2 of 4 = half if the blank did not count): no code
+    # characters (it would be 2 of 4 = half if the blank did not count): no code by
+    # coverage, so the straddling stretch goes to the larger overlap (a tie: the first)
     longer = [unit("s", 0, 5), unit("n", 5, 10)]
     crossing = coding("a", [(3, 7, "Z")], {"t": [(0, 10)]})
-    assert sp.to_sentences(crossing, longer) == {"s": frozenset(), "n": frozenset()}
+    got = sp.to_sentences(crossing, longer, orphans=False)
+    assert got == {"s": frozenset(), "n": frozenset()}
+    assert sp.to_sentences(crossing, longer) == {"s": {"Z"}, "n": frozenset()}
 
 
 def test_projection_does_not_depend_on_how_spans_are_cut():

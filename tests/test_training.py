@@ -261,6 +261,27 @@ def test_cli_train_then_code_by_name(tmp_path):
     assert "trained: first4" in missing.output
 
 
+def test_train_without_codebook_uses_the_active_codebook(tmp_path):
+    import yaml
+
+    from qualflow.settings import load_settings
+    from qualflow.store import open_store
+
+    ws = _init(tmp_path)
+    store = open_store(load_settings(ws))
+    make_study(store)
+    store.close()
+    book = tmp_path / "book.yaml"
+    codes = [{"title": c.title, "description": c.description} for c in codebook().codes]
+    book.write_text(yaml.safe_dump({"name": "topics", "codes": codes}))
+    loaded = _cli("codebook", "load", str(book), "-w", str(ws))
+    assert loaded.exit_code == 0, loaded.output
+    trained = _cli("train", "learned", "--gold", "dev", "--name", "act", "-w", str(ws))
+    assert trained.exit_code == 0, trained.output  # the default codebook shares no code
+    listed = " ".join(_cli("train", "list", "-w", str(ws)).output.split())
+    assert "learned:act codebook topics" in listed
+
+
 # ----------------------------------------------------------------------------- decisions
 
 

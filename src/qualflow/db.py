@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -195,6 +196,9 @@ class ProposalSetRow(Base):
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    # The unit of an earlier transcript version this set was copied from (its text
+    # unchanged; offsets moved), so that nothing is coded twice; NULL for a coder's answer.
+    carried_from: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class ProposalRow(Base):
@@ -282,12 +286,16 @@ class AssignmentRow(Base):
 
 
 class ReviewStateRow(Base):
-    """Current state of one reviewer's coding of one passage (derived from decisions).
+    """Current state of one coding track on one unit (derived from decisions; a cache).
 
-    ``version`` is bumped on every decision: optimistic concurrency for the review app.
+    ``spans`` are the track's coded spans (``{"code", "start", "end", "origin",
+    "proposal_id"}``, offsets into the transcript text; origin ``accepted``,
+    ``adjusted`` or ``added``); ``codes`` the distinct codes among them. ``version`` is
+    bumped on every decision: optimistic concurrency for the review app.
     """
 
     __tablename__ = "review_states"
+    __table_args__ = (Index("ix_review_states_user_done", "user_id", "done"),)
     passage_id: Mapped[str] = mapped_column(
         ForeignKey("passages.id", ondelete="CASCADE"), primary_key=True
     )
@@ -299,6 +307,10 @@ class ReviewStateRow(Base):
     done: Mapped[bool] = mapped_column(Boolean, default=False)
     flagged: Mapped[bool] = mapped_column(Boolean, default=False)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    spans: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    memo: Mapped[str | None] = mapped_column(Text, nullable=True)
+    no_code: Mapped[bool] = mapped_column(Boolean, default=False)
+    proposal_status: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class DecisionRow(Base):
@@ -325,6 +337,67 @@ class DecisionRow(Base):
         ForeignKey("users.id"), nullable=True, index=True
     )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    # Spans (review_spans): the span the decision acted on (``span_start``/``span_end``
+    # with ``code``; for ``adjust`` its boundaries before), the new boundaries of an
+    # ``adjust`` (``new_start``/``new_end``), and the track's spans after the decision
+    # (``spans``, as in ``review_states.spans``). ``before``/``after`` stay the codes.
+    span_start: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    span_end: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    new_start: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    new_end: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    spans: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    # A ``carry`` decision: the finished review of an unchanged unit of an earlier
+    # transcript version, brought over (from, done, flagged, no_code, memo, proposals).
+    carry: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class ReviewUnitRow(Base):
+    """The review queue, one row per reviewable unit, kept in step with the proposal sets,
+    assignments and transcripts by ``review.queue.sync`` (a cache: rebuildable at any
+    time). It lets the queue be paged, counted and walked by indexed queries instead of
+    rebuilding the whole queue per request.
+
+    ``rank`` orders "lowest confidence first" (-1 for a unit a coder handed to a human,
+    else the lowest proposal confidence, 2 when the machine proposed no code);
+    ``shuffle`` is a stable pseudo-random number for the seeded audit sample;
+    ``shared_owner`` the owner of the unit's shared coding track when there is one.
+    """
+
+    __tablename__ = "review_units"
+    __table_args__ = (
+        Index(
+            "ix_review_units_rank", "current", "rank", "transcript_name", "position", "passage_id"
+        ),
+        Index("ix_review_units_place", "current", "transcript_name", "position", "passage_id"),
+    )
+    passage_id: Mapped[str] = mapped_column(
+        ForeignKey("passages.id", ondelete="CASCADE"), primary_key=True
+    )
+    transcript_id: Mapped[str] = mapped_column(
+        ForeignKey("transcripts.id", ondelete="CASCADE"), index=True
+    )
+    transcript_name: Mapped[str] = mapped_column(String(255))
+    position: Mapped[int] = mapped_column(Integer)
+    current: Mapped[bool] = mapped_column(Boolean, default=True)
+    needs_human: Mapped[bool] = mapped_column(Boolean, default=False)
+    min_confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
+    rank: Mapped[float] = mapped_column(Float)
+    shuffle: Mapped[int] = mapped_column(BigInteger)
+    proposals: Mapped[int] = mapped_column(Integer, default=0)
+    codes: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    shared_owner: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True
+    )
+
+
+class ReviewUnitCodeRow(Base):
+    """A code proposed on a queue unit (the queue's code filter)."""
+
+    __tablename__ = "review_unit_codes"
+    passage_id: Mapped[str] = mapped_column(
+        ForeignKey("review_units.passage_id", ondelete="CASCADE"), primary_key=True
+    )
+    code: Mapped[str] = mapped_column(String(500), primary_key=True, index=True)
 
 
 class ReviewSessionRow(Base):
@@ -375,7 +448,11 @@ class AuditEventRow(Base):
 
 
 class GoldSpanRow(Base):
-    """A gold (human) coder's coded span of a transcript's text."""
+    """A gold (human) coder's coded span of a transcript's text.
+
+    ``external_id`` and ``memo`` are not written today: an imported highlight keeps its
+    tool's id and memo in ``highlights`` (``qualflow.highlights``), which exports read.
+    """
 
     __tablename__ = "gold_spans"
     __table_args__ = (Index("ix_gold_span_lookup", "gold_set", "coder", "transcript_id"),)

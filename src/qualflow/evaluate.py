@@ -35,13 +35,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Container, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from qualflow import agreement as ag
-from qualflow.models import Codebook, Coding
+from qualflow.levels import DEFAULT_MIN_SHARE, SENTENCE_THRESHOLD, Grid, LevelSetup, levels_section
+from qualflow.models import Codebook, Coding, Span, SpanCoding
 
 if TYPE_CHECKING:
     from qualflow.settings import Settings
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "qualflow.eval/2"
+SCHEMA = "qualflow.eval/3"
 RESULTS_KEYS = (
     "schema",
     "experiment",
@@ -69,13 +70,16 @@ RESULTS_KEYS = (
     "answered_only",
     "training",
     "warnings",
+    "levels",
 )
 """Top-level keys of every results JSON (tests pin them; add, never rename).
 
 Schema 2: ``agreement`` counts every reference unit (unanswered = no code);
 ``answered_only`` holds the figures over answered units, ``coverage`` the share
 answered, ``training`` what the coder learned from, ``warnings`` the header
-warnings (an allowed train/test overlap)."""
+warnings (an allowed train/test overlap). Schema 3 adds ``levels``: the span and turn
+levels beside the sentence level (``agreement`` and its sections), each with its
+coverage, answered-only figures and human baseline."""
 
 
 class EvalError(ValueError):
@@ -107,6 +111,9 @@ class Experiment:
     min_support: int = 5
     bins: int = 5
     cluster_by: str | None = None  # "participant" or "transcript": resample those
+    min_share: float = DEFAULT_MIN_SHARE
+    """Span level: a reference highlight is found when one span of the same code covers
+    at least this share of it (and a coder span matched likewise)."""
     settings: dict[str, Any] = field(default_factory=dict)
     """Settings of the experiment's workspace (e.g. ``guide_patterns``), over its own."""
     train: dict[str, Any] | None = None
@@ -138,6 +145,12 @@ class Experiment:
         if data.get("train") is not None:
             _check_training_keys(name, data, source)
             data.setdefault("coder", TRAINED)
+        share = data.get("min_share", DEFAULT_MIN_SHARE)
+        if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
+            raise EvalError(
+                f"{source}: experiment '{name}': min_share must be a number in (0, 1], "
+                f"got {share!r}"
+            )
         for key in ("reference", "coder"):
             if not isinstance(data.get(key), str):
                 raise EvalError(
@@ -219,6 +232,10 @@ class Resolved:
     handed to a human instead. ``learned_from`` holds one entry per distinct training
     provenance of the runs behind the coding (``runs``, ``training``, ``few_shot``,
     ``recorded``). ``unit_transcripts`` maps the coding's units to transcript names.
+    ``spans`` is the span coding behind ``coding`` (the coder's spans and answered
+    scope): the span and turn levels of a report read it, never the sentence
+    projection; None for codings that exist only on units (then the report builds
+    spans over the coded units and says so).
     """
 
     name: str
@@ -232,6 +249,10 @@ class Resolved:
     needs_human: frozenset[str] = frozenset()
     learned_from: list[dict[str, Any]] = field(default_factory=list)
     unit_transcripts: dict[str, str] = field(default_factory=dict)
+    spans: SpanCoding | None = None
+    coding_units: list[str] = field(default_factory=list)
+    """What one coder call coded (the segmentation of the answered units: ``chunk:200``,
+    ``sentence``); empty when unknown."""
 
     @property
     def scope(self) -> frozenset[str]:
@@ -267,18 +288,37 @@ def resolve(
             store, spec, coder=coder, pin=pin or None, codebook_version=codebook_version
         )
     elif kind == "reviewer":
-        from qualflow.review.decisions import reviewer_codings
-
-        codings = reviewer_codings(store)
-        if rest not in codings:
-            raise EvalError(f"'{spec}': no finished review by '{rest}' (have {sorted(codings)})")
-        resolved = Resolved(spec, codings[rest], origin="reviewer")
+        resolved = _reviewer(store, spec, rest)
     elif kind == "previous":
         resolved = _previous(previous)
     else:
         raise EvalError(f"'{spec}': unknown coding spec (gold:, run:, proposals:, reviewer:)")
     resolved.unit_transcripts = transcript_names(store, resolved.coding)
     return resolved
+
+
+def _reviewer(store: Store, spec: str, name: str) -> Resolved:
+    """A reviewer's finished units as a coding of the sentence grid, the way machine
+    chunks are projected (``_onto_grid``): every codable grid passage inside the text the
+    reviewer answered for (the codable stretches of the units they finished) is
+    answered, carrying the codes its spans give it by the sentence rule
+    (``spans.to_sentences``). Units that are grid passages (stores from before spans)
+    come back as they were."""
+    from qualflow.review.decisions import reviewer_span_codings
+    from qualflow.spans import to_sentences
+
+    codings = reviewer_span_codings(store)
+    if name not in codings:
+        raise EvalError(f"'{spec}': no finished review by '{name}' (have {sorted(codings)})")
+    coding = codings[name]
+    grid = [
+        g
+        for tid in coding.scope
+        for g in store.passages(transcript_id=tid, segmentation=store.grid_of(tid))
+        if g.codable
+    ]
+    projected = to_sentences(coding, grid)  # only the grid passages inside the scope
+    return Resolved(spec, projected, origin="reviewer")
 
 
 def _previous(previous: Mapping[str, Any] | None) -> Resolved:
@@ -325,7 +365,30 @@ def _gold(store: Store, spec: str, rest: str) -> Resolved:
     if coder not in codings:
         raise EvalError(f"'{spec}': no coder '{coder}' in gold set (have {sorted(codings)})")
     origin = "constructed" if store.gold_origin(gold_set, coder) == "constructed" else "gold"
-    return Resolved(f"{gold_set}:{coder}", codings[coder], origin=origin)
+    spans = store.gold_codings(gold_set, coder).get(coder)
+    return Resolved(f"{gold_set}:{coder}", codings[coder], origin=origin, spans=spans)
+
+
+def from_span_coding(
+    store: Store,
+    name: str,
+    coding: SpanCoding,
+    *,
+    origin: str = "",
+    segmentation: str | None = None,
+) -> Resolved:
+    """A coding given as spans (a reviewer's, an imported coder's) with its sentence-grid
+    projection: every grid passage inside the scope, carrying the codes whose spans
+    cover at least half of it or lie inside it (``spans.to_sentences``, the rule gold
+    sets use). The grid is ``segmentation`` or each transcript's stored grid."""
+    from qualflow.spans import to_sentences
+
+    grid = [
+        p
+        for tid in sorted(coding.scope)
+        for p in store.passages(transcript_id=tid, segmentation=segmentation or store.grid_of(tid))
+    ]
+    return Resolved(name, to_sentences(coding, grid), origin=origin, spans=coding)
 
 
 @dataclass
@@ -397,8 +460,11 @@ def _proposals(
         origin="machine",
         needs_human=frozenset(r.passage_id for r in rows if r.status == "needs_human") - set(ok),
     )
-    _add_codes(store, resolved, [r.id for r in ok.values()])
-    _onto_grid(store, resolved)
+    answers = _answers(store, {r.id: r.passage_id for r in ok.values()})
+    units = {p.id: p for p in _passages(store, [*ok, *resolved.needs_human])}
+    resolved.spans = _span_coding(spec, units, ok, answers)
+    resolved.coding_units = sorted({units[pid].segmentation for pid in ok if pid in units})
+    _onto_grid(store, resolved, units, answers)
     resolved.learned_from = learned_from(store, {r.run_id for r in rows if r.run_id is not None})
     if run_id is None:
         _refuse_mixed_training(spec, resolved.learned_from)
@@ -443,96 +509,129 @@ def _one_coding(spec: str, coder: str, pin: str | None, rows: Sequence[Any]) -> 
     return [r for r in rows if (r.model, r.prompt_version, r.codebook_version) in keep]
 
 
-def _add_codes(store: Store, resolved: Resolved, set_ids: list[int]) -> None:
+class _Answer(NamedTuple):
+    """One valid proposal of a chosen proposal set."""
+
+    code: str
+    start: int | None
+    end: int | None
+    confidence: float
+
+
+def _answers(store: Store, set_units: Mapping[int, str]) -> dict[str, list[_Answer]]:
+    """Valid proposals of exactly these proposal sets (set id -> its unit): unit -> answers.
+
+    Only the sets the spec chose: another coder's answers on the same chunk (every coder
+    cuts the same chunks) never leak into this coding."""
     from sqlalchemy import select
 
     from qualflow.db import ProposalRow
 
-    codes: dict[str, set[str]] = {}
+    out: dict[str, list[_Answer]] = {}
+    ids = list(set_units)
     with store.session() as s:
-        for i in range(0, len(set_ids), 5000):
-            props = s.scalars(
-                select(ProposalRow).where(
-                    ProposalRow.set_id.in_(set_ids[i : i + 5000]), ProposalRow.valid.is_(True)
-                )
+        for i in range(0, len(ids), 5000):
+            rows = s.execute(
+                select(
+                    ProposalRow.set_id,
+                    ProposalRow.code,
+                    ProposalRow.start,
+                    ProposalRow.end,
+                    ProposalRow.confidence,
+                ).where(ProposalRow.set_id.in_(ids[i : i + 5000]), ProposalRow.valid.is_(True))
             ).all()
-            for p in props:
-                codes.setdefault(p.passage_id, set()).add(p.code)
-                resolved.confidences.append((p.passage_id, p.code, float(p.confidence)))
-    resolved.coding.update(
-        {pid: frozenset(cs) for pid, cs in codes.items() if pid in resolved.coding}
-    )
+            for set_id, code, start, end, confidence in rows:
+                unit = set_units[set_id]
+                out.setdefault(unit, []).append(_Answer(code, start, end, float(confidence)))
+    return out
 
 
-def _onto_grid(store: Store, resolved: Resolved) -> None:
-    """Chunk answers as a coding of the sentence grid, so a machine coder compares with
-    gold and reviewers unit for unit: the codable grid passages inside an answered
-    chunk are answered, each carrying the codes whose spans cover it (the sentence rule
-    of ``spans.to_sentences``); those inside a ``needs_human`` chunk were handed to a
-    human. Units that are grid passages already (passage-level runs) stay as they are."""
-    units = {p.id: p for p in store.passages(ids=[*resolved.coding, *resolved.needs_human])}
-    chunks = {pid: u for pid, u in units.items() if u.is_chunk}
-    if not chunks:
-        return
-    spans = _chunk_spans(store, [pid for pid in chunks if pid in resolved.coding])
-    coding: dict[str, frozenset[str]] = {
-        pid: codes for pid, codes in resolved.coding.items() if pid not in chunks
-    }
-    confidences = [c for c in resolved.confidences if c[0] not in chunks]
-    handed = {pid for pid in resolved.needs_human if pid not in chunks}
-    for pid, unit in chunks.items():
-        grid = _grid_inside(store, unit)
-        if pid in resolved.needs_human:
-            handed |= {g.id for g in grid}
+def _answered_ranges(unit: Any) -> list[tuple[int, int]]:
+    """The text a coder answered for by answering a unit: a chunk's codable pieces, or
+    the passage itself."""
+    if unit.is_chunk:
+        return [(p.char_start, p.char_end) for p in unit.codable_pieces()]
+    return [(unit.char_start, unit.char_end)]
+
+
+def _span_coding(
+    name: str, units: Mapping[str, Any], answered: Iterable[str], answers: Mapping[str, list]
+) -> SpanCoding:
+    """The machine coding as spans: each valid proposal's span, the answered units'
+    text as scope (``needs_human`` units stay outside: unanswered). A proposal without
+    offsets (a passage-level answer from before spans) spans its passage."""
+    from qualflow.spans import merge_ranges
+
+    coding = SpanCoding(coder=name)
+    scope: dict[str, list[tuple[int, int]]] = {}
+    for pid in answered:
+        unit = units.get(pid)
+        if unit is None:
             continue
-        mapped = _project(unit, grid, spans.get(pid, []))
+        pieces = _answered_ranges(unit)
+        scope.setdefault(unit.transcript_id, []).extend(pieces)
+        for a in answers.get(pid, []):
+            if a.start is not None and a.end is not None:
+                coding.spans.append(Span(unit.transcript_id, a.start, a.end, a.code))
+            else:
+                coding.spans += [Span(unit.transcript_id, x, y, a.code) for x, y in pieces]
+    coding.spans.sort()
+    coding.scope = {tid: merge_ranges(rs) for tid, rs in sorted(scope.items())}
+    return coding
+
+
+def _onto_grid(
+    store: Store, resolved: Resolved, units: Mapping[str, Any], answers: Mapping[str, list]
+) -> None:
+    """The answers as a coding of the sentence grid, so a machine coder compares with
+    gold and reviewers unit for unit: a grid passage answered directly keeps its codes;
+    the codable grid passages inside an answered chunk are answered, each carrying the
+    codes whose spans cover it (the sentence rule of ``spans.to_sentences``); those
+    inside a ``needs_human`` chunk were handed to a human."""
+    coding: dict[str, frozenset[str]] = {}
+    confidences: list[tuple[str, str, float]] = []
+    handed = {pid for pid in resolved.needs_human if pid in units and not units[pid].is_chunk}
+    for pid in resolved.coding:
+        unit = units.get(pid)
+        found = answers.get(pid, [])
+        if unit is None or not unit.is_chunk:
+            coding[pid] = frozenset(a.code for a in found)
+            confidences += [(pid, a.code, a.confidence) for a in found]
+            continue
+        spans = [
+            (Span(unit.transcript_id, a.start, a.end, a.code), a.confidence)
+            for a in found
+            if a.start is not None and a.end is not None
+        ]
+        grid = _grid_inside(store, unit)
+        mapped = _project(unit, grid, spans)
         coding.update(mapped)
-        for span, confidence in spans.get(pid, []):
-            confidences += [
-                (g, span.code, confidence) for g, codes in mapped.items() if span.code in codes
-            ]
+        confidences += _sentence_confidences(grid, mapped, spans)
+    for pid in resolved.needs_human:
+        unit = units.get(pid)
+        if unit is not None and unit.is_chunk:
+            handed |= {g.id for g in _grid_inside(store, unit)}
     resolved.coding = coding
     resolved.confidences = sorted(set(confidences))
     resolved.needs_human = frozenset(handed) - set(coding)
 
 
-def _chunk_spans(store: Store, unit_ids: Sequence[str]) -> dict[str, list[tuple[Any, float]]]:
-    """Valid span proposals of the newest ok sets of these units: unit -> (span, conf)."""
-    from sqlalchemy import select
-
-    from qualflow.db import ProposalRow, ProposalSetRow
-    from qualflow.models import Span
-
-    out: dict[str, list[tuple[Any, float]]] = {}
-    wanted = list(unit_ids)
-    with store.session() as s:
-        for i in range(0, len(wanted), 500):
-            newest = (
-                select(ProposalSetRow.passage_id, func_max(ProposalSetRow.id).label("id"))
-                .where(
-                    ProposalSetRow.passage_id.in_(wanted[i : i + 500]),
-                    ProposalSetRow.status == "ok",
-                )
-                .group_by(ProposalSetRow.passage_id)
-                .subquery()
-            )
-            rows = s.execute(
-                select(ProposalRow, ProposalSetRow.passage_id)
-                .join(ProposalSetRow, ProposalSetRow.id == ProposalRow.set_id)
-                .join(newest, newest.c.id == ProposalSetRow.id)
-                .where(ProposalRow.valid.is_(True), ProposalRow.start.is_not(None))
-            ).all()
-            for p, pid in rows:
-                unit = store.passage(pid)
-                span = Span(unit.transcript_id, p.start, p.end, p.code)
-                out.setdefault(pid, []).append((span, float(p.confidence)))
+def _sentence_confidences(
+    grid: Sequence[Any], mapped: Coding, spans: Sequence[tuple[Span, float]]
+) -> list[tuple[str, str, float]]:
+    """One confidence per sentence tag: the highest of the spans of that code that
+    overlap the sentence (a chunk's other spans of the code say nothing about it)."""
+    out = []
+    for g in grid:
+        for code in sorted(mapped.get(g.id, ())):
+            scores = [
+                confidence
+                for span, confidence in spans
+                if span.code == code and span.start < g.char_end and g.char_start < span.end
+            ]
+            if scores:
+                out.append((g.id, code, max(scores)))
     return out
-
-
-def func_max(column: Any) -> Any:
-    from sqlalchemy import func
-
-    return func.max(column)
 
 
 def _grid_inside(store: Store, unit: Any) -> list[Any]:
@@ -548,10 +647,9 @@ def _grid_inside(store: Store, unit: Any) -> list[Any]:
     ]
 
 
-def _project(unit: Any, grid: Sequence[Any], spans: Sequence[tuple[Any, float]]) -> Coding:
+def _project(unit: Any, grid: Sequence[Any], spans: Sequence[tuple[Span, float]]) -> Coding:
     """The chunk's spans on its grid passages by the sentence rule (``spans.to_sentences``:
     spans of a code cover at least half of a sentence, or one lies inside it)."""
-    from qualflow.models import SpanCoding
     from qualflow.spans import to_sentences
 
     scope = {unit.transcript_id: [(p.char_start, p.char_end) for p in unit.codable_pieces()]}
@@ -615,6 +713,7 @@ def resolve_key(store: Store, key: Any) -> Resolved:
 
 
 NO_HUMAN_BASELINE = "no human baseline measured"
+SENTENCE_RULE = "spans of a code cover at least half of the sentence, or one lies inside it"
 UNANSWERED_RULE = "reference units outside the coder's answered scope count as no code"
 
 
@@ -789,6 +888,8 @@ def evaluate(
     scope: Mapping[str, Any] | None = None,
     clusters: Mapping[str, Any] | None = None,
     allow_overlap: bool = False,
+    grid: Grid | None = None,
+    min_share: float = DEFAULT_MIN_SHARE,
 ) -> dict[str, Any]:
     """Every figure of a report, as a JSON-ready dict (keys: ``RESULTS_KEYS``).
 
@@ -804,7 +905,15 @@ def evaluate(
     codings, not constructed example data); the reference joins them when it is human.
     With fewer than two, the report says ``NO_HUMAN_BASELINE``. ``clusters`` (unit ->
     participant, say) resamples clusters, not units.
+
+    The units are sentences of the grid and ``agreement`` is the sentence level.
+    ``grid`` (``Grid.from_store``: where the units and their turns lie) adds the span and
+    turn levels (``levels``), read from the coders' spans over the same text, with
+    highlight matching at ``min_share``; without it the report has the sentence level
+    only and says so.
     """
+    if not 0.0 < min_share <= 1.0:
+        raise EvalError(f"min_share must be in (0, 1], got {min_share}")
     units = sorted(reference.coding)
     if passages is not None:
         keep = set(passages)
@@ -854,7 +963,11 @@ def evaluate(
         warnings=warnings,
         problems=problems,
     )
-    humans_used, human_note = _human_section(out, reference, humans, full, setup, margin)
+    real = real_humans(reference, humans, out["problems"])
+    humans_used, human_note = _human_section(out, real, full, setup, margin)
+    out["levels"] = three_levels(
+        reference, coder, units, grid, setup, real if len(real) >= 2 else [], margin, min_share
+    )
     if baseline is not None:
         _baseline_section(out, reference, full, baseline, setup)
     if coder.confidences:
@@ -883,6 +996,7 @@ def evaluate(
         "reference": reference.name,
         "coder": coder.name,
         "model": coder.model,
+        "coding_unit": ", ".join(coder.coding_units) or None,
         "prompt_version": coder.prompt_version,
         "codebook": codebook.name if codebook else None,
         "codebook_version": codebook.version if codebook else coder.codebook_version,
@@ -984,19 +1098,12 @@ def _answered_only(
     return {"label": label, "same_as_headline": False, "agreement": pair.to_dict()}
 
 
-def _human_section(
-    out: dict[str, Any],
-    reference: Resolved,
-    humans: Sequence[Resolved],
-    full: Coding,
-    setup: _Setup,
-    margin: float,
-) -> tuple[list[str], str]:
-    """Human-human next to machine-human, from real human coders only.
-
-    Returns the humans used and the note the report shows (what was measured, or
-    ``NO_HUMAN_BASELINE`` and why)."""
-    problems = out["problems"]
+def real_humans(
+    reference: Resolved, humans: Sequence[Resolved], problems: list[str]
+) -> list[Resolved]:
+    """The human coders of a human baseline: real ones only (not machine codings, not
+    constructed example data, each named in ``problems``); the reference joins them
+    when it is human and another human is given."""
     real = [h for h in humans if h.is_human]
     for h in humans:
         if not h.is_human:
@@ -1004,6 +1111,22 @@ def _human_section(
             problems.append(f"{h.name} is {kind}, not a human coder: not in the human baseline")
     if reference.is_human and reference.name not in {h.name for h in real}:
         real = [reference, *real] if real else []  # the reference is one of the human coders
+    return real
+
+
+def _human_section(
+    out: dict[str, Any],
+    real: Sequence[Resolved],
+    full: Coding,
+    setup: _Setup,
+    margin: float,
+) -> tuple[list[str], str]:
+    """Human-human next to machine-human at the sentence level, from the real human
+    coders (``real_humans``).
+
+    Returns the humans used and the note the report shows (what was measured, or
+    ``NO_HUMAN_BASELINE`` and why)."""
+    problems = out["problems"]
     names = [h.name for h in real]
     if len(real) < 2:
         return names, f"{NO_HUMAN_BASELINE}: no two human coders of these passages"
@@ -1074,6 +1197,114 @@ def _baseline_section(
         "coverage": base_cover,
         "comparison": cmp.to_dict(),
     }
+
+
+# --------------------------------------------------------------------------- three levels
+
+
+def three_levels(
+    reference: Resolved,
+    coder: Resolved,
+    units: Sequence[str],
+    grid: Grid | None,
+    setup: _Setup,
+    humans: Sequence[Resolved],
+    margin: float,
+    min_share: float,
+) -> dict[str, Any]:
+    """The ``levels`` section: span and turn figures over the text of the report's
+    sentence units (see ``qualflow.levels``), beside the sentence level."""
+    out: dict[str, Any] = {
+        "computed": False,
+        "min_share": min_share,
+        "sentence_threshold": SENTENCE_THRESHOLD,
+        "notes": [],
+    }
+    if grid is None:
+        out["reason"] = "no grid given (a report built without the store): sentence level only"
+        return out
+    region = grid.region(units)
+    if not region:
+        out["reason"] = "the store has no position for the reference's units: sentence level only"
+        return out
+    notes: list[str] = []
+    codings = {r.name: r for r in (reference, coder, *humans)}  # the reference may be a human
+    spans = {name: _spans_for(r, grid, notes) for name, r in codings.items()}
+    transcript_clusters = _transcript_clusters(units, grid, setup.clusters)
+    level_setup = LevelSetup(
+        codes=setup.codes,
+        n_boot=setup.n_boot,
+        seed=setup.seed,
+        min_support=setup.min_support,
+        min_share=min_share,
+        margin=margin,
+        transcript_clusters=transcript_clusters,
+    )
+    people = {h.name: spans[h.name] for h in humans}
+    out.update(
+        levels_section(
+            spans[reference.name], spans[coder.name], region, grid, level_setup, people or None
+        )
+    )
+    out.update(
+        computed=True,
+        notes=notes,
+        sentence={
+            "units": len(units),
+            "rule": "spans of a code cover at least half of the sentence, or one lies inside it",
+        },
+        resampling={
+            "span": _resampled("transcripts", transcript_clusters),
+            "sentence": _resampled("sentences", setup.clusters),
+            "turn": _resampled("turns", transcript_clusters),
+        },
+    )
+    return out
+
+
+def grid_for(store: Store, reference: Resolved, *others: Resolved | None) -> Grid:
+    """The grid of a report: where the reference's units lie (they make the evaluated
+    text), and the units of any coding without spans (read as spans over its units)."""
+    units = set(reference.coding)
+    for coding in (reference, *others):
+        if coding is not None and coding.spans is None:
+            units |= set(coding.coding)
+    return Grid.from_store(store, units)
+
+
+def _spans_for(resolved: Resolved, grid: Grid, notes: list[str]) -> SpanCoding:
+    """A coding's spans under its report name; spans over its coded units (with a note)
+    when it has none."""
+    from qualflow.levels import spans_from_units
+
+    if resolved.spans is not None:
+        return SpanCoding(resolved.name, list(resolved.spans.spans), dict(resolved.spans.scope))
+    notes.append(
+        f"{resolved.name} has no spans (a coding of units only): its span and turn levels "
+        "read each coded unit as a span over the unit"
+    )
+    answered = {u: resolved.coding[u] for u in resolved.scope if u in resolved.coding}
+    return spans_from_units(resolved.name, answered, grid)
+
+
+def _transcript_clusters(
+    units: Sequence[str], grid: Grid, clusters: Mapping[str, Any] | None
+) -> dict[str, Any] | None:
+    """Transcript id -> the cluster label of its units (participant), or None."""
+    if clusters is None:
+        return None
+    out = {}
+    for u in units:
+        where = grid.sentences.get(u)
+        if where is not None:
+            out.setdefault(where.transcript_id, clusters.get(u, where.transcript_id))
+    return out
+
+
+def _resampled(what: str, clusters: Mapping[str, Any] | None) -> str:
+    if clusters is None:
+        return what
+    return f"{len(set(clusters.values()))} clusters of {what}"
 
 
 # --------------------------------------------------------------------------- running
@@ -1238,13 +1469,8 @@ def run_experiment(
         # the reference over the held-out passages only: training transcripts and
         # passages nobody codes (interviewer, guide lines) are outside the comparison
         keep = set(held_out.passages)
-        reference = Resolved(
-            reference.name,
-            {pid: codes for pid, codes in reference.coding.items() if pid in keep},
-            model=reference.model,
-            prompt_version=reference.prompt_version,
-            codebook_version=reference.codebook_version,
-            confidences=reference.confidences,
+        reference = replace(
+            reference, coding={pid: codes for pid, codes in reference.coding.items() if pid in keep}
         )
     else:
         coder = resolve(store, experiment.coder, codebook_version=version)
@@ -1282,6 +1508,8 @@ def run_experiment(
         scope=scope,
         clusters=clusters,
         allow_overlap=experiment.allow_overlap,
+        grid=grid_for(store, reference, coder, *humans),
+        min_share=experiment.min_share,
     )
     results["problems"] = problems + results["problems"]
     return write_outputs(results, out_dir)
@@ -1345,6 +1573,9 @@ def train_and_code(
             + (", ".join(f"{k}={','.join(v)}" for k, v in test.items()) or "on everything")
         )
     folds, coding, confidences, scope = [], {}, [], []
+    spans = SpanCoding(coder="")
+    handed: set[str] = set()
+    units: set[str] = set()
     for fold_name, sources, members in plans:
         fold = _train_and_code_fold(
             store, settings, book, kind, fold_name, sources, members, experiment, train_first
@@ -1354,12 +1585,23 @@ def train_and_code(
         coding.update(fold.pop("coding"))
         confidences += fold.pop("confidences")
         scope += fold.pop("passages")
+        handed |= fold.pop("needs_human")
+        units |= set(fold.pop("coding_units"))
+        fold_spans = fold.pop("spans")
+        spans.spans += fold_spans.spans
+        spans.scope.update(fold_spans.scope)
+    coder_name = folds[0]["name"] if len(folds) == 1 else f"{kind} ({len(folds)} folds)"
+    spans.coder = coder_name
     resolved = Resolved(
-        folds[0]["name"] if len(folds) == 1 else f"{kind} ({len(folds)} folds)",
+        coder_name,
         coding,
         model=", ".join(dict.fromkeys(f["model"] for f in folds)),
         codebook_version=book.version,
         confidences=confidences,
+        origin="machine",
+        needs_human=frozenset(handed),
+        spans=spans,
+        coding_units=sorted(units),
     )
     missing = len([p for p in scope if p not in coding])
     problems = (
@@ -1423,7 +1665,21 @@ def _train_and_code_fold(
         "coding": coding,
         "confidences": confidences,
         "passages": scope,
+        "needs_human": set(answers.needs_human) & wanted,
+        "spans": _on_transcripts(answers.spans, set(ids)),
+        "coding_units": answers.coding_units,
     }
+
+
+def _on_transcripts(coding: SpanCoding | None, transcript_ids: Container[str]) -> SpanCoding:
+    """The part of a span coding on these transcripts."""
+    if coding is None:
+        return SpanCoding(coder="")
+    return SpanCoding(
+        coder=coding.coder,
+        spans=[s for s in coding.spans if s.transcript_id in transcript_ids],
+        scope={tid: rs for tid, rs in coding.scope.items() if tid in transcript_ids},
+    )
 
 
 def _refuse_overlap(experiment: Experiment, fold: Mapping[str, Any], evaluated: list[str]) -> None:

@@ -40,6 +40,11 @@ class FileOutcome(BaseModel):
     passages: int = 0
     reason: str | None = None
     warnings: list[str] = Field(default_factory=list)
+    carried: dict | None = Field(
+        default=None,
+        description="A new version: the review work and machine answers carried over from "
+        "the previous version to its unchanged units (review.carry.CarryReport).",
+    )
 
 
 class IngestReport(BaseModel):
@@ -103,12 +108,15 @@ def ingest_paths(
     participant_ids = _participant_ids(store, settings)
     max_xml = int(settings.reader_max_xml_mb * 1_000_000)
     for path in files:
-        report.files.append(_ingest_one(store, path, mode, codability, participant_ids, max_xml))
+        report.files.append(
+            _ingest_one(store, settings, path, mode, codability, participant_ids, max_xml)
+        )
     return report
 
 
 def _ingest_one(
     store: Store,
+    settings: Settings,
     path: Path,
     mode: str,
     codability: Codability,
@@ -146,6 +154,7 @@ def _ingest_one(
         transcript_id=transcript.id,
         passages=len(passages),
         warnings=warnings,
+        carried=_carry_over(store, transcript, settings) if status == "new_version" else None,
     )
 
 
@@ -171,6 +180,24 @@ def _record(store: Store, path: Path, reason: str) -> None:
         store.record_failure("ingest", str(path), reason)
     except SQLAlchemyError as exc:
         log.warning("could not record the failure of %s: %s", path, type(exc).__name__)
+
+
+def _carry_over(store: Store, transcript, settings: Settings) -> dict | None:
+    """Reviews and answers of the previous version's unchanged units, carried over (the
+    review area owns the rules: ``review/carry.py``)."""
+    from qualflow.review.carry import carry_over
+
+    carried = carry_over(store, transcript, settings)
+    if carried is None:
+        return None
+    log.info(
+        "%s: %d of %d units carried from the previous version, %d to review again",
+        transcript.name,
+        carried.units_carried,
+        carried.units_with_work,
+        carried.review_again,
+    )
+    return carried.to_dict()
 
 
 def _participant_ids(store: Store, settings: Settings) -> list[str]:

@@ -90,6 +90,11 @@ class RunSummary(BaseModel):
     transcripts: int = Field(default=0, description="Transcripts in scope.")
     passages: int = Field(default=0, description="Units (chunks or passages) in scope.")
     already_coded: int = Field(default=0, description="Skipped: coded before under this key.")
+    carried: int = Field(
+        default=0,
+        description="Of the already coded: answers carried over from an earlier version of "
+        "an edited transcript, its text unchanged (review/carry.py).",
+    )
     coded: int = Field(default=0, description="Proposal sets written by this run.")
     remaining: int = Field(default=0, description="Units in scope still uncoded.")
     elsewhere: int = Field(
@@ -784,6 +789,7 @@ class RunPlan(BaseModel):
     transcripts: int
     in_scope: int
     already_coded: int
+    carried: int = 0
     todo: list[str] = Field(description="Passage ids to code, in order.")
 
 
@@ -805,8 +811,35 @@ def plan_run(
         transcripts=len({p.transcript_id for p in scope}),
         in_scope=len(scope),
         already_coded=len(scope) - len(todo),
+        carried=carried_answers(store, key, [p.id for p in scope]),
         todo=[p.id for p in todo],
     )
+
+
+def carried_answers(store: Store, key: ProposalKey, unit_ids: Sequence[str]) -> int:
+    """Units whose answer under ``key`` was carried over from an earlier transcript
+    version (``proposal_sets.carried_from``) rather than coded."""
+    from sqlalchemy import func, select
+
+    from qualflow.db import ProposalSetRow
+
+    n = 0
+    with store.session() as s:
+        for i in range(0, len(unit_ids), 500):
+            n += (
+                s.scalar(
+                    select(func.count()).where(
+                        ProposalSetRow.passage_id.in_(list(unit_ids[i : i + 500])),
+                        ProposalSetRow.carried_from.is_not(None),
+                        ProposalSetRow.coder == key.coder,
+                        ProposalSetRow.model == key.model,
+                        ProposalSetRow.prompt_version == key.prompt_version,
+                        ProposalSetRow.codebook_version == key.codebook_version,
+                    )
+                )
+                or 0
+            )
+    return n
 
 
 def nothing_to_do(
@@ -832,6 +865,7 @@ def nothing_to_do(
         transcripts=plan.transcripts,
         passages=plan.in_scope,
         already_coded=plan.already_coded,
+        carried=plan.carried,
         wall_seconds=round(time.monotonic() - started, 2),
         failures=list(ingest_failures),
     )
@@ -885,6 +919,7 @@ def finish_run(
         transcripts=plan.transcripts,
         passages=plan.in_scope,
         already_coded=plan.already_coded,
+        carried=plan.carried,
         coded=result.written,
         remaining=remaining,
         elsewhere=elsewhere,
@@ -1009,6 +1044,7 @@ def render_markdown(summary: RunSummary) -> str:
         ("Transcripts", str(s.transcripts)),
         ("Units in scope", str(s.passages)),
         ("Already coded (skipped)", str(s.already_coded)),
+        ("of them carried from an earlier transcript version", str(s.carried)),
         ("Coded by this run", str(s.coded)),
         ("Still uncoded", str(s.remaining)),
         ("Held by another worker", str(s.elsewhere)),

@@ -148,9 +148,9 @@ def human_note(results: dict[str, Any]) -> str:
 
 
 def headline(results: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
-    """Up to four lines over the table (HTML-safe; bold marks the key figures):
-    per-code state with the coverage, machine vs humans (or that there is no human
-    baseline), run vs baseline."""
+    """Up to five lines over the table (HTML-safe; bold marks the key figures):
+    per-code state with the coverage, F1 at the three levels, machine vs humans (or
+    that there is no human baseline), run vs baseline."""
     from markupsafe import escape
 
     a = results["agreement"]
@@ -171,6 +171,13 @@ def headline(results: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
             else "."
         )
     ]
+    levels = level_rows(results)
+    if levels:
+        lines.append(
+            "Three levels (unanswered text = no code): "
+            + ", ".join(f"{escape(r['label'])} F1 <b>{fmt(_value(r['f1']))}</b>" for r in levels)
+            + "."
+        )
     hb = results.get("human_baseline")
     if not hb:
         note = human_note(results) or NO_HUMAN_BASELINE
@@ -258,6 +265,225 @@ def category_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         for c in sorted(cats["codes"], key=lambda c: c["code"])
         if c["support"] > 0
     ]
+
+
+# --------------------------------------------------------------------------- three levels
+
+
+LEVEL_LABELS = {
+    "span_chars": "span, characters",
+    "span_highlights": "span, highlights",
+    "sentence": "sentence",
+    "turn": "turn",
+}
+
+
+def _overall_metric(section: dict[str, Any] | None, metric: str) -> dict[str, Any] | None:
+    if not section:
+        return None
+    return (section.get("overall") or {}).get(metric)
+
+
+def _reading(baseline: dict[str, Any] | None, metric: str) -> dict[str, Any] | None:
+    if not baseline:
+        return None
+    return next((r for r in baseline.get("overall", []) if r["metric"] == metric), None)
+
+
+def _count(n: int | None, noun: str) -> str:
+    if n is None:
+        return "–"
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def level_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report's figures at span, sentence and turn level, one row per level (and
+    one per span reading), each with what it rests on, its coverage, the headline
+    figures (unanswered text counted as no code), the answered-only F1 and the human
+    baseline. Empty when the span and turn levels were not computed."""
+    levels = results.get("levels") or {}
+    if not levels.get("computed"):
+        return []
+    span, turn = levels["span"], levels["turn"]
+    sentence_cover = (results.get("coverage") or {}).get("share")
+    answered_sentence = (results.get("answered_only") or {}).get("agreement")
+    span_codes = span["agreement"]["codes"]
+    ref_spans = sum(c["spans_reference"] for c in span_codes)
+    coder_spans = sum(c["spans_other"] for c in span_codes)
+    share = levels.get("min_share")
+    rows = []
+    for key, prefix in (("span_chars", "micro_char_"), ("span_highlights", "micro_highlight_")):
+        o = span["agreement"]["overall"]
+        metric = f"{prefix}f1"
+        rows.append(
+            {
+                "level": key,
+                "label": LEVEL_LABELS[key]
+                + (f" (share {share})" if key == "span_highlights" else ""),
+                "rests_on": (
+                    _count(span["scope_chars"], "character")
+                    if key == "span_chars"
+                    else f"{ref_spans:,} reference / {coder_spans:,} coder highlights"
+                ),
+                "coverage": span["coverage"].get("char_share"),
+                "precision": o[f"{prefix}precision"],
+                "recall": o[f"{prefix}recall"],
+                "f1": o[metric],
+                "kappa": None,
+                "answered_f1": _overall_metric(span.get("answered_only"), metric),
+                "human_f1": _overall_metric(span.get("human_agreement"), metric),
+                "reading": _reading(span.get("human_baseline"), metric),
+            }
+        )
+    for key, pair, cover, answered, human, baseline, noun in (
+        (
+            "sentence",
+            results["agreement"],
+            sentence_cover,
+            answered_sentence,
+            results.get("human_agreement"),
+            results.get("human_baseline"),
+            "sentence",
+        ),
+        (
+            "turn",
+            turn.get("agreement"),
+            turn["coverage"].get("share"),
+            turn.get("answered_only"),
+            turn.get("human_agreement"),
+            turn.get("human_baseline"),
+            "turn",
+        ),
+    ):
+        if not pair:
+            continue
+        o = pair["overall"]
+        rows.append(
+            {
+                "level": key,
+                "label": LEVEL_LABELS[key],
+                "rests_on": _count(pair["n_passages"], noun),
+                "coverage": cover,
+                "precision": o["micro_precision"],
+                "recall": o["micro_recall"],
+                "f1": o["micro_f1"],
+                "kappa": o["pooled_kappa"],
+                "answered_f1": _overall_metric(answered, "micro_f1"),
+                "human_f1": _overall_metric(human, "micro_f1"),
+                "reading": _reading(baseline, "micro_f1"),
+            }
+        )
+    return rows
+
+
+def level_code_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per code, the three levels side by side (codes either coder used, in the order
+    of the per-code table)."""
+    levels = results.get("levels") or {}
+    if not levels.get("computed"):
+        return []
+    span = {c["code"]: c for c in levels["span"]["agreement"]["codes"]}
+    turn = {c["code"]: c for c in ((levels["turn"].get("agreement") or {}).get("codes") or [])}
+    rows, _ = code_rows(results)
+    order = [r["code"] for r in rows] + sorted(set(span) - {r["code"] for r in rows})
+    sentence = {c["code"]: c for c in results["agreement"]["codes"]}
+    out = []
+    for code in order:
+        s, sen, t = span.get(code), sentence.get(code), turn.get(code)
+        if not (s and (s["chars_reference"] or s["chars_other"])) and not (sen and sen["support"]):
+            continue
+        out.append(
+            {
+                "code": code,
+                "chars": f"{s['chars_reference']:,} / {s['chars_other']:,}" if s else "–",
+                "highlights": f"{s['spans_reference']} / {s['spans_other']}" if s else "–",
+                "char_precision": (s or {}).get("char_precision"),
+                "char_recall": (s or {}).get("char_recall"),
+                "char_f1": (s or {}).get("char_f1"),
+                "highlight_f1": (s or {}).get("highlight_f1"),
+                "sentence_f1": (sen or {}).get("f1"),
+                "sentence_kappa": (sen or {}).get("kappa"),
+                "turn_f1": (t or {}).get("f1"),
+                "turn_kappa": (t or {}).get("kappa"),
+                "few": bool(sen and sen["few"]),
+            }
+        )
+    return out
+
+
+def levels_note(results: dict[str, Any]) -> str:
+    """Why a report has the sentence level only (empty when it has all three)."""
+    levels = results.get("levels") or {}
+    if levels.get("computed"):
+        return ""
+    return levels.get("reason") or "span and turn levels not computed"
+
+
+def levels_markdown(results: dict[str, Any], max_rows: int = 30) -> list[str]:
+    """The three-level tables of the Markdown summary."""
+    rows = level_rows(results)
+    if not rows:
+        return [f"Span and turn levels: {levels_note(results)}."]
+    levels = results["levels"]
+    lines = [
+        "Agreement at three levels (headline: text the coder did not answer counts as "
+        "no code; micro figures, 95% CI):",
+        "",
+        "| level | rests on | coverage | precision | recall | F1 | pooled kappa "
+        "| answered only: F1 | human-human F1 | machine vs humans |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['label']} | {r['rests_on']} | {share(r['coverage'])} "
+            f"| {fmt_ci(r['precision'])} | {fmt_ci(r['recall'])} | {fmt_ci(r['f1'])} "
+            f"| {fmt_ci(r['kappa']) if r['kappa'] else '–'} "
+            f"| {fmt_ci(r['answered_f1']) if r['answered_f1'] else 'same'} "
+            f"| {fmt_ci(r['human_f1']) if r['human_f1'] else '–'} "
+            f"| {reading_text(r['reading'])} |"
+        )
+    lines += ["", f"Resampled: {resampling_text(levels)}."]
+    lines += [f"Note: {n}" for n in levels.get("notes") or []]
+    code_lines = level_code_rows(results)
+    if code_lines:
+        lines += [
+            "",
+            "| code | characters ref / coder | highlights ref / coder | char precision "
+            "| char recall | char F1 | highlight F1 | sentence F1 | sentence kappa "
+            "| turn F1 | turn kappa |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for c in code_lines[:max_rows]:
+            lines.append(
+                f"| {c['code']} | {c['chars']} | {c['highlights']} "
+                f"| {fmt(_value(c['char_precision']))} | {fmt(_value(c['char_recall']))} "
+                f"| {fmt(_value(c['char_f1']))} | {fmt(_value(c['highlight_f1']))} "
+                f"| {fmt(_value(c['sentence_f1']))} | {fmt(_value(c['sentence_kappa']))} "
+                f"| {fmt(_value(c['turn_f1']))} | {fmt(_value(c['turn_kappa']))} |"
+            )
+        if len(code_lines) > max_rows:
+            lines.append(f"| … {len(code_lines) - max_rows} more codes in the JSON results |")
+    return lines
+
+
+def _value(est: dict[str, Any] | None) -> float | None:
+    return (est or {}).get("value")
+
+
+def reading_text(reading: dict[str, Any] | None) -> str:
+    """'0.55 vs 0.61, difference -0.06 [-0.12, 0.01]: inconclusive' (machine-human vs
+    human-human), or '–' without a human baseline."""
+    if not reading:
+        return "–"
+    return (
+        f"{fmt(_value(reading['machine_human']))} vs {fmt(_value(reading['human_human']))}, "
+        f"difference {fmt_ci(reading['difference'])}: {reading['reading']}"
+    )
+
+
+def resampling_text(levels: dict[str, Any]) -> str:
+    r = levels.get("resampling") or {}
+    return ", ".join(f"{level}: {what}" for level, what in r.items()) or "–"
 
 
 # --------------------------------------------------------------------------- plots
@@ -436,6 +662,8 @@ def render_html(results: dict[str, Any], *, plots: bool = True) -> str:
     env.filters["ci"] = fmt_ci
     env.filters["num"] = fmt
     env.filters["band"] = band
+    env.filters["share"] = share
+    env.filters["reading"] = reading_text
     rows, unused = code_rows(results)
     images = {}
     if plots:
@@ -460,6 +688,11 @@ def render_html(results: dict[str, Any], *, plots: bool = True) -> str:
         headline=headline(results, rows),
         overall=overall_rows(results),
         categories=category_rows(results),
+        levels=level_rows(results),
+        level_codes=level_code_rows(results),
+        levels_note=levels_note(results),
+        levels_data=results.get("levels") or {},
+        resampling=resampling_text(results.get("levels") or {}),
         images=images,
     )
 
@@ -480,7 +713,9 @@ def render_markdown(results: dict[str, Any], *, max_rows: int = 30) -> str:
         f"Scope: {s['passages']} passages, {coverage_text(results) or 'coverage not recorded'}; "
         f"codebook {s.get('codebook')} "
         f"`{s.get('codebook_version')}`; coder `{s['coder']}` (model `{s.get('model') or '-'}`, "
-        f"prompt `{s.get('prompt_version') or '-'}`); reference `{s['reference']}`; "
+        f"prompt `{s.get('prompt_version') or '-'}`"
+        + (f", coding unit `{s['coding_unit']}`" if s.get("coding_unit") else "")
+        + f"); reference `{s['reference']}`; "
         f"{s['n_boot']} bootstrap resamples of {s.get('resampling') or 'passages'}, "
         f"seed {s['seed']}.",
         "",
@@ -502,6 +737,7 @@ def render_markdown(results: dict[str, Any], *, max_rows: int = 30) -> str:
         )
     if unused:
         lines += ["", f"{len(unused)} codes used by neither coder (figures undefined)."]
+    lines += ["", *levels_markdown(results, max_rows)]
     cover = (results.get("coverage") or {}).get("share")
     lines += [
         "",

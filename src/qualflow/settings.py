@@ -105,8 +105,9 @@ class Settings(BaseSettings):
     # --- codebook and retrieval ---------------------------------------------
     codebook: str = Field(
         default=DEFAULT_CODEBOOK,
-        description="Codebook to code against: a name shipped in codebook/ or a file path "
-        "(TSV, CSV or YAML).",
+        description="Codebook to code against when the workspace has no active codebook "
+        "(`qualflow codebook load` and imports set one, and it then wins): a name shipped "
+        "in codebook/ or a file path (TSV, CSV or YAML).",
     )
     chroma_url: str | None = Field(
         default=None,

@@ -17,10 +17,12 @@ coders' scopes.
 
 **Sentence projection.** A sentence carries code C when the spans of C together cover
 at least ``threshold`` (default 0.5) of its characters, or a span of C lies inside
-it. Every character of the sentence counts, blanks included (sentences from
-``qualflow.segment`` have no blanks at their ends, so only the blanks between words
-count, on both sides of the ratio). A grid unit is in scope when the scope covers all
-of its characters.
+it; a stretch of C that meets neither condition on any sentence (it straddles a
+boundary, under half of each side) carries C to the sentence it overlaps most, so no
+coded stretch vanishes from the sentence grid. Every character of the sentence
+counts, blanks included (sentences from ``qualflow.segment`` have no blanks at their
+ends, so only the blanks between words count, on both sides of the ratio). A grid
+unit is in scope when the scope covers all of its characters.
 
 **Turn projection.** A turn carries code C when a span of C overlaps it (at least
 one character).
@@ -236,13 +238,15 @@ def to_sentences(
     *,
     threshold: float = 0.5,
     inside: bool = True,
+    orphans: bool = True,
 ) -> Coding:
     """Sentence id -> codes: C when spans of C cover >= ``threshold`` of it or lie inside it.
 
-    Sentences outside the coder's scope are absent from the result. Blanks inside the
-    sentence count as characters (see the module docstring). ``inside=False`` drops
-    the "lies inside" clause (coverage alone decides), for comparison with figures
-    computed that way.
+    A stretch of C that meets neither condition on any sentence it overlaps gives C to
+    the sentence it overlaps most (``orphans=False`` leaves it out). Sentences outside
+    the coder's scope are absent from the result. Blanks inside the sentence count as
+    characters (see the module docstring). ``inside=False`` drops the "lies inside"
+    clause (coverage alone decides), for comparison with figures computed that way.
     """
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
@@ -253,7 +257,42 @@ def to_sentences(
             return True
         return inside and any(start <= a and b <= end for a, b in _touching(rs, start, end))
 
-    return _project(coding, sentences, carries)
+    units = list(sentences)
+    out = _project(coding, units, carries)
+    return _place_orphans(coding, units, out) if orphans else out
+
+
+def _place_orphans(coding: SpanCoding, units: Sequence[GridUnit], out: Coding) -> Coding:
+    """Give each stretch of a code that reached no unit to the unit it overlaps most.
+
+    A highlight that straddles a sentence boundary, covering less than half of each
+    sentence, or that runs on past a sentence into the blanks after it, would otherwise
+    vanish from the sentence grid; this way every coded stretch carries its code to at
+    least one sentence (ties: the earlier sentence).
+    """
+    by_transcript: dict[str, list[GridUnit]] = defaultdict(list)
+    for u in units:
+        if u.id in out:
+            by_transcript[u.transcript_id].append(u)
+    extra: dict[str, set[str]] = defaultdict(set)
+    for tid, per_code in code_ranges(coding).items():
+        cells = sorted(by_transcript.get(tid, []), key=lambda u: (u.char_start, u.char_end))
+        starts = [u.char_start for u in cells]
+        for code, ranges in per_code.items():
+            for a, b in ranges:
+                hit = cells[
+                    max(0, bisect.bisect_right(starts, a) - 1) : bisect.bisect_left(starts, b)
+                ]
+                hit = [u for u in hit if u.char_start < b and a < u.char_end]
+                if not hit or any(code in out[u.id] or code in extra[u.id] for u in hit):
+                    continue
+                best = max(
+                    hit, key=lambda u: (min(b, u.char_end) - max(a, u.char_start), -u.char_start)
+                )
+                extra[best.id].add(code)
+    for uid, codes in extra.items():
+        out[uid] = out[uid] | codes
+    return out
 
 
 def to_turns(coding: SpanCoding, turns: Iterable[GridUnit]) -> Coding:

@@ -235,47 +235,8 @@ def _evaluate(settings, kind: str, n_boot: int, humans: list[str]):
 def _finish(
     workspace: Path, summaries: dict, accounts: dict[str, str], reports: list, humans: list[str]
 ) -> None:
-    from rich.table import Table
-
     _step("summary")
-    table = Table(
-        "coder",
-        "n",
-        "coverage",
-        "precision",
-        "recall",
-        "F1",
-        "kappa",
-        "human-human κ",
-        "vs humans",
-        title="machine vs the constructed example gold set (constructed-a, not human "
-        "coding): micro P/R/F1, pooled kappa over every passage (unanswered = no code), "
-        "95% bootstrap CIs",
-    )
-    for output in (r for r in reports if r is not None):
-        results = output.results
-        overall = results["agreement"]["overall"]
-        human = next(
-            (
-                row
-                for row in (results.get("human_baseline") or {}).get("overall", [])
-                if row["metric"] == "pooled_kappa"
-            ),
-            None,
-        )
-        cover = results.get("coverage") or {}
-        table.add_row(
-            results["scope"]["coder"].removeprefix("proposals:"),
-            str(results["agreement"]["n_passages"]),
-            f"{cover.get('answered', '?')}/{cover.get('reference_units', '?')}",
-            _figure(overall["micro_precision"]),
-            _figure(overall["micro_recall"]),
-            _figure(overall["micro_f1"]),
-            _figure(overall["pooled_kappa"]),
-            _figure(human["human_human"]) if human else "not measured",
-            human["reading"] if human else "-",
-        )
-    console.print(table)
+    console.print(summary_table([r.results for r in reports if r is not None]))
     _human_baseline_note(reports, humans)
     reported = {r.results["scope"]["coder"].removeprefix("proposals:") for r in reports if r}
     for kind, counts in summaries.items():
@@ -300,6 +261,79 @@ def _finish(
     )
 
 
+def summary_table(results: list[dict]):
+    """One row per coder and level (span characters, span highlights, sentence, turn):
+    what it rests on, coverage, micro P/R/F1 and pooled kappa with 95% intervals over
+    every reference unit (unanswered text counted as no code), the human-human F1 and
+    the machine-vs-humans reading."""
+    from rich.table import Table
+
+    from qualflow.report import level_rows, reading_text
+
+    table = Table(
+        "coder",
+        "level",
+        "rests on",
+        "coverage",
+        "precision",
+        "recall",
+        "F1",
+        "kappa",
+        "human-human F1",
+        "vs humans",
+        title="machine vs the constructed example gold set (constructed-a, not human "
+        "coding) at span, sentence and turn level: micro P/R/F1 and pooled kappa over "
+        "all the reference's text (unanswered = no code), 95% bootstrap CIs",
+    )
+    for res in results:
+        coder = res["scope"]["coder"].removeprefix("proposals:")
+        for i, row in enumerate(level_rows(res) or _sentence_only(res)):
+            table.add_row(
+                coder if i == 0 else "",
+                row["label"],
+                row["rests_on"],
+                _share(row["coverage"]),
+                _figure(row["precision"]),
+                _figure(row["recall"]),
+                _figure(row["f1"]),
+                _figure(row["kappa"]) if row["kappa"] else "-",
+                _figure(row["human_f1"]) if row["human_f1"] else "not measured",
+                reading_text(row["reading"]) if row["reading"] else "-",
+            )
+    return table
+
+
+def _sentence_only(results: dict) -> list[dict]:
+    """The sentence row when a report has no span and turn levels."""
+    overall = results["agreement"]["overall"]
+    human = (results.get("human_agreement") or {}).get("overall") or {}
+    reading = next(
+        (
+            r
+            for r in (results.get("human_baseline") or {}).get("overall", [])
+            if r["metric"] == "micro_f1"
+        ),
+        None,
+    )
+    return [
+        {
+            "label": "sentence",
+            "rests_on": f"{results['agreement']['n_passages']} sentences",
+            "coverage": (results.get("coverage") or {}).get("share"),
+            "precision": overall["micro_precision"],
+            "recall": overall["micro_recall"],
+            "f1": overall["micro_f1"],
+            "kappa": overall["pooled_kappa"],
+            "human_f1": human.get("micro_f1"),
+            "reading": reading,
+        }
+    ]
+
+
+def _share(x: float | None) -> str:
+    return "?" if x is None else f"{100 * x:.0f}%"
+
+
 def _human_baseline_note(reports: list, humans: list[str]) -> None:
     """Say where the human baseline stands and how a team measures one."""
     shown = next((r for r in reports if r is not None), None)
@@ -319,8 +353,8 @@ def _human_baseline_note(reports: list, humans: list[str]) -> None:
     )
 
 
-def _figure(estimate: dict) -> str:
-    if estimate.get("value") is None:
+def _figure(estimate: dict | None) -> str:
+    if not estimate or estimate.get("value") is None:
         return "undefined"
     if estimate.get("low") is None:
         return f"{estimate['value']:.2f}"

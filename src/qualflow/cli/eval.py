@@ -9,6 +9,7 @@ import typer
 
 from qualflow.cli.common import (
     ActivateOption,
+    WorkspaceOption,
     adopt_codebook,
     codebook_label,
     command_codebook,
@@ -58,6 +59,13 @@ def eval_command(
     n_boot: Annotated[
         int | None, typer.Option(help="Bootstrap resamples (overrides the experiment).")
     ] = None,
+    min_share: Annotated[
+        float | None,
+        typer.Option(
+            help="Span level: share of a reference highlight one span of the same code must "
+            "cover for it to count as found (overrides the experiment's min_share; default 0.5)."
+        ),
+    ] = None,
     no_prepare: Annotated[
         bool, typer.Option("--no-prepare", help="Skip ingest, gold import and coder runs.")
     ] = False,
@@ -71,7 +79,8 @@ def eval_command(
         ),
     ] = False,
 ) -> None:
-    """Run agreement experiments: results JSON, an HTML report and a Markdown summary."""
+    """Run agreement experiments: results JSON, an HTML report and a Markdown summary, with
+    agreement at span, sentence and turn level."""
     from qualflow.evaluate import EvalError, load_experiments, run_experiment
     from qualflow.store import open_store
 
@@ -92,6 +101,8 @@ def eval_command(
         exp = defined[name]
         if n_boot is not None:
             exp.n_boot = n_boot
+        if min_share is not None:
+            exp.min_share = min_share
         if allow_overlap:
             exp.allow_overlap = True
         ws = workspace or out / "workspaces" / name
@@ -140,9 +151,7 @@ def _experiment_codebook(experiment, store, *, in_user_workspace: bool) -> None:
 def gold_import(
     file: Annotated[Path, typer.Argument(help="JSONL gold file.")],
     gold_set: Annotated[str, typer.Option("--set", help="Gold set name.")],
-    workspace: Annotated[
-        Path, typer.Option("--workspace", "-w", envvar="QUALFLOW_WORKSPACE")
-    ] = Path("."),
+    workspace: WorkspaceOption = Path("."),
     coder: Annotated[
         str | None, typer.Option(help="Coder for records without a 'coder' field.")
     ] = None,
@@ -193,9 +202,7 @@ def gold_import(
 @gold_app.command("delete")
 def gold_delete(
     gold_set: Annotated[str, typer.Argument(help="Gold set name.")],
-    workspace: Annotated[
-        Path, typer.Option("--workspace", "-w", envvar="QUALFLOW_WORKSPACE")
-    ] = Path("."),
+    workspace: WorkspaceOption = Path("."),
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Delete a gold set: every coder's codings in it (transcripts, imported highlights,
@@ -219,9 +226,7 @@ def gold_delete(
 
 @gold_app.command("list")
 def gold_list(
-    workspace: Annotated[
-        Path, typer.Option("--workspace", "-w", envvar="QUALFLOW_WORKSPACE")
-    ] = Path("."),
+    workspace: WorkspaceOption = Path("."),
 ) -> None:
     """Gold sets in the store with their coders and passage counts."""
     from qualflow.store import open_store
@@ -244,9 +249,7 @@ def gold_list(
 def gold_export(
     gold_set: Annotated[str, typer.Argument(help="Gold set name.")],
     file: Annotated[Path, typer.Argument(help="JSONL file to write.")],
-    workspace: Annotated[
-        Path, typer.Option("--workspace", "-w", envvar="QUALFLOW_WORKSPACE")
-    ] = Path("."),
+    workspace: WorkspaceOption = Path("."),
 ) -> None:
     """Write a gold set as JSONL spans (transcript, offsets, text, codes, coder)."""
     from qualflow.gold import export_gold

@@ -48,6 +48,10 @@ def serve(
     typer.echo(f"codebook: {codebook_label(book)}, {origin}")
     if not auth.users(store):
         typer.echo("No accounts yet: create one with `qualflow users add NAME --role admin`.")
+    from qualflow.review import queue
+
+    queue.sync(store)  # the queue table: filled on a store's first start, then in step
+    typer.echo(f"review queue: {queue.study_progress(store).total} units")
     typer.echo(f"qualflow review on http://{host}:{port} (store: {store.engine.url.drivername})")
     if workers > 1:
         secret = settings.session_secret.get_secret_value() if settings.session_secret else None
@@ -248,15 +252,15 @@ def users_audit(
 
 def assign(
     reviewers: str = typer.Option(..., help="Comma-separated user names."),
-    double: float = typer.Option(0.0, help="Share of passages coded by two reviewers (0-1)."),
+    double: float = typer.Option(0.0, help="Share of units coded by two reviewers (0-1)."),
     strategy: str = typer.Option("balanced", help="balanced or round_robin."),
     seed: int = typer.Option(0, help="Seed of the double-coding sample."),
     blind_machine: bool = typer.Option(
-        False, "--blind-machine", help="Hide machine proposals on double-coded passages."
+        False, "--blind-machine", help="Hide machine proposals on double-coded units."
     ),
     workspace: WorkspaceOption = Path("."),
 ) -> None:
-    """Assign the queue passages nobody holds yet to reviewers."""
+    """Assign the queue units nobody holds yet to reviewers."""
     from qualflow.review import queue
 
     names = [r.strip() for r in reviewers.split(",") if r.strip()]
@@ -273,7 +277,7 @@ def assign(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(
-        f"assigned {report.passages} passages: {report.assignments} assignments, "
+        f"assigned {report.passages} units: {report.assignments} assignments, "
         f"{report.double_coded} double-coded"
     )
     for name, n in report.per_reviewer.items():

@@ -48,7 +48,8 @@ CodebookOption = Annotated[
     typer.Option(
         "--codebook",
         help="Codebook to train for: a file, a shipped name, or a codebook stored in the "
-        "workspace (name or version). Default: the workspace setting.",
+        "workspace (name or version). Default: the workspace's active codebook, else "
+        "the `codebook` setting.",
     ),
 ]
 
@@ -95,13 +96,18 @@ def _open(workspace: Path):
 
 
 def resolve_codebook(store, settings, source: str | None):
-    """A codebook stored in the workspace (by version or name), else a file or shipped name."""
+    """A codebook stored in the workspace (by version or name), else a file or shipped
+    name; without ``--codebook``, the workspace's active codebook, else the settings'."""
     from qualflow.codebook import CodebookError, load_codebook
 
     if source:
         stored = store.codebook(source) or store.codebook(name=source)
         if stored is not None:
             return stored
+    else:
+        active = store.active_codebook()
+        if active is not None:
+            return active
     try:
         return load_codebook(source or settings.codebook)
     except (CodebookError, FileNotFoundError) as exc:

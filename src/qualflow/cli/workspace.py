@@ -129,6 +129,11 @@ def ingest(
             console.print(f"{f.status:<10}{f.path} ({f.passages} passages)")
         for warning in f.warnings:
             console.print(f"[yellow]  warning  {warning}[/]")
+        if f.carried:
+            from qualflow.review.carry import CarryReport
+
+            for line in CarryReport(**f.carried).lines():
+                console.print(f"          {line}", markup=False)
     console.print(
         f"{report.count('new')} new, {report.count('new_version')} new versions, "
         f"{report.count('unchanged')} unchanged, {len(report.errors)} errors"
@@ -237,6 +242,10 @@ def status(workspace: WorkspaceOption = Path(".")) -> None:
             markup=False,
         )
     console.print(f"gold sets:   {', '.join(store.gold_sets()) or '-'}")
+    from qualflow.review.queue import status_lines
+
+    for line in status_lines(store):
+        console.print(line, markup=False)
 
 
 def _guide_marked(store, settings) -> int:

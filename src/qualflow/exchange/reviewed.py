@@ -5,11 +5,12 @@ reviewer codings through. Each reviewer comes out as a ``SpanCoding`` with the d
 and memos that go with it; the writers know nothing about how the review stores its
 decisions.
 
-Today the review log is kept per unit (a sentence passage, or a chunk): a reviewer's
-finished unit with codes becomes, for each code, a span over the unit's codable text,
-and the unit's codable text joins the reviewer's scope (a finished unit without codes
-is an explicit "no code applies"). When the review decides on spans, this function
-returns those spans instead and the exports carry them unchanged.
+The review decides on spans (``qualflow.review.decisions.reviewer_span_codings``): a
+reviewer's finished unit contributes the spans the reviewer kept, adjusted or added,
+unchanged, and the unit's codable text joins the reviewer's scope (a finished unit
+without spans is an explicit "no code applies"). Dates and memos come from the review
+log: a span's date is when its code was given on that unit, a memo sits on the unit's
+first stretch of codable text.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from datetime import datetime
 
 from sqlalchemy import select
 
-from qualflow.exchange.spans import merge_ranges
 from qualflow.models import Passage, Range, Span, SpanCoding
 from qualflow.store import Store
 
@@ -76,32 +76,39 @@ class _Track:
 
 
 def review_work(store: Store) -> ReviewWork:
-    """Each reviewer's finished units as spans (see the module docstring), from the
-    review log (``qualflow.review.decisions``: finished = "Done" and not undone)."""
+    """Each reviewer's finished spans (see the module docstring), from the review log
+    (``qualflow.review.decisions``: finished = "Done" and not undone)."""
     from qualflow.db import UserRow
     from qualflow.highlights import passages_by_ids
-    from qualflow.review.decisions import reviewer_codings
+    from qualflow.review.decisions import reviewer_codings, reviewer_span_codings
 
-    codings = reviewer_codings(store)
+    finished_units = reviewer_codings(store)
+    spans = reviewer_span_codings(store)
     tracks, n_log = _tracks(store)
-    units = {p.id: p for p in passages_by_ids(store, {u for c in codings.values() for u in c})}
+    units = {
+        p.id: p for p in passages_by_ids(store, {u for c in finished_units.values() for u in c})
+    }
     work = ReviewWork(log_entries=n_log)
-    for username, coding in sorted(codings.items()):
-        mine = ReviewerSpans(username, SpanCoding(coder=username))
-        for unit_id, codes in sorted(coding.items()):
+    for username, unit_codes in sorted(finished_units.items()):
+        coding = spans.get(username, SpanCoding(coder=username))
+        mine = ReviewerSpans(username, coding)
+        placed: list[tuple[str, int, int, _Track | None]] = []
+        for unit_id in sorted(unit_codes):
             unit = units.get(unit_id)
             if unit is not None:
-                _add_unit(mine, unit, sorted(codes), tracks.get((username, unit_id)))
-        mine.coding.scope = {tid: merge_ranges(r) for tid, r in mine.coding.scope.items()}
+                track = tracks.get((username, unit_id))
+                _add_unit(mine, unit, track)
+                placed.append((unit.transcript_id, unit.char_start, unit.char_end, track))
+        mine.coded_at = [_coded_at(span, placed) for span in coding.spans]
         work.reviewers.append(mine)
-    finished = {(u, pid) for u, c in codings.items() for pid in c}
+    finished = {(u, pid) for u, c in finished_units.items() for pid in c}
     work.unfinished = sum(
         1 for k, t in tracks.items() if k not in finished and t.last_at is not None
     )
     work.flagged = sum(1 for t in tracks.values() if t.flagged)
     with store.session() as s:
         accounts = s.scalars(select(UserRow.username).order_by(UserRow.username)).all()
-    work.idle = [u for u in accounts if u not in codings]
+    work.idle = [u for u in accounts if u not in finished_units]
     return work
 
 
@@ -111,18 +118,23 @@ def unit_ranges(unit: Passage) -> list[Range]:
     return [(p.char_start, p.char_end) for p in pieces]
 
 
-def _add_unit(mine: ReviewerSpans, unit: Passage, codes: list[str], track: _Track | None) -> None:
+def _add_unit(mine: ReviewerSpans, unit: Passage, track: _Track | None) -> None:
+    """The dates and memo of a finished unit, on its stretches of codable text."""
     tid = unit.transcript_id
     for i, (start, end) in enumerate(unit_ranges(unit)):
         place = (tid, start, end)
-        mine.coding.scope.setdefault(tid, []).append((start, end))
         if track is not None:
             mine.judged_at[place] = track.last_at
             if track.memo and i == 0:  # one memo per unit, on its first stretch
                 mine.memos[place] = ReviewMemo(track.memo, track.memo_at, unit.id)
-        for code in codes:
-            mine.coding.spans.append(Span(tid, start, end, code))
-            mine.coded_at.append(track.code_dates.get(code, track.last_at) if track else None)
+
+
+def _coded_at(span: Span, units: list[tuple[str, int, int, _Track | None]]) -> datetime | None:
+    """When the span's code was given on the finished unit the span lies in."""
+    for tid, start, end, track in units:
+        if tid == span.transcript_id and start <= span.start < end and track is not None:
+            return track.code_dates.get(span.code, track.last_at)
+    return None
 
 
 def _tracks(store: Store) -> tuple[dict[tuple[str, str], _Track], int]:

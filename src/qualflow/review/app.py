@@ -6,15 +6,20 @@ Routes (every one has an access test in tests/test_review_access.py):
 | --- | --- |
 | GET /healthz, GET/POST /login, static files | anyone (POST /login is throttled) |
 | POST /logout | any logged-in user |
-| GET / , GET /queue | logged in (reviewers: their assigned passages) |
+| GET / , GET /queue | logged in (reviewers: their assigned units) |
 | GET /passages/{id}, POST /passages/{id}/decide | admin, or the reviewer assigned to it |
 | GET /codes | logged in (codebook search, JSON) |
 | GET /admin, POST /admin/assign, GET /admin/export/* | admin |
 
-Every state change is a POST carrying the session's CSRF token; decisions also carry the
-review-state version they were made against (a stale one gets HTTP 409 naming who changed
-it). Everybody acting on a passage works on its one shared coding track, except the two
-reviewers of a double-coded passage, who each have their own blind track
+A unit of review (``/passages/{id}``: a chunk, or a sentence passage of an older store)
+is coded with spans (``decisions``). Every state change is a POST carrying the session's
+CSRF token; decisions also carry the review-state version they were made against. A
+stale one is a conflict: the browser is sent back to the unit page (post-redirect-get,
+``?conflict=<version seen>&sel=<item>``), which names who changed it and keeps the
+selection; a client asking for JSON gets HTTP 409. A refused decision (bad input, a
+span in context, Done with undecided proposals) is answered 400/413 with the unit page
+and the reason. Everybody acting on a unit works on its one shared coding track, except
+the two reviewers of a double-coded unit, who each have their own blind track
 (``decisions.choose_track``); a reviewer never sees another reviewer's blind track.
 
 Sessions are server-side rows (``auth.Sessions``); logins are throttled per account and
@@ -48,7 +53,7 @@ from qualflow.cells import safe_cell
 from qualflow.db import AssignmentRow, DecisionRow, UserRow
 from qualflow.review import auth, decisions, queue
 from qualflow.review.audit import AuditLog
-from qualflow.review.codes import codebook_for, search
+from qualflow.review.codes import codebook_for, rank, workspace_examples
 from qualflow.review.inputs import (
     FORM_MAX_BYTES,
     MEMO_MAX_CHARS,
@@ -61,12 +66,12 @@ from qualflow.review.inputs import (
     whole_number,
 )
 from qualflow.review.throttle import LoginThrottle, PasswordGate, ThrottlePolicy, Verdict
-from qualflow.review.view import passage_view
+from qualflow.review.view import colour_of, unit_view
 from qualflow.settings import Settings
 from qualflow.store import Store
 
 HERE = Path(__file__).parent
-PAGE_ROWS = 500  # the queue page lists this many; "Done -> next" walks the whole queue
+PAGE_ROWS = 100  # the queue page lists this many, then links to the next page
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
@@ -332,7 +337,11 @@ def create_app(
         return passage, assignment
 
     def qs(filters: queue.Filters, **changes: object) -> str:
+        """The filters (with ``changes``) as a query string; other keys (``after``,
+        ``sel``) are added when given."""
         q = filters.query(**changes)
+        known = set(queue.Filters.__dataclass_fields__)
+        q.update({k: str(v) for k, v in changes.items() if k not in known and v is not None})
         return ("?" + urlencode(q)) if q else ""
 
     # ----------------------------------------------------------------- public
@@ -463,25 +472,31 @@ def create_app(
     def queue_page(request: Request):
         a = who(request)
         filters = filters_from(request.query_params)
-        found = queue.items(store, a.user, filters)
-        rows = queue.visible(found, filters)
+        after = bounded_text(request.query_params.get("after"), "after", TEXT_FIELD_MAX_CHARS)
+        with queue.synced(store):
+            return queue_view(request, a, filters, after)
+
+    def queue_view(request: Request, a: Auth, filters: queue.Filters, after: str):
+        found = queue.rows(store, a.user, filters, after=after or None, size=PAGE_ROWS)
         ctx = {
             "filters": filters,
-            "rows": rows[:PAGE_ROWS],
-            "hidden_rows": max(0, len(rows) - PAGE_ROWS),
-            "mine": queue.progress(found),
+            "rows": found.rows,
+            "shown": found.shown,
+            "next_page": qs(filters, after=found.next_after) if found.next_after else None,
+            "first_page": qs(filters) if after else None,
+            "mine": found.progress,
             "study": queue.study_progress(store) if a.user.is_admin else None,
             "facets": queue.facets(store),
             "orders": queue.ORDERS,
             "shows": queue.SHOW,
             "qs": lambda **c: qs(filters, **c),
-            "first": queue.next_pending(found, None),
+            "first": queue.next_pending(store, a.user, filters, None),
         }
         return page(request, "queue.html", a, ctx)
 
-    # ----------------------------------------------------------------- passage
+    # ----------------------------------------------------------------- unit
 
-    def render_passage(
+    def render_unit(
         request: Request,
         a: Auth,
         passage_id: str,
@@ -490,41 +505,55 @@ def create_app(
         status: int = 200,
         conflict: str | None = None,
         error: str | None = None,
+        selected: int | None = None,
     ) -> HTMLResponse:
-        passage, assignment = reachable(a, passage_id)
+        with queue.synced(store):
+            return unit_page(request, a, passage_id, filters, status, conflict, error, selected)
+
+    def unit_page(
+        request: Request,
+        a: Auth,
+        passage_id: str,
+        filters: queue.Filters,
+        status: int,
+        conflict: str | None,
+        error: str | None,
+        selected: int | None,
+    ) -> HTMLResponse:
+        unit, assignment = reachable(a, passage_id)
         blind = bool(assignment and assignment.blind_to_machine)
         codebook = codebook_for(store, passage_id)
-        pv = passage_view(
-            store,
-            passage,
-            codebook=codebook,
-            show_proposals=not blind,
-            run=filters.run,
-            coder=filters.coder,
-        )
         owner = decisions.track_owner(store, a.user.id, passage_id)
-        st = decisions.track_state(store, owner, passage_id)
         history = decisions.track_log(store, owner, passage_id)
+        st = decisions.derive(passage_id, owner, history)
+        # every proposal of the unit (the run and coder filters choose queue units):
+        # Done needs each of them decided, so each is shown
+        uv = unit_view(store, unit, codebook=codebook, show_proposals=not blind, spans=st.spans)
         names = usernames()
-        found = queue.walk(queue.items(store, a.user, filters), filters)
-        selected = next(
-            (p.number for p in pv.proposals if p.id not in st.proposal_status),
-            1 if pv.proposals else 0,
-        )
+        prev_id, next_id = queue.neighbours(store, a.user, filters, passage_id)
+        pending = [p for p in uv.proposals if p.id not in st.proposal_status]
+        items = len(uv.proposals) + len(uv.spans)
+        if selected is None or not 0 < selected <= items:
+            selected = pending[0].number if pending else (1 if items else 0)
         ctx = {
-            "pv": pv,
+            "pv": uv,
+            "uv": uv,
             "st": st,
             "blind": blind,
             "double": bool(assignment and assignment.double_coded),
             "history": list(reversed(history))[:8],
             "codebook": codebook,
             "code_info": {c.title: c for c in codebook.codes} if codebook else {},
+            "colours": {c.title: colour_of(c.title, codebook) for c in codebook.codes}
+            if codebook
+            else {},
             "filters": filters,
             "back": qs(filters),
-            "next_id": queue.neighbour(found, passage_id, 1),
-            "prev_id": queue.neighbour(found, passage_id, -1),
-            "mine": queue.progress(found),
+            "next_id": next_id,
+            "prev_id": prev_id,
+            "mine": queue.progress(store, a.user, filters),
             "selected": selected,
+            "pending": len(pending) if not blind and not st.no_code else 0,
             "conflict": conflict,
             "error": error,
             "names": names,
@@ -553,17 +582,31 @@ def create_app(
     def others(
         passage_id: str, owner: int, names: dict[int, str]
     ) -> list[tuple[str, decisions.ReviewState]]:
-        """The passage's other tracks (admins only), labelled by their owner."""
+        """The unit's other tracks (admins only), labelled by their owner."""
         return [
             (names.get(uid, str(uid)), decisions.track_state(store, uid, passage_id))
             for uid in decisions.tracks(store, passage_id)
             if uid != owner
         ]
 
+    def unit_url(passage_id: str, filters: queue.Filters, **extra: object) -> str:
+        query = filters.query()
+        query.update({k: str(v) for k, v in extra.items() if v not in (None, "")})
+        return f"/passages/{passage_id}" + ("?" + urlencode(query) if query else "")
+
     @app.get("/passages/{passage_id}", response_class=HTMLResponse)
     def passage_page(request: Request, passage_id: str):
         a = who(request)
-        return render_passage(request, a, passage_id, filters_from(request.query_params))
+        params = request.query_params
+        filters = filters_from(params)
+        selected = whole_number(params.get("sel"), "sel", minimum=0)
+        seen = whole_number(params.get("conflict"), "conflict", minimum=0)
+        conflict = (
+            decisions.describe_conflict(store, a.user.id, passage_id, seen)
+            if seen is not None and len(passage_id) <= TEXT_FIELD_MAX_CHARS
+            else None
+        )
+        return render_unit(request, a, passage_id, filters, conflict=conflict, selected=selected)
 
     @app.post("/passages/{passage_id}/decide")
     def decide(
@@ -575,27 +618,51 @@ def create_app(
         proposal_id: str = Form(""),
         code: str = Form(""),
         memo: str | None = Form(None),
+        start: str = Form(""),
+        end: str = Form(""),
+        new_start: str = Form(""),
+        new_end: str = Form(""),
+        sel: str = Form(""),
         go: str = Form(""),
     ):
         a = who(request)
         check_csrf(a, csrf)
         filters = filters_from(request.query_params)
         _, assignment = reachable(a, passage_id)
-        if action in decisions.PROPOSAL_ACTIONS and assignment and assignment.blind_to_machine:
-            raise Forbidden("This passage is coded blind to the machine proposals.")
+        blind = bool(assignment and assignment.blind_to_machine)
+        if (action in decisions.PROPOSAL_ACTIONS or (action == "adjust" and proposal_id)) and blind:
+            raise Forbidden("This unit is coded blind to the machine proposals.")
+        selected = whole_number(sel, "sel", minimum=0)
+
+        def refused(status: int, error: str) -> Response:
+            """The unit again with the reason and the selection kept (the page puts its
+            own address back in the location bar, so a reload does not post again)."""
+            return render_unit(
+                request, a, passage_id, filters, status=status, error=error, selected=selected
+            )
+
         try:
             seen = whole_number(version, "version", minimum=0)
             if seen is None:
                 raise BadInput("version", "missing from the form; reload the page")
+            numbers = {
+                name: whole_number(value, name, minimum=0)
+                for name, value in (
+                    ("start", start),
+                    ("end", end),
+                    ("new_start", new_start),
+                    ("new_end", new_end),
+                )
+            }
             pid = whole_number(proposal_id, "proposal_id", minimum=1)
             bounded_text(action, "action", 40)
             code = bounded_text(code, "code", TEXT_FIELD_MAX_CHARS)
             if memo is not None:
                 memo = bounded_text(memo, "memo", MEMO_MAX_CHARS, status=413)
+            if action == "memo" and memo is None:
+                memo = ""  # an empty memo box clears the memo
         except BadInput as exc:
-            return render_passage(
-                request, a, passage_id, filters, status=exc.status, error=str(exc)
-            )
+            return refused(exc.status, str(exc))
         try:
             decisions.decide(
                 store,
@@ -606,17 +673,23 @@ def create_app(
                 proposal_id=pid,
                 code=code or None,
                 memo=memo,
+                **numbers,
             )
         except decisions.Conflict as exc:
-            return render_passage(request, a, passage_id, filters, status=409, conflict=str(exc))
+            if wants_json(request):
+                return JSONResponse({"detail": str(exc)}, status_code=409)
+            return RedirectResponse(
+                unit_url(passage_id, filters, conflict=seen, sel=selected), status_code=303
+            )
         except decisions.DecisionError as exc:
-            return render_passage(request, a, passage_id, filters, status=400, error=str(exc))
-        target = passage_id
+            return refused(400, str(exc))
         if go == "next":
-            found = queue.walk(queue.items(store, a.user, filters), filters)
-            target = queue.next_pending(found, passage_id) or ""
-        url = f"/passages/{target}" if target else "/queue"
-        return RedirectResponse(url + qs(filters), status_code=303)
+            with queue.synced(store):
+                target = queue.next_pending(store, a.user, filters, passage_id)
+            url = unit_url(target, filters) if target else "/queue" + qs(filters)
+        else:  # done: the page selects the next undecided proposal
+            url = unit_url(passage_id, filters)
+        return RedirectResponse(url, status_code=303)
 
     @app.get("/codes")
     def codes(request: Request, q: str = "", passage: str = "", limit: str = ""):
@@ -624,20 +697,33 @@ def create_app(
         query = bounded_text(q, "q", SEARCH_MAX_CHARS)
         passage = bounded_text(passage, "passage", TEXT_FIELD_MAX_CHARS)
         wanted = whole_number(limit, "limit", minimum=1, default=12) or 12
-        codebook = codebook_for(store, passage) if passage else store.codebook()
+        codebook = codebook_for(store, passage or None)
         if codebook is None:
             return JSONResponse([])
-        hits = search(codebook, query, limit=min(wanted, 50))
-        return JSONResponse([{"title": c.title, "description": c.description} for c in hits])
+        examples = workspace_examples(store, codebook)
+        hits = rank(codebook, query, examples=examples, limit=min(wanted, 50))
+        return JSONResponse(
+            [
+                {
+                    "title": h.code.title,
+                    "description": h.code.description,
+                    "matched": list(h.matched),
+                    "colour": colour_of(h.code.title, codebook),
+                }
+                for h in hits
+            ]
+        )
 
     # ----------------------------------------------------------------- admin
 
     @app.get("/admin", response_class=HTMLResponse)
     def admin_page(request: Request, message: str = ""):
         a = admin(request)
+        reconciled = queue.reconcile(store)
         ctx = {
             "loads": queue.reviewer_loads(store),
-            "study": queue.study_progress(store),
+            "study": reconciled.study,
+            "reconciled": reconciled,
             "strategies": ["balanced", "round_robin"],
             "message": bounded_text(message, "message", TEXT_FIELD_MAX_CHARS),
         }
@@ -671,7 +757,7 @@ def create_app(
             message = f"Nothing assigned: {exc}"
         else:
             message = (
-                f"Assigned {report.passages} passages ({report.assignments} assignments, "
+                f"Assigned {report.passages} units ({report.assignments} assignments, "
                 f"{report.double_coded} double-coded)."
             )
         return RedirectResponse("/admin?" + urlencode({"message": message}), status_code=303)
@@ -687,6 +773,27 @@ def create_app(
             json.dumps(data, indent=1, sort_keys=True),
             media_type="application/json",
             headers={"Content-Disposition": 'attachment; filename="reviewer-codings.json"'},
+        )
+
+    @app.get("/admin/export/spans.json")
+    def export_spans(request: Request):
+        """Each reviewer's finished units as spans, with the text they answered for."""
+        admin(request)
+        data = {
+            name: {
+                "spans": [
+                    {"transcript": sp.transcript_id, "start": sp.start, "end": sp.end,
+                     "code": sp.code}
+                    for sp in coding.spans
+                ],
+                "scope": {tid: [list(r) for r in ranges] for tid, ranges in coding.scope.items()},
+            }
+            for name, coding in decisions.reviewer_span_codings(store).items()
+        }  # fmt: skip
+        return Response(
+            json.dumps(data, indent=1, sort_keys=True),
+            media_type="application/json",
+            headers={"Content-Disposition": 'attachment; filename="reviewer-spans.json"'},
         )
 
     @app.get("/admin/export/decisions.csv")
@@ -710,6 +817,11 @@ def create_app(
                 "undoes_id",
                 "state_version",
                 "track_owner",
+                "span_start",
+                "span_end",
+                "new_start",
+                "new_end",
+                "spans_after",
             ]
         )
         with store.session() as s:
@@ -729,6 +841,14 @@ def create_app(
                     r.undoes_id or "",
                     r.state_version,
                     names.get(r.track_user_id if r.track_user_id is not None else r.user_id),
+                    "" if r.span_start is None else r.span_start,
+                    "" if r.span_end is None else r.span_end,
+                    "" if r.new_start is None else r.new_start,
+                    "" if r.new_end is None else r.new_end,
+                    "|".join(
+                        f"{sp['code']}@{sp['start']}-{sp['end']}:{sp.get('origin', '')}"
+                        for sp in r.spans or []
+                    ),
                 ]
                 w.writerow([safe_cell(cell) for cell in row])
         return Response(

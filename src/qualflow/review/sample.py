@@ -1,7 +1,7 @@
-"""A small synthetic review study (transcripts, codebook, machine proposals) written
-through the ordinary store API, for the review app's tests, its load benchmark and for
-trying the app out. The interview text is invented; the codebook is the project's
-default (``codebook/benchmark-practices.yaml``).
+"""A small synthetic review study (transcripts, their sentence grid and chunks, codebook,
+machine span proposals) written through the ordinary store API, for the review app's
+tests, its load benchmark and for trying the app out. The interview text is invented;
+the codebook is the project's default (``codebook/benchmark-practices.yaml``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from qualflow.models import (
     Code,
     Codebook,
     CodeProposal,
-    Passage,
     ProposalSet,
     Transcript,
     Turn,
@@ -151,7 +150,7 @@ ANSWERS: list[tuple[str, list[tuple[str, str, str]]]] = [
 
 @dataclass(frozen=True)
 class SampleStudy:
-    passage_ids: list[str]
+    passage_ids: list[str]  # the units of review (chunks), in transcript order
     codebook_version: str
     run_id: int
 
@@ -170,6 +169,40 @@ def sample_codebook() -> Codebook:
     )
 
 
+def sample_transcript(t: int, answers: list[str], seed: int = 0) -> Transcript:
+    """Interview ``t``: a question before every answer (invented text)."""
+    name = f"interview-{t + 1:02d}"
+    turns: list[Turn] = []
+    text = ""
+    for i, answer in enumerate(answers):
+        for speaker, body in (
+            ("Interviewer", QUESTIONS[i % len(QUESTIONS)]),
+            (f"P{t + 1}", answer),
+        ):
+            start = len(text) + (2 if text else 0)
+            text = f"{text}\n\n{body}" if text else body
+            turns.append(
+                Turn(
+                    index=len(turns),
+                    speaker=speaker,
+                    text=body,
+                    char_start=start,
+                    char_end=len(text),
+                )
+            )
+    content_hash = short_hash(name, text, seed, length=64)
+    return Transcript(
+        id=Transcript.make_id(name, content_hash),
+        name=name,
+        source_path=f"sample/{name}.txt",
+        content_hash=content_hash,
+        format="txt",
+        text=text,
+        turns=turns,
+        participant_id=f"P{t + 1}",
+    )
+
+
 def build_sample_study(
     store: Store,
     *,
@@ -177,13 +210,19 @@ def build_sample_study(
     answers_per_transcript: int = 5,
     seed: int = 0,
     needs_human_every: int = 4,
+    chunk_words: int = 36,
 ) -> SampleStudy:
     """Store ``transcripts`` interviews (interviewer question, participant answer, ...)
-    with one passage per answer, the codebook, and one LLM run's proposal sets.
+    with their sentence grid and chunks (``chunk.chunk``, ``chunk_words`` codable words:
+    the default makes one chunk per question and answer), the codebook, and one LLM
+    run's proposal sets: one per chunk, each proposal a span on its quote.
 
     Every ``needs_human_every``-th set is marked ``needs_human``; confidences are
-    seeded random; evidence offsets point at the quote in the passage.
+    seeded random.
     """
+    from qualflow.chunk import chunk
+    from qualflow.segment import segment
+
     rng = random.Random(seed)
     codebook = sample_codebook()
     version = store.save_codebook(codebook)
@@ -192,74 +231,44 @@ def build_sample_study(
     ids: list[str] = []
     k = 0
     for t in range(transcripts):
-        name = f"interview-{t + 1:02d}"
-        turns: list[Turn] = []
-        chosen = []
-        text = ""
-        for i in range(answers_per_transcript):
-            answer, props = ANSWERS[(t * answers_per_transcript + i) % len(ANSWERS)]
-            chosen.append((answer, props))
-            for speaker, body in (
-                ("Interviewer", QUESTIONS[i % len(QUESTIONS)]),
-                (f"P{t + 1}", answer),
-            ):
-                start = len(text) + (2 if text else 0)
-                text = f"{text}\n\n{body}" if text else body
-                turns.append(
-                    Turn(
-                        index=len(turns),
-                        speaker=speaker,
-                        text=body,
-                        char_start=start,
-                        char_end=len(text),
-                    )
-                )
-        content_hash = short_hash(name, text, seed, length=64)
-        tr = Transcript(
-            id=Transcript.make_id(name, content_hash),
-            name=name,
-            source_path=f"sample/{name}.txt",
-            content_hash=content_hash,
-            format="txt",
-            text=text,
-            turns=turns,
-            participant_id=f"P{t + 1}",
-        )
-        passages = []
-        for i, turn in enumerate(turns[1::2]):
-            passages.append(
-                Passage(
-                    id=Passage.make_id(content_hash, "turn", turn.char_start, turn.char_end),
-                    transcript_id=tr.id,
-                    index=i,
-                    turn_index=turn.index,
-                    speaker=turn.speaker,
-                    char_start=turn.char_start,
-                    char_end=turn.char_end,
-                    text=turn.text,
-                    segmentation="turn",
-                )
-            )
-        store.save_transcript(tr, passages)
-        for p, (answer, props) in zip(passages, chosen, strict=True):
+        chosen = [
+            ANSWERS[(t * answers_per_transcript + i) % len(ANSWERS)]
+            for i in range(answers_per_transcript)
+        ]
+        tr = sample_transcript(t, [answer for answer, _ in chosen], seed)
+        sentences = segment(tr, "sentence")
+        store.save_transcript(tr, sentences)
+        units = chunk(tr, sentences, chunk_words)
+        store.add_passages(units)
+        answers = {
+            turn.index: props for turn, (_, props) in zip(tr.turns[1::2], chosen, strict=True)
+        }
+        for unit in units:
             k += 1
             proposals = []
-            for code, evidence, rationale in props:
-                at = answer.find(evidence)
-                proposals.append(
-                    CodeProposal(
-                        code=code,
-                        rationale=rationale,
-                        evidence=evidence,
-                        evidence_start=at if at >= 0 else None,
-                        evidence_end=at + len(evidence) if at >= 0 else None,
-                        confidence=round(rng.uniform(0.3, 0.97), 2),
+            for piece in unit.codable_pieces():
+                turn = tr.turns[piece.turn_index]
+                for code, evidence, rationale in answers.get(piece.turn_index, []):
+                    at = tr.text.find(evidence, turn.char_start, turn.char_end)
+                    if at < 0:
+                        continue
+                    proposals.append(
+                        CodeProposal(
+                            code=code,
+                            rationale=rationale,
+                            evidence=evidence,
+                            start=at,
+                            end=at + len(evidence),
+                            evidence_start=at,
+                            evidence_end=at + len(evidence),
+                            confidence=round(rng.uniform(0.3, 0.97), 2),
+                            located="exact",
+                        )
                     )
-                )
             needs_human = needs_human_every > 0 and k % needs_human_every == 0
             store.save_proposal_set(
                 ProposalSet(
-                    passage_id=p.id,
+                    passage_id=unit.id,
                     coder=key.coder,
                     model=key.model,
                     prompt_version=key.prompt_version,
@@ -270,6 +279,6 @@ def build_sample_study(
                 ),
                 run_id=run_id,
             )
-            ids.append(p.id)
+            ids.append(unit.id)
     store.finish_run(run_id, status="done")
     return SampleStudy(ids, version, run_id)
