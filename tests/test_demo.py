@@ -55,7 +55,7 @@ def test_demo_runs_the_whole_job_and_is_incremental(tmp_path: Path):
         "reviewer-2",
     }
 
-    double_coded = _review_the_double_coded_share(ws)
+    double_coded = _sentences_in(ws, _review_the_double_coded_share(ws))
     second = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "assigned 0 new passages" in second.stdout  # nothing handed out twice
@@ -71,9 +71,32 @@ def test_demo_runs_the_whole_job_and_is_incremental(tmp_path: Path):
     assert results["human_baseline"]["humans"] == ["reviewer:reviewer-1", "reviewer:reviewer-2"]
 
 
-def _review_the_double_coded_share(ws: Path) -> int:
-    """Both demo reviewers finish their blind codings of the double-coded passages, as
-    they would in the review app; they disagree on every third passage."""
+def _sentences_in(ws: Path, unit_ids: list[str]) -> int:
+    """The grid sentences inside these coding units (chunks): what the human baseline
+    rests on."""
+    from qualflow.settings import load_settings
+    from qualflow.store import open_store
+
+    settings = load_settings(ws)
+    store = open_store(settings)
+    try:
+        units = store.passages(ids=unit_ids)
+        grid = store.passages(segmentation=settings.segmentation, codable_only=True)
+    finally:
+        store.close()
+    return sum(
+        1
+        for s in grid
+        if any(
+            s.transcript_id == u.transcript_id and u.char_start <= s.char_start < u.char_end
+            for u in units
+        )
+    )
+
+
+def _review_the_double_coded_share(ws: Path) -> list[str]:
+    """Both demo reviewers finish their blind codings of the double-coded units, as
+    they would in the review app; they disagree on every third unit."""
     from sqlalchemy import select
 
     from qualflow.db import AssignmentRow, UserRow
@@ -98,4 +121,4 @@ def _review_the_double_coded_share(ws: Path) -> int:
                 decide(store, users[name], pid, "done", version=1)
     finally:
         store.close()
-    return len(double)
+    return double

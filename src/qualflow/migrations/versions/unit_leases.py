@@ -6,19 +6,19 @@ before it builds their requests, renews its leases while it works, and deletes e
 lease once the unit's answer is stored; an expired lease, or one held by a process on
 the same host that no longer exists, is taken over.
 
-Joins the heads this branch started from (the areas' revisions that all follow
-``review_track``); ``db.migrate`` upgrades to every head, so revisions added beside it
-keep working.
+Joins the heads before it (the areas' revisions after ``review_track``, with
+``review_spans`` after ``spans``) into one head; ``db.migrate`` upgrades to every
+head, so revisions added beside it keep working.
 
 Revision ID: unit_leases
-Revises: exchange_imports, review_sessions, spans, workspace_meta
+Revises: exchange_imports, review_sessions, review_spans, workspace_meta
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "unit_leases"
-down_revision = ("exchange_imports", "review_sessions", "spans", "workspace_meta")
+down_revision = ("exchange_imports", "review_sessions", "review_spans", "workspace_meta")
 branch_labels = None
 depends_on = None
 
