@@ -11,17 +11,22 @@ one browser (sequential requests):
   random audit order with a new seed each time, and the admin's queue (every unit),
 - ``GET /passages/ID`` for random units of the reviewer's queue,
 - "done, next": ``POST /passages/ID/decide`` (action done, go=next) on a unit whose
-  reviewer said "no code applies" just before (that POST is not timed),
+  reviewer said "no code applies" just before (that POST is not timed; the redirect's
+  unit page is not followed: it is the unit page above),
 
 and the server's resident memory (VmRSS) after start-up and at the end. Each size runs
 in a fresh workspace; the server's start (which fills the queue table of a new store)
-and the first queue page are timed separately.
+and the first queue page are timed separately. ``--done 0.5`` finishes half of the
+reviewer's units first, from the front of the queue in its default order (a study
+half-way through: the "to do" page then starts after the finished ones).
 
     .venv/bin/python benchmarks/review_scale.py --units 30000 100000
+    .venv/bin/python benchmarks/review_scale.py --units 30000 100000 --done 0.5
     PYTHONPATH=/path/to/older/checkout/src .venv/bin/python benchmarks/review_scale.py ...
 
-The second form measures another checkout of qualflow with the same script (the data
-are written with table rows both versions have).
+The last form measures another checkout of qualflow with the same script (the data
+are written with table rows both versions have; ``--done`` writes the span-era columns
+of the log and states).
 """
 
 from __future__ import annotations
@@ -46,8 +51,11 @@ REVIEWERS = ("ann", "bob", "cleo")
 PER_TRANSCRIPT = 100
 
 
-def build(workspace: Path, units: int, seed: int = 0) -> dict:
-    """Write the study with bulk inserts; returns what the measurement needs."""
+def build(workspace: Path, units: int, seed: int = 0, done: float = 0.0) -> dict:
+    """Write the study with bulk inserts; returns what the measurement needs. ``done``:
+    the share of the measured reviewer's units already finished ("no code applies",
+    then done), taken from the front of their queue in its default order, the way a
+    reviewer who works down the queue leaves it."""
     from sqlalchemy import insert
 
     from qualflow.db import (
@@ -89,6 +97,7 @@ def build(workspace: Path, units: int, seed: int = 0) -> dict:
         for k, name in enumerate(REVIEWERS, start=2):
             s.add(UserRow(id=k, username=name, password_hash=password, role="reviewer"))
     unit_ids: list[str] = []
+    ranks: dict[str, tuple] = {}  # unit -> its key in the default (confidence) order
     set_id = 0
     for t in range(0, units, PER_TRANSCRIPT):
         rows = _transcript(t // PER_TRANSCRIPT, min(PER_TRANSCRIPT, units - t))
@@ -103,13 +112,18 @@ def build(workspace: Path, units: int, seed: int = 0) -> dict:
                  "status": "needs_human" if needs else "ok",
                  "reason": "bench" if needs else None}
             )  # fmt: skip
-            for code, (start, end) in unit.pop("_proposals"):
+            found = unit.pop("_proposals")
+            confidences = []
+            for code, (start, end) in found:
+                confidences.append(round(rng.uniform(0.3, 0.97), 2))
                 props.append(
                     {"set_id": set_id, "passage_id": unit["id"], "code": code,
                      "rationale": "benchmark", "evidence": "", "start": start, "end": end,
                      "evidence_start": start, "evidence_end": end,
-                     "confidence": round(rng.uniform(0.3, 0.97), 2), "located": "exact"}
+                     "confidence": confidences[-1], "located": "exact"}
                 )  # fmt: skip
+            rank = -1.0 if needs else min(confidences, default=2.0)
+            ranks[unit["id"]] = (rank, rows["transcript"]["name"], unit["index"], unit["id"])
             unit_ids.append(unit["id"])
         with store.session() as s:
             s.execute(insert(TranscriptRow), [rows["transcript"]])
@@ -126,8 +140,43 @@ def build(workspace: Path, units: int, seed: int = 0) -> dict:
                 for i, pid in enumerate(unit_ids)
             ],
         )
+    mine = unit_ids[0 :: len(REVIEWERS)]
+    finished = sorted(mine, key=ranks.__getitem__)[: round(done * len(mine))]
+    if finished:
+        _finish(store, finished, user_id=2)
     store.close()
-    return {"settings": settings, "mine": unit_ids[0 :: len(REVIEWERS)]}
+    left = set(mine) - set(finished)
+    return {"settings": settings, "mine": mine, "pending": [u for u in mine if u in left]}
+
+
+def _finish(store, unit_ids: list[str], user_id: int) -> None:
+    """The log and the derived states of units finished as "no code applies" (the rows
+    ``decisions.decide`` writes for those two actions)."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import insert
+
+    from qualflow.db import DecisionRow, ReviewStateRow
+
+    now = datetime.now(UTC)
+    for i in range(0, len(unit_ids), 5000):
+        part = unit_ids[i : i + 5000]
+        log = [
+            {"passage_id": pid, "user_id": user_id, "track_user_id": user_id,
+             "action": action, "code": None, "before": [], "after": [], "spans": [],
+             "memo": None, "state_version": version, "created_at": now}
+            for pid in part
+            for version, action in ((1, "no_code"), (2, "done"))
+        ]  # fmt: skip
+        states = [
+            {"passage_id": pid, "user_id": user_id, "version": 2, "codes": [], "spans": [],
+             "done": True, "flagged": False, "memo": None, "no_code": True,
+             "proposal_status": {}, "updated_at": now}
+            for pid in part
+        ]  # fmt: skip
+        with store.session() as s:
+            s.execute(insert(DecisionRow), log)
+            s.execute(insert(ReviewStateRow), states)
 
 
 def _transcript(t: int, n: int) -> dict:
@@ -243,7 +292,7 @@ def timed(fn, *args, **kwargs) -> tuple[float, httpx.Response]:
     return (time.perf_counter() - t0) * 1000, r
 
 
-def measure(url: str, mine: list[str], requests: int, seed: int) -> dict:
+def measure(url: str, mine: list[str], pending: list[str], requests: int, seed: int) -> dict:
     rng = random.Random(seed)
     out: dict[str, list[float]] = {
         "queue": [], "page2": [], "random": [], "admin": [], "unit": [], "done_next": []
@@ -274,7 +323,7 @@ def measure(url: str, mine: list[str], requests: int, seed: int) -> dict:
             if r.status_code != 200:
                 raise RuntimeError(f"unit page: HTTP {r.status_code}")
             out["unit"].append(ms)
-        for pid in rng.sample(mine, requests):
+        for pid in rng.sample(pending, requests):
             page = c.get(f"/passages/{pid}").text
             data = {"csrf": field_of(page, "csrf"), "version": field_of(page, "version")}
             r = c.post(
@@ -304,18 +353,18 @@ def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-def run_size(units: int, requests: int, keep: bool) -> dict:
+def run_size(units: int, requests: int, keep: bool, done: float = 0.0) -> dict:
     workspace = Path(tempfile.mkdtemp(prefix=f"qualflow-review-scale-{units}-"))
     try:
         t0 = time.perf_counter()
-        built = build(workspace, units)
+        built = build(workspace, units, done=done)
         build_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         proc, url = start_server(workspace)
         start_s = time.perf_counter() - t0
         try:
             rss_start = rss_mib(proc.pid)
-            figures = measure(url, built["mine"], requests, seed=units)
+            figures = measure(url, built["mine"], built["pending"], requests, seed=units)
             rss_end = rss_mib(proc.pid)
         finally:
             proc.terminate()
@@ -332,13 +381,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--units", type=int, nargs="+", default=[30_000, 100_000])
     ap.add_argument("--requests", type=int, default=40, help="timed requests of each kind")
     ap.add_argument("--keep", action="store_true", help="keep the workspaces")
+    ap.add_argument(
+        "--done",
+        type=float,
+        default=0.0,
+        help="share of the reviewer's units finished before the server starts, from the "
+        "front of the queue (0.5: half-way through the study)",
+    )
     args = ap.parse_args(argv)
     import qualflow
 
     print(f"qualflow from {Path(qualflow.__file__).parent}")
     print(f"{args.requests} timed requests of each kind, one reviewer (ann, 1/3 of the units)")
+    if not 0 <= args.done < 1:
+        ap.error("--done must be at least 0 and below 1")
+    if args.done:
+        print(f"{args.done:.0%} of ann's units finished first, from the front of the queue")
     for units in args.units:
-        r = run_size(units, args.requests, args.keep)
+        r = run_size(units, args.requests, args.keep, args.done)
         print(f"\nunits {r['units']:,} (built in {r['build_s']:.0f} s)")
         print(
             f"  server start: {r['start_s']:.1f} s; first queue page: {r['first_queue_ms']:.0f} ms"

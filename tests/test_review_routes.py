@@ -455,6 +455,29 @@ def test_queue_show_and_progress(web, store):
     assert _order(client(app, "bob"), "?show=flagged") == []
 
 
+def _start(c: TestClient, query: str) -> str | None:
+    found = re.search(r'id="start" href="/passages/([^"?]+)', c.get("/queue" + query).text)
+    return found.group(1) if found else None
+
+
+def test_start_reviewing_goes_to_the_first_unit_to_do_from_every_view(web, store):
+    """The first page of the "to do" list takes it from its first row; the other views
+    (done, all, a later page) ask for it; all agree."""
+    _study, app = web
+    c = client(app, "ann")
+    ids = mine(store, "ann")
+    for pid in ids[:2]:
+        post(c, pid, "no_code")
+        post(c, pid, "done")
+    order = "?order=transcript"
+    for view in ("", "&show=done", "&show=all", f"&after={ids[2]}"):
+        assert _start(c, order + view) == ids[2], view
+    for pid in ids[2:]:
+        post(c, pid, "no_code")
+        post(c, pid, "done")
+    assert _start(c, order) is None and _start(c, order + "&show=all") is None
+
+
 # ------------------------------------------------------------------ admin
 
 

@@ -39,7 +39,7 @@ def serve(
     import uvicorn
 
     from qualflow.review import auth
-    from qualflow.review.app import create_app
+    from qualflow.review.app import create_app, freeze_start_up_objects
 
     settings = _settings(workspace)
     store = _store(workspace)
@@ -67,7 +67,9 @@ def serve(
             log_level="warning",
         )
     else:
-        uvicorn.run(create_app(settings, store), host=host, port=port, log_level="warning")
+        web = create_app(settings, store)
+        freeze_start_up_objects()
+        uvicorn.run(web, host=host, port=port, log_level="warning")
 
 
 def _accounts(workspace: Path):

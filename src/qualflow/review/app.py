@@ -490,9 +490,16 @@ def create_app(
             "orders": queue.ORDERS,
             "shows": queue.SHOW,
             "qs": lambda **c: qs(filters, **c),
-            "first": queue.next_pending(store, a.user, filters, None),
+            "first": first_to_do(a, filters, found, after),
         }
         return page(request, "queue.html", a, ctx)
+
+    def first_to_do(a: Auth, filters: queue.Filters, found: queue.Page, after: str) -> str | None:
+        """Where "start reviewing" goes: on the first page of the "to do" list that is
+        its first row (the same query would find it again), else a query."""
+        if filters.show == "pending" and not after:
+            return found.rows[0].passage_id if found.rows else None
+        return queue.next_pending(store, a.user, filters, None)
 
     # ----------------------------------------------------------------- unit
 
@@ -860,9 +867,26 @@ def create_app(
     return app
 
 
+def freeze_start_up_objects() -> None:
+    """Put what start-up built (modules, the app, its templates) out of the garbage
+    collector's reach, in a server process about to serve.
+
+    A full collection walks every tracked object, about 130k after start-up, and requests
+    trigger one every few dozen: a pause of about 100 ms that was most of the unit
+    page's p95 at 30k and 100k units (``benchmarks/review_scale.py``). Frozen objects
+    are never collected, so this is for the server process only, not for tests that
+    build many apps."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory`` (the CLI with several workers): the workspace
     comes from QUALFLOW_WORKSPACE."""
     from qualflow.settings import load_settings
 
-    return create_app(load_settings())
+    app = create_app(load_settings())
+    freeze_start_up_objects()
+    return app
