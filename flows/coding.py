@@ -340,7 +340,7 @@ def _run(
     book = (None if codebook else store.active_codebook()) or pipeline.run_codebook(
         settings, codebook
     )
-    store.save_codebook(book)
+    pipeline.save_codebook(store, book)
     index = None
     if needs_index(coder, settings):
         build_index(book, settings)

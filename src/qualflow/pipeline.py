@@ -244,6 +244,17 @@ def ensure_chunks(
     return added
 
 
+def save_codebook(store: Store, codebook: Codebook) -> str:
+    """Store the run's codebook version; two workers starting at once may both insert
+    it: the one that collides finds the other's identical row and goes on."""
+    from sqlalchemy.exc import IntegrityError
+
+    try:
+        return store.save_codebook(codebook)
+    except IntegrityError:
+        return store.save_codebook(codebook)
+
+
 def passages_in_scope(
     store: Store,
     *,
@@ -895,8 +906,11 @@ def finish_run(
     (``elsewhere``: it is coding them). ``stopped_circuit``: why the LLM endpoint's
     circuit breaker stopped the run.
     """
+    # leases first: another worker stores a unit before it releases its lease, so a
+    # unit held now is either still held or stored when the uncoded ones are read
+    held = leases.held_elsewhere(plan.todo) if leases is not None and plan.todo else set()
     left = uncoded_among(store, key, plan.todo)
-    elsewhere = len(leases.held_elsewhere(left)) if leases is not None and left else 0
+    elsewhere = sum(1 for u in left if u in held)
     remaining = len(left) - elsewhere
     checked = result.proposals + result.invalid
     failures = [*ingest_failures, *result.failures]
@@ -968,7 +982,7 @@ def run_coding(
     from qualflow.llm_calls import circuit_reason, stop_calls
 
     started = started if started is not None else time.monotonic()
-    store.save_codebook(codebook)
+    save_codebook(store, codebook)
     key = proposal_key(coder, codebook)
     unit = unit_segmentation(settings)
     ensure_chunks(store, settings, transcript_ids)
