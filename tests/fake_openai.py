@@ -388,7 +388,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     props = [proposal(args.code, args.evidence)] if args.code else []
     if args.batch > 1:
-        reply = batch({f"P{i + 1}": props for i in range(args.batch)})
+        reply = batch({f"C{i + 1}": props for i in range(args.batch)})
     else:
         reply = answer(*props)
     server = FakeOpenAI(latency=args.latency).start()

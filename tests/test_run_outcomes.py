@@ -91,6 +91,26 @@ def test_some_failed_is_partial(store, settings):
     assert "partial" in pipeline.render_markdown(summary)
 
 
+def test_ctrl_c_ends_the_run_interrupted_not_failed(store, settings):
+    _seed(store, settings)
+    calls = []
+
+    def progress(done: int, total: int) -> None:
+        calls.append(done)
+        if len(calls) > 1:  # the first call announces the plan; then Ctrl-C
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_coding(
+            store, ScriptedCoder(), small_codebook(), settings, batch_size=1, progress=progress
+        )
+    with store.session() as s:
+        (run,) = s.scalars(select(RunRow)).all()
+        assert run.status == "interrupted"
+    again = pipeline.run_coding(store, ScriptedCoder(), small_codebook(), settings)
+    assert again.status == "completed" and again.remaining == 0
+
+
 # ---------------------------------------------------------------------- circuit breaker
 
 

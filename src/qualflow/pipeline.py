@@ -1014,10 +1014,14 @@ def run_coding(
     try:
         with leases, dispatcher:
             dispatcher.code(plan.todo)
-    except BaseException:
+    except BaseException as exc:
         stop_calls(coder, "the run was interrupted")
         dispatcher.close()
-        store.finish_run(run_id, status="failed", usage=dispatcher.total.usage)
+        # Ctrl-C or a stop signal ends the run as interrupted (re-run to resume); any
+        # other escaping error is a failure
+        stopped = isinstance(exc, (KeyboardInterrupt, SystemExit))
+        status = "interrupted" if stopped else "failed"
+        store.finish_run(run_id, status=status, usage=dispatcher.total.usage)
         raise
     return finish_run(
         store,
