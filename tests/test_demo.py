@@ -35,6 +35,7 @@ def test_demo_runs_the_whole_job_and_is_incremental(tmp_path: Path):
     ]
     first = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "Traceback" not in first.stdout + first.stderr  # nothing alarming at exit either
     out = first.stdout
     assert "6 new" in out or "new" in out
     assert "160/160 records imported" in out

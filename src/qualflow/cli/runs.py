@@ -355,6 +355,10 @@ def foreground_api() -> Iterator[str]:
 def _stop_server(server: Any, timeout: float = 20, *, force: bool = False) -> None:
     """Stop a server of ``_start_server``; ``force``: without waiting for the open
     keep-alive connections of Prefect's clients (at exit nobody uses them any more)."""
+    if force:  # uvicorn logs the cancelled lifespan task of a forced stop as an ERROR
+        import logging
+
+        logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
     server.should_exit = True
     server.force_exit = force
     server_thread = getattr(server, "_qualflow_thread", None)
