@@ -274,7 +274,17 @@ class UserRow(Base):
 
 class AssignmentRow(Base):
     __tablename__ = "assignments"
-    __table_args__ = (UniqueConstraint("passage_id", "user_id", name="uq_assignment"),)
+    __table_args__ = (
+        UniqueConstraint("passage_id", "user_id", name="uq_assignment"),
+        # review_count_indexes: answers the review queue's assignment lookups alone
+        Index(
+            "ix_assignments_unit_user_mode",
+            "passage_id",
+            "user_id",
+            "double_coded",
+            "blind_to_machine",
+        ),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     passage_id: Mapped[str] = mapped_column(
         ForeignKey("passages.id", ondelete="CASCADE"), index=True
@@ -295,7 +305,11 @@ class ReviewStateRow(Base):
     """
 
     __tablename__ = "review_states"
-    __table_args__ = (Index("ix_review_states_user_done", "user_id", "done"),)
+    __table_args__ = (
+        # passage_id last (review_count_indexes): a track owner's finished states and
+        # their units, from the index alone
+        Index("ix_review_states_user_done", "user_id", "done", "passage_id"),
+    )
     passage_id: Mapped[str] = mapped_column(
         ForeignKey("passages.id", ondelete="CASCADE"), primary_key=True
     )
@@ -365,10 +379,27 @@ class ReviewUnitRow(Base):
 
     __tablename__ = "review_units"
     __table_args__ = (
+        # shared_owner last (review_count_indexes): the "to do" walk down either order
+        # finds each unit's track owner in the index, not in the row
         Index(
-            "ix_review_units_rank", "current", "rank", "transcript_name", "position", "passage_id"
+            "ix_review_units_rank",
+            "current",
+            "rank",
+            "transcript_name",
+            "position",
+            "passage_id",
+            "shared_owner",
         ),
-        Index("ix_review_units_place", "current", "transcript_name", "position", "passage_id"),
+        Index(
+            "ix_review_units_place",
+            "current",
+            "transcript_name",
+            "position",
+            "passage_id",
+            "shared_owner",
+        ),
+        # review_count_indexes: is a unit in the queue, and who owns its shared track
+        Index("ix_review_units_unit_owner", "passage_id", "current", "shared_owner"),
     )
     passage_id: Mapped[str] = mapped_column(
         ForeignKey("passages.id", ondelete="CASCADE"), primary_key=True
