@@ -180,7 +180,7 @@ def decision_labels(store: Store, *, until: datetime | None = None) -> dict[str,
     from sqlalchemy import select
 
     from qualflow.db import DecisionRow
-    from qualflow.review.decisions import LogEntry, derive
+    from qualflow.review.decisions import LogEntry, derive, entry_of
 
     limit = _utc(until) if until else None
     grouped: dict[tuple[int, str], list[LogEntry]] = {}
@@ -189,21 +189,7 @@ def decision_labels(store: Store, *, until: datetime | None = None) -> dict[str,
             if limit is not None and _utc(r.created_at) > limit:
                 continue
             track = r.track_user_id if r.track_user_id is not None else r.user_id
-            grouped.setdefault((track, r.passage_id), []).append(
-                LogEntry(
-                    id=r.id,
-                    action=r.action,
-                    proposal_id=r.proposal_id,
-                    code=r.code,
-                    before=list(r.before or []),
-                    after=list(r.after or []),
-                    memo=r.memo,
-                    undoes_id=r.undoes_id,
-                    state_version=r.state_version,
-                    created_at=r.created_at,
-                    user_id=r.user_id,
-                )
-            )
+            grouped.setdefault((track, r.passage_id), []).append(entry_of(r))
     latest: dict[str, tuple[int, frozenset[str]]] = {}
     for (owner, pid), entries in grouped.items():
         state = derive(pid, owner, entries)

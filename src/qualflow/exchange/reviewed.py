@@ -140,7 +140,7 @@ def _coded_at(span: Span, units: list[tuple[str, int, int, _Track | None]]) -> d
 def _tracks(store: Store) -> tuple[dict[tuple[str, str], _Track], int]:
     """(username, unit id) -> replayed track, and how many log entries there are."""
     from qualflow.db import DecisionRow, UserRow
-    from qualflow.review.decisions import LogEntry, derive
+    from qualflow.review.decisions import LogEntry, derive, entry_of
 
     grouped: dict[tuple[int, str], list[LogEntry]] = defaultdict(list)
     with store.session() as s:
@@ -148,21 +148,7 @@ def _tracks(store: Store) -> tuple[dict[tuple[str, str], _Track], int]:
         rows = s.scalars(select(DecisionRow).order_by(DecisionRow.id)).all()
         for r in rows:
             track = r.track_user_id if r.track_user_id is not None else r.user_id
-            grouped[(track, r.passage_id)].append(
-                LogEntry(
-                    id=r.id,
-                    action=r.action,
-                    proposal_id=r.proposal_id,
-                    code=r.code,
-                    before=list(r.before or []),
-                    after=list(r.after or []),
-                    memo=r.memo,
-                    undoes_id=r.undoes_id,
-                    state_version=r.state_version,
-                    created_at=r.created_at,
-                    user_id=r.user_id,
-                )
-            )
+            grouped[(track, r.passage_id)].append(entry_of(r))
     out: dict[tuple[str, str], _Track] = {}
     for (owner, pid), entries in grouped.items():
         state = derive(pid, owner, entries)
